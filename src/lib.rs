@@ -1,0 +1,10 @@
+//! Portcullis: a webhook edge gateway on Pingora.
+//!
+//! One process does what used to take nginx, a hand-written verifier and a queue client: it
+//! terminates HTTP, routes by path to a provider filter, runs cheap checks before expensive
+//! ones, verifies the raw bytes, de-duplicates, and answers `202` only once a sink holds the
+//! event durably. The binary (`src/main.rs`) is a thin CLI over this library.
+
+pub mod reason;
+pub mod request;
+pub mod schemes;

@@ -1,0 +1,195 @@
+//! Twilio: `X-Twilio-Signature` = base64(HMAC-SHA1(auth token, URL + sorted form params)).
+//!
+//! The URL is the one Twilio was told to call (`public_url`), with the actual request's query
+//! string appended. Form posts append every `name` + `value`, sorted by name then value. JSON
+//! posts carry `bodySHA256=<hex>` in the query instead: the URL alone is signed and the body
+//! must hash to that value. Twilio's SDKs accept the URL with and without the default port,
+//! so both are tried, as they do.
+
+use ring::digest;
+use subtle::ConstantTimeEq;
+
+use super::{Algorithm, Encoding, Keys, Outbound, Scheme, Secret};
+use crate::reason::Reason;
+use crate::request::Inbound;
+
+const HEADER: &str = "x-twilio-signature";
+
+pub struct Twilio {
+    keys: Keys,
+    public_url: String,
+}
+
+impl Twilio {
+    pub fn new(secrets: &[Secret], public_url: &str) -> Twilio {
+        Twilio {
+            keys: Keys::new(Algorithm::Sha1, secrets),
+            public_url: public_url.to_owned(),
+        }
+    }
+
+    fn url(&self, query: Option<&str>) -> String {
+        match query {
+            Some(q) if !q.is_empty() => format!("{}?{q}", self.public_url),
+            _ => self.public_url.clone(),
+        }
+    }
+}
+
+/// `name` + `value` for every form parameter, sorted and de-duplicated as Twilio does.
+fn signed_params(body: &[u8]) -> String {
+    let mut params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    params.sort();
+    params.dedup();
+    params.into_iter().map(|(k, v)| k + &v).collect()
+}
+
+/// The URL with its port removed if it has one, or the scheme's default port added if not.
+fn toggle_port(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let host_end = if hostport.starts_with('[') {
+        hostport.find(']').map(|i| i + 1).unwrap_or(hostport.len())
+    } else {
+        hostport.find(':').unwrap_or(hostport.len())
+    };
+    let (host, port) = hostport.split_at(host_end);
+    let toggled = if port.is_empty() {
+        let default = match scheme {
+            "https" => "443",
+            "http" => "80",
+            _ => return None,
+        };
+        format!("{host}:{default}")
+    } else {
+        host.to_owned()
+    };
+    Some(format!("{scheme}://{userinfo}{toggled}{path}"))
+}
+
+fn body_hash_matches(query: &str, body: &[u8]) -> Option<bool> {
+    let expected = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "bodySHA256")
+        .map(|(_, v)| v.into_owned())?;
+    let actual = hex::encode(digest::digest(&digest::SHA256, body));
+    Some(bool::from(
+        actual.as_bytes().ct_eq(expected.to_ascii_lowercase().as_bytes()),
+    ))
+}
+
+impl Scheme for Twilio {
+    fn verify(&self, req: &Inbound<'_>, _now: i64) -> Result<(), Reason> {
+        let value = req.header(HEADER).ok_or(Reason::MissingSignature)?;
+        let signature = Encoding::Base64
+            .decode(value)
+            .ok_or(Reason::InvalidSignature)?;
+        let url = self.url(req.query);
+        let params = match req.query.and_then(|q| body_hash_matches(q, req.body)) {
+            Some(true) => String::new(),
+            Some(false) => return Err(Reason::InvalidSignature),
+            None if is_form(req) => signed_params(req.body),
+            None => String::new(),
+        };
+        let candidates = [signature];
+        let signed = |u: &str| self.keys.matches(&[u.as_bytes(), params.as_bytes()], &candidates);
+        if signed(&url) || toggle_port(&url).is_some_and(|u| signed(&u)) {
+            Ok(())
+        } else {
+            Err(Reason::InvalidSignature)
+        }
+    }
+
+    fn sign(&self, msg: &Outbound<'_>) -> Vec<(String, String)> {
+        let url = msg.url.map(str::to_owned).unwrap_or_else(|| self.url(None));
+        let params = signed_params(msg.body);
+        let tag = self.keys.sign(&[url.as_bytes(), params.as_bytes()]);
+        vec![(HEADER.to_owned(), Encoding::Base64.encode(&tag))]
+    }
+}
+
+fn is_form(req: &Inbound<'_>) -> bool {
+    req.header("content-type")
+        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schemes::test_support::{headers, secret};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    // twilio-python tests/unit/test_request_validator.py
+    const FORM: &str = "CallSid=CA1234567890ABCDE&Caller=%2B14158675309&Digits=1234&From=%2B14158675309&To=%2B18005551212";
+
+    fn verify(public_url: &str, query: &str, ct: &str, body: &[u8], sig: &str) -> Result<(), Reason> {
+        let scheme = Twilio::new(&[secret("12345")], public_url);
+        let h = headers(&[("content-type", ct), ("X-Twilio-Signature", sig)]);
+        let req = Inbound::new("POST", "/", Some(query), &h, IpAddr::V4(Ipv4Addr::LOCALHOST), body);
+        scheme.verify(&req, 0)
+    }
+
+    const FORM_CT: &str = "application/x-www-form-urlencoded";
+
+    #[test]
+    fn matches_the_sdk_form_vector() {
+        let url = "https://mycompany.com/myapp.php";
+        assert_eq!(verify(url, "foo=1&bar=2", FORM_CT, FORM.as_bytes(), "RSOYDt4T1cUTdK1PDd93/VVr8B8="), Ok(()));
+        assert_eq!(
+            verify(url, "foo=1&bar=3", FORM_CT, FORM.as_bytes(), "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+            Err(Reason::InvalidSignature)
+        );
+        let dup = b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234";
+        assert_eq!(verify(url, "foo=1&bar=2", FORM_CT, dup, "IK+Dwps556ElfBT0I3Rgjkr1wJU="), Ok(()));
+    }
+
+    #[test]
+    fn accepts_the_url_with_or_without_its_default_port() {
+        let with_port = "https://mycompany.com:1234/myapp.php";
+        assert_eq!(verify(with_port, "foo=1&bar=2", FORM_CT, FORM.as_bytes(), "RSOYDt4T1cUTdK1PDd93/VVr8B8="), Ok(()));
+        let url = "https://mycompany.com/myapp.php";
+        assert_eq!(verify(url, "foo=1&bar=2", FORM_CT, FORM.as_bytes(), "kvajT1Ptam85bY51eRf/AJRuM3w="), Ok(()));
+        assert_eq!(verify("http://mycompany.com/myapp.php", "foo=1&bar=2", FORM_CT, FORM.as_bytes(), "0ZXoZLH/DfblKGATFgpif+LLRf4="), Ok(()));
+    }
+
+    #[test]
+    fn json_bodies_are_bound_by_body_sha256() {
+        let url = "https://mycompany.com/myapp.php";
+        let body = br#"{"property": "value", "boolean": true}"#;
+        let query = "foo=1&bar=2&bodySHA256=0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
+        assert_eq!(verify(url, query, "application/json", body, "a9nBmqA0ju/hNViExpshrM61xv4="), Ok(()));
+        assert_eq!(
+            verify(url, query, "application/json", br#"{"property": "value", "boolean": false}"#, "a9nBmqA0ju/hNViExpshrM61xv4="),
+            Err(Reason::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn malformed_signatures_are_rejected() {
+        let url = "https://mycompany.com/myapp.php";
+        for bad in ["not base64!", "AAAA"] {
+            assert_eq!(verify(url, "", FORM_CT, FORM.as_bytes(), bad), Err(Reason::InvalidSignature));
+        }
+    }
+
+    #[test]
+    fn sign_round_trips_form_posts() {
+        let scheme = Twilio::new(&[secret("12345")], "https://mycompany.com/myapp.php?foo=1&bar=2");
+        let signed = scheme.sign(&Outbound { body: FORM.as_bytes(), timestamp: 0, id: "", url: None });
+        assert_eq!(signed[0].1, "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
+    }
+
+    #[test]
+    fn port_toggling_handles_hosts_paths_and_ipv6() {
+        assert_eq!(toggle_port("https://a.com/x").as_deref(), Some("https://a.com:443/x"));
+        assert_eq!(toggle_port("https://a.com:8443/x?q").as_deref(), Some("https://a.com/x?q"));
+        assert_eq!(toggle_port("http://[::1]/x").as_deref(), Some("http://[::1]:80/x"));
+        assert_eq!(toggle_port("nonsense"), None);
+    }
+}
