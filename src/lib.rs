@@ -8,3 +8,5 @@
 pub mod reason;
 pub mod request;
 pub mod schemes;
+pub mod config;
+pub mod sinks;

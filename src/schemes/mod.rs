@@ -17,6 +17,7 @@ use ring::hmac as ring_hmac;
 use subtle::ConstantTimeEq;
 
 pub use self::hmac::{HmacScheme, SignatureSpec, TimestampFormat, TimestampSpec};
+pub use self::url_key::{generate as url_key_generate, validate as url_key_validate};
 use crate::reason::Reason;
 use crate::request::Inbound;
 

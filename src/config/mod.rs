@@ -1,0 +1,169 @@
+//! Configuration: `conf/portcullis.yaml` (the server) plus one YAML file per provider filter.
+//!
+//! Loading validates everything a running gateway would trip over later (secrets that resolve
+//! to nothing, routes claimed twice, unknown keys, bad CIDRs, sizes and durations) and reports
+//! all of it at once with `file:line`. The gateway only ever starts from a config with no errors.
+
+pub mod diagnostics;
+pub mod filter;
+pub mod secrets;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use diagnostics::{Problem, Severity};
+pub use filter::{EventIdSource, Filter, Mode, RateLimit};
+pub use server::{Listener, Server, SinkConfig};
+
+use diagnostics::Report;
+
+/// A loaded, valid configuration.
+pub struct Config {
+    pub path: PathBuf,
+    pub server: Server,
+    pub filters: Vec<Filter>,
+}
+
+/// Everything `load` found: the config when it has no errors, and every problem either way.
+pub struct Loaded {
+    pub config: Option<Config>,
+    pub problems: Vec<Problem>,
+}
+
+impl Loaded {
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.severity == Severity::Error)
+    }
+}
+
+pub fn load(path: &Path) -> Loaded {
+    let mut problems = Vec::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                line: 1,
+                severity: Severity::Error,
+                message: format!("cannot read the config: {e}"),
+            });
+            return Loaded { config: None, problems };
+        }
+    };
+    let server = server::load(
+        path,
+        &text,
+        &mut Report { file: path, text: &text, problems: &mut problems },
+    );
+    let Some(server) = server else {
+        return Loaded { config: None, problems };
+    };
+    let sink_names: Vec<String> = server.sinks.iter().map(|(n, _)| n.clone()).collect();
+    let mut filters: Vec<Filter> = Vec::new();
+    for file in filter_files(&server.filters_dir, path, &mut problems) {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(Problem {
+                    file: file.clone(),
+                    line: 1,
+                    severity: Severity::Error,
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        let mut report = Report { file: &file, text: &text, problems: &mut problems };
+        if let Some(f) = filter::load(&file, &text, &sink_names, &mut report) {
+            if let Some(other) = filters.iter().find(|o| o.route == f.route) {
+                report.error(&["path"], format!("route {} is already served by filter `{}`: give one of them another `path:`", f.route, other.name));
+            } else if let Some(other) = filters.iter().find(|o| o.name == f.name) {
+                report.error(&["name"], format!("filter name `{}` is used twice (also by the filter on {})", f.name, other.route));
+            } else {
+                filters.push(f);
+            }
+        }
+    }
+    if filters.is_empty() && !problems.iter().any(|p| p.severity == Severity::Error) {
+        problems.push(Problem {
+            file: server.filters_dir.clone(),
+            line: 1,
+            severity: Severity::Warning,
+            message: "no filters: every request will get 404 unknown_provider".into(),
+        });
+    }
+    let has_errors = problems.iter().any(|p| p.severity == Severity::Error);
+    Loaded {
+        config: (!has_errors).then(|| Config { path: path.to_path_buf(), server, filters }),
+        problems,
+    }
+}
+
+fn filter_files(dir: &Path, conf: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(Problem {
+                file: conf.to_path_buf(),
+                line: diagnostics::line_of(&std::fs::read_to_string(conf).unwrap_or_default(), &["filters"]),
+                severity: Severity::Error,
+                message: format!("filters directory {} cannot be read: {e}", dir.display()),
+            });
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `5m`, `24h`, `1500ms` (humantime). A bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}): write it like 30s, 5m or 24h"))
+}
+
+/// A size written as a number of bytes or with a unit (`1MiB`, `512KiB`, `2MB`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+pub fn parse_size(value: &SizeValue) -> Result<u64, String> {
+    match value {
+        SizeValue::Bytes(n) => Ok(*n),
+        SizeValue::Text(t) => t
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| format!("`{t}` is not a size: write it like 1MiB, 512KiB or 65536")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_like_the_docs_write_them() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size(&SizeValue::Text("1MiB".into())).unwrap(), 1 << 20);
+        assert_eq!(parse_size(&SizeValue::Text("64 KiB".into())).unwrap(), 64 << 10);
+        assert_eq!(parse_size(&SizeValue::Bytes(10)).unwrap(), 10);
+        assert!(parse_size(&SizeValue::Text("big".into())).is_err());
+    }
+}

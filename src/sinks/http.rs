@@ -1,0 +1,193 @@
+//! The http sink: POST the verified raw body to an internal service, with the envelope as
+//! `X-Portcullis-*` headers and the filter's forwarded headers as they came.
+//!
+//! It uses Pingora's own connector, so upstream connections are pooled and kept alive like
+//! Pingora's proxy does. The body is written whole from memory: it was buffered to be verified
+//! anyway, and this avoids Pingora's 64 KiB limit on replaying a body read in a request filter.
+//! A 2xx is the acknowledgement; any other answer is a 502, no answer a 503. A pooled
+//! connection the upstream closed while idle is retried once on a fresh one.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+
+use super::{Envelope, Sink, SinkError};
+
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct HttpSink {
+    name: String,
+    connector: Connector,
+    peer: HttpPeer,
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    timeout: Duration,
+}
+
+pub struct ParsedUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+/// `http(s)://host[:port][/path]`.
+pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!("url `{url}` must start with http:// or https://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse::<u16>() {
+            Ok(port) => (h, port),
+            Err(_) if authority.starts_with('[') && !h.contains(']') => (authority, default_port),
+            Err(_) => return Err(format!("url `{url}` has a bad port `{p}`")),
+        },
+        _ => (authority, default_port),
+    };
+    if host.is_empty() {
+        return Err(format!("url `{url}` has no host"));
+    }
+    Ok(ParsedUrl {
+        tls,
+        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        port,
+        path: path.to_owned(),
+    })
+}
+
+impl HttpSink {
+    pub fn new(name: &str, url: &str, timeout: Duration) -> Result<HttpSink, String> {
+        let parsed = parse_url(url)?;
+        let addr = (parsed.host.as_str(), parsed.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("http sink `{name}`: cannot resolve {}: {e}", parsed.host))?
+            .next()
+            .ok_or_else(|| format!("http sink `{name}`: {} has no address", parsed.host))?;
+        let mut peer = HttpPeer::new(addr, parsed.tls, parsed.host.clone());
+        peer.options.connection_timeout = Some(timeout.min(Duration::from_secs(5)));
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+        let default_port = if parsed.tls { 443 } else { 80 };
+        let host = if parsed.port == default_port {
+            parsed.host.clone()
+        } else {
+            format!("{}:{}", parsed.host, parsed.port)
+        };
+        Ok(HttpSink {
+            name: name.to_owned(),
+            connector: Connector::new(None),
+            peer,
+            addr,
+            host,
+            path: parsed.path,
+            timeout,
+        })
+    }
+
+    fn request(&self, envelope: &Envelope) -> pingora::Result<RequestHeader> {
+        let mut req = RequestHeader::build("POST", self.path.as_bytes(), None)?;
+        req.insert_header("host", &self.host)?;
+        for (name, value) in &envelope.headers {
+            req.append_header(name.clone(), value.as_str())?;
+        }
+        req.insert_header("content-length", envelope.body.len())?;
+        req.insert_header("x-portcullis-provider", &envelope.provider)?;
+        req.insert_header("x-portcullis-event-id", &envelope.event_id)?;
+        req.insert_header("x-portcullis-received-at", &envelope.received_at)?;
+        req.insert_header("x-portcullis-source-ip", &envelope.source_ip)?;
+        req.insert_header("x-portcullis-verified", if envelope.verified { "true" } else { "false" })?;
+        if let Some(reason) = envelope.reason {
+            req.insert_header("x-portcullis-reason", reason)?;
+        }
+        Ok(req)
+    }
+
+    /// One exchange. `Err((reused, error))` says whether a pooled connection was used.
+    async fn exchange(&self, envelope: &Envelope) -> Result<u16, (bool, String)> {
+        let (mut session, reused) = self
+            .connector
+            .get_http_session(&self.peer)
+            .await
+            .map_err(|e| (false, format!("connect: {e}")))?;
+        let fail = |e: Box<pingora::Error>| (reused, e.to_string());
+        let req = self.request(envelope).map_err(fail)?;
+        session.write_request_header(Box::new(req)).await.map_err(fail)?;
+        session
+            .write_request_body(envelope.body.clone(), true)
+            .await
+            .map_err(fail)?;
+        session.finish_request_body().await.map_err(fail)?;
+        session.read_response_header().await.map_err(fail)?;
+        let status = session
+            .response_header()
+            .map(|h| h.status.as_u16())
+            .unwrap_or(502);
+        while session.read_response_body().await.map_err(fail)?.is_some() {}
+        self.connector
+            .release_http_session(session, &self.peer, Some(IDLE_TIMEOUT))
+            .await;
+        Ok(status)
+    }
+}
+
+#[async_trait]
+impl Sink for HttpSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
+        let attempt = async {
+            match self.exchange(envelope).await {
+                Err((true, _)) => self.exchange(envelope).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Err(_) => Err(SinkError::Unavailable(format!("no answer within {:?}", self.timeout))),
+            Ok(Err((_, e))) => Err(SinkError::Unavailable(e)),
+            Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
+            Ok(Ok(status)) => Err(SinkError::Rejected(status)),
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(self.addr)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_default_and_explicit_ports() {
+        let u = parse_url("http://127.0.0.1:3000/ingest").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port, u.path.as_str()), (false, "127.0.0.1", 3000, "/ingest"));
+        let u = parse_url("https://app.internal").unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (true, 443, "/"));
+        let u = parse_url("http://[::1]:8080/x").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8080));
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("http://:80/").is_err());
+        assert!(parse_url("http://h:notaport/").is_err());
+    }
+}

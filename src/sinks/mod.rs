@@ -1,0 +1,58 @@
+//! Sinks: where a verified event goes. One trait for all of them, one file per sink.
+//!
+//! `publish` returns only once the event is durable in the sink's own terms (fsync for the
+//! spool, a 2xx for the http sink): the gateway answers 202 on `Ok` and nothing else.
+
+pub mod http;
+pub mod spool;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::SinkConfig;
+
+/// What a sink receives: the raw body, byte for byte, and what the gateway learnt about it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub provider: String,
+    pub event_id: String,
+    /// RFC 3339, UTC.
+    pub received_at: String,
+    pub source_ip: String,
+    pub verified: bool,
+    /// Why verification failed, in shadow mode.
+    pub reason: Option<&'static str>,
+    /// The request headers the filter forwards, lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Nothing was kept; the sender should retry (503).
+    #[error("sink unavailable: {0}")]
+    Unavailable(String),
+    /// The upstream answered, but not with a 2xx (502).
+    #[error("upstream answered {0}")]
+    Rejected(u16),
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync {
+    fn name(&self) -> &str;
+    /// Returns once the event is durable, or with why it is not.
+    async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError>;
+    /// Whether the sink can take events now (for `/readyz`).
+    async fn ready(&self) -> bool;
+}
+
+pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, String> {
+    Ok(match config {
+        SinkConfig::Spool { dir, segment_size } => {
+            Arc::new(spool::Spool::open(name, dir, *segment_size)?)
+        }
+        SinkConfig::Http { url, timeout } => Arc::new(http::HttpSink::new(name, url, *timeout)?),
+    })
+}
