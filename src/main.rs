@@ -1,1 +1,109 @@
-fn main() {}
+//! The `portcullis` command line: parse, set up logging, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::commands;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Webhook edge gateway: verify, deduplicate and durably queue inbound webhooks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve webhooks with the given config.
+    Run {
+        #[arg(short, long, default_value = "conf/portcullis.yaml")]
+        conf: PathBuf,
+        /// One JSON object per log line.
+        #[arg(long)]
+        json_logs: bool,
+        /// Do not log a line per request.
+        #[arg(long)]
+        no_access_log: bool,
+        /// Run in the background (Pingora's daemon mode).
+        #[arg(short, long)]
+        daemon: bool,
+        /// Take over the listening sockets of a running instance (Pingora's graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Validate the config and every filter; print each problem with file:line.
+    Check {
+        #[arg(short, long, default_value = "conf/portcullis.yaml")]
+        conf: PathBuf,
+    },
+    /// Print the headers (or a curl command) of a request the filter accepts.
+    Sign {
+        #[arg(long)]
+        filter: PathBuf,
+        #[arg(long, conflicts_with = "body")]
+        body_file: Option<PathBuf>,
+        #[arg(long)]
+        body: Option<String>,
+        /// Unix seconds (default: now).
+        #[arg(long)]
+        timestamp: Option<i64>,
+        /// Event id for schemes that sign or send one (default: random).
+        #[arg(long)]
+        id: Option<String>,
+        /// Print a curl command against this base URL, e.g. http://127.0.0.1:8080
+        #[arg(long)]
+        curl: Option<String>,
+    },
+    /// Print a fresh key for a `url-key` filter.
+    Keygen,
+    /// Check the signature and timestamp of a captured raw HTTP/1.1 request.
+    Verify {
+        #[arg(long)]
+        filter: PathBuf,
+        #[arg(long)]
+        request: PathBuf,
+        /// Unix seconds to judge freshness against (default: now).
+        #[arg(long)]
+        now: Option<i64>,
+    },
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { conf, json_logs, no_access_log, daemon, upgrade } => {
+            init_logs(json_logs);
+            commands::run(&conf, commands::RunOptions { daemon, upgrade, access_log: !no_access_log })
+        }
+        Command::Check { conf } => commands::check(&conf),
+        Command::Sign { filter, body_file, body, timestamp, id, curl } => {
+            let body = match (&body_file, body) {
+                (Some(f), _) => match std::fs::read(f) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!("{}: {e}", f.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, Some(b)) => b.into_bytes(),
+                (None, None) => b"{}".to_vec(),
+            };
+            commands::sign(commands::SignOptions { filter: &filter, body, body_file: body_file.as_deref(), timestamp, id, curl })
+        }
+        Command::Keygen => commands::keygen(),
+        Command::Verify { filter, request, now } => commands::verify(&filter, &request, now),
+    };
+    ExitCode::from(code as u8)
+}

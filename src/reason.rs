@@ -13,6 +13,7 @@ pub enum Reason {
     PayloadTooLarge,
     UnsupportedContentType,
     BodyTimeout,
+    InvalidBody,
     MissingSignature,
     InvalidSignature,
     MissingTimestamp,
@@ -25,7 +26,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::UnknownProvider,
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
@@ -33,6 +34,7 @@ impl Reason {
         Reason::PayloadTooLarge,
         Reason::UnsupportedContentType,
         Reason::BodyTimeout,
+        Reason::InvalidBody,
         Reason::MissingSignature,
         Reason::InvalidSignature,
         Reason::MissingTimestamp,
@@ -53,6 +55,7 @@ impl Reason {
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::UnsupportedContentType => "unsupported_content_type",
             Reason::BodyTimeout => "body_timeout",
+            Reason::InvalidBody => "invalid_body",
             Reason::MissingSignature => "missing_signature",
             Reason::InvalidSignature => "invalid_signature",
             Reason::MissingTimestamp => "missing_timestamp",
@@ -78,7 +81,7 @@ impl Reason {
             | Reason::InvalidSignature
             | Reason::MissingTimestamp
             | Reason::StaleTimestamp => 401,
-            Reason::InvalidJson | Reason::MissingField => 400,
+            Reason::InvalidJson | Reason::MissingField | Reason::InvalidBody => 400,
             Reason::InProgress => 409,
             Reason::UpstreamError => 502,
             Reason::SinkUnavailable => 503,

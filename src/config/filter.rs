@@ -134,7 +134,8 @@ pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Parses and validates one filter file. `sinks` are the names the server defines.
-pub fn load(path: &Path, text: &str, sinks: &[String], report: &mut Report<'_>) -> Option<Filter> {
+/// `sinks` is `None` when the filter is loaded alone (`sign`, `verify`): its sink is not checked.
+pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Report<'_>) -> Option<Filter> {
     let mut unknown = Vec::new();
     let raw: FilterFile = match serde_ignored::deserialize(
         serde_yaml::Deserializer::from_str(text),
@@ -302,16 +303,19 @@ pub fn load(path: &Path, text: &str, sinks: &[String], report: &mut Report<'_>) 
         }
     };
 
-    let sink = match &raw.sink {
-        Some(s) => s.clone(),
-        None if sinks.len() == 1 => sinks[0].clone(),
-        None => {
+    let sink = match (&raw.sink, sinks) {
+        (Some(s), _) => s.clone(),
+        (None, Some([only])) => only.clone(),
+        (None, None) => String::new(),
+        (None, Some(sinks)) => {
             report.error(&["name"], format!("no `sink:` and the server defines {} sinks: add sink: <one of {}>", sinks.len(), sinks.join(", ")));
             String::new()
         }
     };
-    if !sink.is_empty() && !sinks.contains(&sink) {
-        report.error(&["sink"], format!("sink `{sink}` is not defined in the server config (defined: {})", sinks.join(", ")));
+    if let Some(sinks) = sinks {
+        if !sink.is_empty() && !sinks.contains(&sink) {
+            report.error(&["sink"], format!("sink `{sink}` is not defined in the server config (defined: {})", sinks.join(", ")));
+        }
     }
 
     if preset.name != "hmac" && raw.signature.is_some() {

@@ -39,6 +39,25 @@ impl Loaded {
     }
 }
 
+/// Loads one filter file on its own (for `sign` and `verify`), without a server config.
+pub fn load_filter(path: &Path) -> (Option<Filter>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                line: 1,
+                severity: Severity::Error,
+                message: format!("cannot read: {e}"),
+            });
+            return (None, problems);
+        }
+    };
+    let filter = filter::load(path, &text, None, &mut Report { file: path, text: &text, problems: &mut problems });
+    (filter, problems)
+}
+
 pub fn load(path: &Path) -> Loaded {
     let mut problems = Vec::new();
     let text = match std::fs::read_to_string(path) {
@@ -77,7 +96,7 @@ pub fn load(path: &Path) -> Loaded {
             }
         };
         let mut report = Report { file: &file, text: &text, problems: &mut problems };
-        if let Some(f) = filter::load(&file, &text, &sink_names, &mut report) {
+        if let Some(f) = filter::load(&file, &text, Some(&sink_names), &mut report) {
             if let Some(other) = filters.iter().find(|o| o.route == f.route) {
                 report.error(&["path"], format!("route {} is already served by filter `{}`: give one of them another `path:`", f.route, other.name));
             } else if let Some(other) = filters.iter().find(|o| o.name == f.name) {

@@ -1,0 +1,48 @@
+//! The admin listener: `/healthz` (the process answers), `/readyz` (every sink can take
+//! events) and `/metrics` (Prometheus text, served by pingora-prometheus).
+//! Bind it to loopback or a private interface: it is not meant for the internet.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora_prometheus::PrometheusHttpApp;
+
+use crate::sinks::Sink;
+
+pub struct Admin {
+    pub sinks: Vec<Arc<dyn Sink>>,
+}
+
+fn json(status: u16, body: serde_json::Value) -> http::Response<Vec<u8>> {
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/healthz" => json(200, serde_json::json!({"status": "ok"})),
+            "/readyz" => {
+                let mut sinks = serde_json::Map::new();
+                let mut ready = true;
+                for sink in &self.sinks {
+                    let ok = sink.ready().await;
+                    ready &= ok;
+                    sinks.insert(sink.name().to_owned(), serde_json::Value::Bool(ok));
+                }
+                let status = if ready { "ready" } else { "not_ready" };
+                json(if ready { 200 } else { 503 }, serde_json::json!({"status": status, "sinks": sinks}))
+            }
+            "/metrics" => PrometheusHttpApp.response(session).await,
+            _ => json(404, serde_json::json!({"error": "not_found"})),
+        }
+    }
+}

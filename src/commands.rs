@@ -1,0 +1,225 @@
+//! What each CLI command does; `main.rs` only parses arguments and calls these.
+//! Each returns the process exit code.
+
+use std::io::Write;
+use std::path::Path;
+
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::{self, Severity};
+use crate::gateway::Gateway;
+use crate::request::Inbound;
+use crate::schemes::Outbound;
+
+pub struct RunOptions {
+    pub daemon: bool,
+    pub upgrade: bool,
+    pub access_log: bool,
+}
+
+/// Loads and validates the config, then serves until told to stop.
+pub fn run(path: &Path, options: RunOptions) -> i32 {
+    let loaded = config::load(path);
+    for problem in &loaded.problems {
+        match problem.severity {
+            Severity::Error => tracing::error!("{problem}"),
+            Severity::Warning => tracing::warn!("{problem}"),
+        }
+    }
+    let Some(config) = loaded.config else {
+        tracing::error!("not starting: fix the errors above (`portcullis check -c {}` lists them)", path.display());
+        return 1;
+    };
+    crate::metrics::init();
+    let config::Config { server: settings, filters, .. } = config;
+    let gateway = match Gateway::build(filters, &settings, options.access_log) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("not starting: {e}");
+            return 1;
+        }
+    };
+    let (listeners, admin_addr) = (settings.listen, settings.admin);
+    let mut conf = settings.pingora;
+    conf.daemon |= options.daemon;
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let sinks = gateway.sinks();
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portcullis");
+    for listener in &listeners {
+        match &listener.tls {
+            None => proxy.add_tcp(&listener.addr),
+            Some((cert, key)) => {
+                if let Err(e) = proxy.add_tls(&listener.addr, &cert.to_string_lossy(), &key.to_string_lossy()) {
+                    tracing::error!("not starting: TLS listener {}: {e}", listener.addr);
+                    return 1;
+                }
+            }
+        }
+        tracing::info!(addr = %listener.addr, tls = listener.tls.is_some(), "listening");
+    }
+    server.add_service(proxy);
+    if let Some(addr) = admin_addr {
+        let mut admin = Service::new("admin".into(), HttpServer::new_app(Admin { sinks }));
+        admin.add_tcp(&addr);
+        server.add_service(admin);
+        tracing::info!(%addr, "admin listening (/healthz /readyz /metrics)");
+    }
+    server.run_forever()
+}
+
+/// Validates the config and every filter; prints each problem with `file:line`.
+pub fn check(path: &Path) -> i32 {
+    let loaded = config::load(path);
+    for problem in &loaded.problems {
+        println!("{problem}");
+    }
+    let errors = loaded.errors().count();
+    let warnings = loaded.problems.len() - errors;
+    match &loaded.config {
+        Some(c) => {
+            println!(
+                "{}: ok ({} filters, {} sinks, {warnings} warnings)",
+                path.display(),
+                c.filters.len(),
+                c.server.sinks.len()
+            );
+            0
+        }
+        None => {
+            println!("{}: {errors} errors, {warnings} warnings", path.display());
+            1
+        }
+    }
+}
+
+fn load_filter_or_report(path: &Path) -> Option<config::Filter> {
+    let (filter, problems) = config::load_filter(path);
+    for p in problems.iter().filter(|p| p.severity == Severity::Error) {
+        eprintln!("{p}");
+    }
+    filter
+}
+
+pub struct SignOptions<'a> {
+    pub filter: &'a Path,
+    pub body: Vec<u8>,
+    pub body_file: Option<&'a Path>,
+    pub timestamp: Option<i64>,
+    pub id: Option<String>,
+    pub curl: Option<String>,
+}
+
+/// Prints the headers (or a whole curl command) of a request the filter accepts.
+pub fn sign(opts: SignOptions<'_>) -> i32 {
+    let Some(filter) = load_filter_or_report(opts.filter) else { return 2 };
+    let timestamp = opts.timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let id = opts
+        .id
+        .unwrap_or_else(|| format!("evt_{}", crate::schemes::url_key_generate().trim_start_matches("wh_")));
+    let mut headers = filter.scheme.sign(&Outbound {
+        body: &opts.body,
+        timestamp,
+        id: &id,
+        url: filter.public_url.as_deref(),
+    });
+    if let crate::config::EventIdSource::Header { name, .. } = &filter.event_id {
+        if !headers.iter().any(|(k, _)| k == name) {
+            headers.push((name.clone(), id.clone()));
+        }
+    }
+    let content_type = filter
+        .content_types
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "application/json".into());
+    let mut out = std::io::stdout().lock();
+    match opts.curl {
+        None => {
+            let _ = writeln!(out, "content-type: {content_type}");
+            for (k, v) in &headers {
+                let _ = writeln!(out, "{k}: {v}");
+            }
+            if let Some(suffix) = filter.scheme.path_suffix() {
+                let _ = writeln!(out, "path: {}/{suffix}", filter.route);
+            }
+        }
+        Some(base) => {
+            let mut url = format!("{}{}", base.trim_end_matches('/'), filter.route);
+            if let Some(suffix) = filter.scheme.path_suffix() {
+                url = format!("{url}/{suffix}");
+            }
+            let mut cmd = format!("curl -sS -X POST {}", shell_quote(&url));
+            cmd += &format!(" -H {}", shell_quote(&format!("content-type: {content_type}")));
+            for (k, v) in &headers {
+                cmd += &format!(" -H {}", shell_quote(&format!("{k}: {v}")));
+            }
+            match opts.body_file {
+                Some(f) => cmd += &format!(" --data-binary @{}", shell_quote(&f.to_string_lossy())),
+                None => cmd += &format!(" --data-binary {}", shell_quote(&String::from_utf8_lossy(&opts.body))),
+            }
+            let _ = writeln!(out, "{cmd}");
+        }
+    }
+    0
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Runs signature and timestamp checks on a captured raw HTTP/1.1 request.
+pub fn verify(filter: &Path, request: &Path, now: Option<i64>) -> i32 {
+    let Some(filter) = load_filter_or_report(filter) else { return 2 };
+    let raw = match std::fs::read(request) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", request.display());
+            return 2;
+        }
+    };
+    let parsed = match crate::rawhttp::parse(&raw) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("{}", serde_json::json!({"accepted": false, "reason": "malformed_request", "detail": e}));
+            return 1;
+        }
+    };
+    let now = now.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let req = Inbound::new(
+        &parsed.method,
+        &parsed.path,
+        parsed.query.as_deref(),
+        &parsed.headers,
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &parsed.body,
+    );
+    let verdict = filter.scheme.verify(&req, now);
+    let (accepted, reason) = match verdict {
+        Ok(()) => (true, None),
+        Err(r) => (false, Some(r.as_str())),
+    };
+    println!(
+        "{}",
+        serde_json::json!({"accepted": accepted, "reason": reason, "provider": filter.name, "preset": filter.preset})
+    );
+    if accepted {
+        0
+    } else {
+        1
+    }
+}
+
+pub fn keygen() -> i32 {
+    println!("{}", crate::schemes::url_key_generate());
+    0
+}

@@ -1,0 +1,375 @@
+//! The Pingora `ProxyHttp` implementation: glue between a request, a provider's filter chain,
+//! the dedup store and a sink.
+//!
+//! Portcullis terminates every request in `request_filter` and answers it itself: the body is
+//! read (bounded and timed), verified, and handed to a sink, so nothing unverified is ever
+//! proxied and no upstream sees a byte before the signature checks out.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use ipnet::IpNet;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::ErrorType;
+
+use crate::config::{Filter as FilterConfig, Mode, Server};
+use crate::filters::dedup::{self, Dedup, Reservation, ReservationGuard};
+use crate::filters::{self, allowlist, Chain};
+use crate::metrics;
+use crate::reason::Reason;
+use crate::request::Inbound;
+use crate::sinks::{self, Envelope, Sink, SinkError};
+
+pub struct Provider {
+    pub name: Arc<str>,
+    pub config: FilterConfig,
+    chain: Chain,
+    sink: Arc<dyn Sink>,
+}
+
+pub struct Gateway {
+    providers: Vec<Provider>,
+    routes: HashMap<String, usize>,
+    trusted_proxies: Vec<IpNet>,
+    dedup: Dedup,
+    sinks: Vec<Arc<dyn Sink>>,
+    access_log: bool,
+}
+
+/// What became of a request: the response and the metrics follow from it.
+enum Outcome {
+    Accepted { event_id: String },
+    Duplicate { event_id: String },
+    Rejected(Reason),
+}
+
+#[derive(Default)]
+pub struct RequestCtx {
+    started: Option<Instant>,
+    provider: Option<usize>,
+    client_ip: Option<IpAddr>,
+    event_id: Option<String>,
+    outcome: &'static str,
+    reason: Option<Reason>,
+    shadow_verdict: Option<Reason>,
+    status: u16,
+}
+
+impl Gateway {
+    pub fn build(filters: Vec<FilterConfig>, server: &Server, access_log: bool) -> Result<Gateway, String> {
+        let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+        for (name, sink) in &server.sinks {
+            sinks.insert(name.clone(), sinks::build(name, sink)?);
+        }
+        let mut providers = Vec::new();
+        let mut routes = HashMap::new();
+        for filter in filters {
+            let sink = sinks
+                .get(&filter.sink)
+                .cloned()
+                .ok_or_else(|| format!("filter `{}`: no sink `{}`", filter.name, filter.sink))?;
+            routes.insert(filter.route.clone(), providers.len());
+            providers.push(Provider {
+                name: Arc::from(filter.name.as_str()),
+                chain: filters::chain(&filter),
+                config: filter,
+                sink,
+            });
+        }
+        Ok(Gateway {
+            providers,
+            routes,
+            trusted_proxies: server.trusted_proxies.clone(),
+            dedup: Dedup::new(server.dedup_max_entries),
+            sinks: sinks.into_values().collect(),
+            access_log,
+        })
+    }
+
+    pub fn sinks(&self) -> Vec<Arc<dyn Sink>> {
+        self.sinks.clone()
+    }
+
+    /// The provider owning a path: an exact route, or for `url-key` filters, route + `/KEY`.
+    fn route(&self, path: &str) -> Option<usize> {
+        if let Some(&i) = self.routes.get(path) {
+            return Some(i);
+        }
+        let (parent, _key) = path.rsplit_once('/')?;
+        self.routes
+            .get(parent)
+            .copied()
+            .filter(|&i| self.providers[i].config.url_key)
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
+        let head = session.req_header();
+        let Some(index) = self.route(head.uri.path()) else {
+            return Outcome::Rejected(Reason::UnknownProvider);
+        };
+        ctx.provider = Some(index);
+        let provider = &self.providers[index];
+        if head.method != http::Method::POST {
+            return Outcome::Rejected(Reason::MethodNotAllowed);
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let head = session.req_header();
+        let forwarded = head.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let client_ip = allowlist::client_ip(peer, forwarded, &self.trusted_proxies);
+        ctx.client_ip = Some(client_ip);
+        let req = inbound(session, client_ip, b"");
+        if let Err(reason) = filters::check_head(&provider.chain, &req) {
+            return Outcome::Rejected(reason);
+        }
+
+        if expects_continue(session) {
+            let _ = session.write_continue_response().await;
+        }
+        let body = match read_body(session, provider.config.max_body, provider.config.body_timeout).await {
+            Ok(body) => body,
+            Err(reason) => return Outcome::Rejected(reason),
+        };
+
+        let shadow = provider.config.mode == Mode::Shadow;
+        let req = inbound(session, client_ip, &body);
+        let verdict = match filters::check_body(&provider.chain, &req, unix_now(), shadow) {
+            Ok(verdict) => verdict,
+            Err(reason) => return Outcome::Rejected(reason),
+        };
+        ctx.shadow_verdict = verdict;
+        let event_id = match dedup::event_id(&provider.config.event_id, &req) {
+            Ok(id) => id,
+            Err(reason) if !shadow => return Outcome::Rejected(reason),
+            Err(reason) => {
+                ctx.shadow_verdict.get_or_insert(reason);
+                dedup::event_id(&crate::config::EventIdSource::BodyHash, &req).unwrap_or_default()
+            }
+        };
+        ctx.event_id = Some(event_id.clone());
+        let envelope = Envelope {
+            provider: provider.name.to_string(),
+            event_id: event_id.clone(),
+            received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            source_ip: client_ip.to_string(),
+            verified: verdict.is_none(),
+            reason: verdict.map(Reason::as_str),
+            headers: forward_headers(&req, &provider.config.forward_headers),
+            body: body.clone(),
+        };
+        drop(req);
+        self.deliver(provider, envelope).await
+    }
+
+    /// Reserve, publish, then commit or release: exactly one 202 per event id.
+    async fn deliver(&self, provider: &Provider, envelope: Envelope) -> Outcome {
+        let event_id = envelope.event_id.clone();
+        let Some(ttl) = provider.config.dedup_ttl else {
+            return match publish(provider, &envelope).await {
+                Ok(()) => Outcome::Accepted { event_id },
+                Err(reason) => Outcome::Rejected(reason),
+            };
+        };
+        let token = match self.dedup.reserve(&provider.name, &event_id) {
+            Reservation::Fresh(token) => token,
+            Reservation::Duplicate => return Outcome::Duplicate { event_id },
+            Reservation::InProgress => return Outcome::Rejected(Reason::InProgress),
+        };
+        let mut guard = ReservationGuard {
+            dedup: &self.dedup,
+            provider: &provider.name,
+            id: &event_id,
+            token,
+            resolved: false,
+        };
+        let result = publish(provider, &envelope).await;
+        guard.resolved = true;
+        drop(guard);
+        match result {
+            Ok(()) => {
+                self.dedup.commit(&provider.name, &event_id, token, ttl);
+                Outcome::Accepted { event_id }
+            }
+            Err(reason) => {
+                self.dedup.release(&provider.name, &event_id, token);
+                Outcome::Rejected(reason)
+            }
+        }
+    }
+
+    async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, outcome: Outcome) {
+        let provider = ctx.provider.map(|i| self.providers[i].name.to_string());
+        let (status, body, retry_after) = match outcome {
+            Outcome::Accepted { event_id } => {
+                ctx.outcome = "accepted";
+                let body = serde_json::json!({"status": "accepted", "provider": provider, "event_id": event_id});
+                (202, body, None)
+            }
+            Outcome::Duplicate { event_id } => {
+                ctx.outcome = "duplicate";
+                let body = serde_json::json!({"status": "duplicate", "provider": provider, "event_id": event_id});
+                (200, body, None)
+            }
+            Outcome::Rejected(reason) => {
+                ctx.outcome = match reason {
+                    Reason::SinkUnavailable | Reason::UpstreamError => "error",
+                    _ => "rejected",
+                };
+                ctx.reason = Some(reason);
+                (reason.status(), serde_json::json!({"error": reason.as_str()}), reason.retry_after())
+            }
+        };
+        ctx.status = status;
+        // A request turned away before its body was read must not have that body drained
+        // (it may be huge or never come): close the connection after answering.
+        if !session.is_body_done() {
+            session.set_keepalive(None);
+        }
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let Ok(mut resp) = ResponseHeader::build(status, Some(4)) else { return };
+        let _ = resp.insert_header("content-type", "application/json");
+        let _ = resp.insert_header("content-length", body.len());
+        let _ = resp.insert_header("cache-control", "no-store");
+        if let Some(seconds) = retry_after {
+            let _ = resp.insert_header("retry-after", seconds);
+        }
+        if status == 405 {
+            let _ = resp.insert_header("allow", "POST");
+        }
+        if session.write_response_header(Box::new(resp), false).await.is_ok() {
+            let _ = session.write_response_body(Some(body), true).await;
+        }
+    }
+}
+
+async fn publish(provider: &Provider, envelope: &Envelope) -> Result<(), Reason> {
+    let sink = provider.sink.name();
+    let timer = metrics::SINK_PUBLISH_DURATION.with_label_values(&[sink]).start_timer();
+    let result = provider.sink.publish(envelope).await;
+    timer.observe_duration();
+    result.map_err(|e| {
+        metrics::SINK_ERRORS.with_label_values(&[sink]).inc();
+        tracing::warn!(sink, provider = %provider.name, error = %e, "publish failed");
+        match e {
+            SinkError::Unavailable(_) => Reason::SinkUnavailable,
+            SinkError::Rejected(_) => Reason::UpstreamError,
+        }
+    })
+}
+
+fn inbound<'a>(session: &'a Session, client_ip: IpAddr, body: &'a [u8]) -> Inbound<'a> {
+    let head = session.req_header();
+    Inbound::new(
+        head.method.as_str(),
+        head.uri.path(),
+        head.uri.query(),
+        &head.headers,
+        client_ip,
+        body,
+    )
+}
+
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads the whole body, refusing it once it grows past `max` and when it does not arrive
+/// within `timeout` (slow senders hold a connection, not a worker).
+async fn read_body(session: &mut Session, max: u64, timeout: Duration) -> Result<Bytes, Reason> {
+    let read = async {
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > max {
+                        return Err(Reason::PayloadTooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => return Err(Reason::BodyTimeout),
+                Err(_) => return Err(Reason::InvalidBody),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(Reason::BodyTimeout))
+}
+
+fn forward_headers(req: &Inbound<'_>, names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| req.header(name).map(|v| (name.clone(), v.to_owned())))
+        .collect()
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Some(Instant::now()),
+            ..RequestCtx::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let outcome = self.handle(session, ctx).await;
+        self.respond(session, ctx, outcome).await;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter; nothing is ever proxied unverified.
+        Error::e_explain(ErrorType::InternalError, "portcullis does not proxy")
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        let provider = ctx
+            .provider
+            .map(|i| &*self.providers[i].name)
+            .unwrap_or("unknown");
+        let outcome = if ctx.outcome.is_empty() { "error" } else { ctx.outcome };
+        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        metrics::REQUESTS.with_label_values(&[provider, outcome]).inc();
+        if let Some(reason) = ctx.reason.or(ctx.shadow_verdict) {
+            metrics::REJECTIONS.with_label_values(&[provider, reason.as_str()]).inc();
+        }
+        metrics::REQUEST_DURATION
+            .with_label_values(&[provider])
+            .observe(elapsed.as_secs_f64());
+        metrics::DEDUP_ENTRIES.set(self.dedup.entries() as i64);
+        if self.access_log {
+            tracing::info!(
+                target: "portcullis::access",
+                provider,
+                status = ctx.status,
+                outcome,
+                reason = ctx.reason.map(Reason::as_str).unwrap_or(""),
+                shadow_verdict = ctx.shadow_verdict.map(Reason::as_str).unwrap_or(""),
+                event_id = ctx.event_id.as_deref().unwrap_or(""),
+                client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+    }
+}

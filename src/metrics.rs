@@ -1,0 +1,80 @@
+//! The Prometheus metrics of the contract, registered in the default registry that
+//! pingora-prometheus serves on the admin listener. Labels carry provider, outcome, reason
+//! and sink names only: never an event id, address or anything a sender controls.
+
+use once_cell::sync::Lazy;
+use pingora_prometheus::prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+};
+
+pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_requests_total",
+        "Requests by provider and outcome (accepted, duplicate, rejected, error).",
+        &["provider", "outcome"]
+    )
+    .expect("register portcullis_requests_total")
+});
+
+pub static REJECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_rejections_total",
+        "Rejections (and shadow-mode verdicts) by provider and reason.",
+        &["provider", "reason"]
+    )
+    .expect("register portcullis_rejections_total")
+});
+
+pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "portcullis_request_duration_seconds",
+        "Time from request head to response, by provider.",
+        &["provider"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    )
+    .expect("register portcullis_request_duration_seconds")
+});
+
+pub static SINK_PUBLISH_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "portcullis_sink_publish_duration_seconds",
+        "Time a sink took to acknowledge (or fail) a publish.",
+        &["sink"],
+        vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]
+    )
+    .expect("register portcullis_sink_publish_duration_seconds")
+});
+
+pub static SINK_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_sink_errors_total",
+        "Publishes a sink failed or refused.",
+        &["sink"]
+    )
+    .expect("register portcullis_sink_errors_total")
+});
+
+pub static DEDUP_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "portcullis_dedup_entries",
+        "Event ids currently remembered (in flight or accepted)."
+    )
+    .expect("register portcullis_dedup_entries")
+});
+
+pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!("portcullis_build_info", "Always 1; the version label says which build.", &["version"])
+        .expect("register portcullis_build_info")
+});
+
+/// Registers every metric up front, so `/metrics` lists them before the first request.
+pub fn init() {
+    Lazy::force(&REQUESTS);
+    Lazy::force(&REJECTIONS);
+    Lazy::force(&REQUEST_DURATION);
+    Lazy::force(&SINK_PUBLISH_DURATION);
+    Lazy::force(&SINK_ERRORS);
+    Lazy::force(&DEDUP_ENTRIES);
+    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+}
