@@ -1,0 +1,331 @@
+//! Black-box harness: starts the real `portcullis` binary on ephemeral ports with a config
+//! written into a temp dir, speaks raw HTTP/1.1 to it, and runs tiny upstreams for the http sink.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Server {
+    pub port: u16,
+    pub admin: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Server {
+    /// Starts the gateway with `filters` (file name, YAML) and `sinks` (YAML mapping body).
+    pub fn start(filters: &[(&str, &str)], sinks: &str) -> Server {
+        Self::start_with(filters, sinks, "")
+    }
+
+    pub fn start_with(filters: &[(&str, &str)], sinks: &str, extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("filters")).unwrap();
+        for (name, yaml) in filters {
+            std::fs::write(dir.path().join("filters").join(name), yaml).unwrap();
+        }
+        let (port, admin) = (free_port(), free_port());
+        let conf = format!(
+            "listen:\n  - addr: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\nfilters: filters/\nsinks:\n{sinks}\npingora: {{ threads: 2, grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1, pid_file: {pid}, upgrade_sock: {sock} }}\n{extra}",
+            pid = dir.path().join("pid").display(),
+            sock = dir.path().join("upgrade.sock").display(),
+        );
+        std::fs::write(dir.path().join("portcullis.yaml"), conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("log.txt")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "-c"])
+            .arg(dir.path().join("portcullis.yaml"))
+            .env("RUST_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server { port, admin, dir, child };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = try_request(self.admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n") {
+                if r.status == 200 {
+                    if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway did not become healthy; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log.txt")).unwrap_or_default()
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Every line of every spool segment, parsed.
+    pub fn spooled(&self) -> Vec<serde_json::Value> {
+        spool_lines(&self.spool_dir())
+    }
+
+    pub fn post(&self, path: &str, headers: &[(String, String)], body: &[u8]) -> Response {
+        post(self.port, path, headers, body)
+    }
+
+    pub fn admin_get(&self, path: &str) -> Response {
+        request(self.admin, format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none() && self.admin_get("/healthz").status == 200
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spool_lines(dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("every spool line is JSON"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("body is not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    /// The `error` reason of a rejection.
+    pub fn reason(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+pub fn post(port: u16, path: &str, headers: &[(String, String)], body: &[u8]) -> Response {
+    let mut raw = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        raw += &format!("{k}: {v}\r\n");
+    }
+    raw += "\r\n";
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    request(port, &bytes)
+}
+
+pub fn request(port: u16, raw: &[u8]) -> Response {
+    try_request(port, raw).unwrap_or_else(|e| panic!("request to {port} failed: {e}"))
+}
+
+pub fn try_request(port: u16, raw: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(raw)?;
+    read_response(&mut stream)
+}
+
+/// Reads one response; the body by Content-Length, or to EOF.
+pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line {line:?}"))
+    })?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let length = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.read_to_end(&mut body)?;
+        }
+    }
+    Ok(Response { status, headers, body })
+}
+
+/// Writes a filter into a temp file and returns the headers its scheme signs `body` with.
+pub fn sign(filter_yaml: &str, body: &[u8], timestamp: i64, id: &str) -> Vec<(String, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.yaml");
+    std::fs::write(&path, filter_yaml).unwrap();
+    let (filter, problems) = portcullis::config::load_filter(&path);
+    let filter = filter.unwrap_or_else(|| panic!("filter does not load: {problems:?}"));
+    let mut headers = filter.scheme.sign(&portcullis::schemes::Outbound {
+        body,
+        timestamp,
+        id,
+        url: filter.public_url.as_deref(),
+    });
+    if let portcullis::config::EventIdSource::Header { name, .. } = &filter.event_id {
+        if !headers.iter().any(|(k, _)| k == name) {
+            headers.push((name.clone(), id.to_owned()));
+        }
+    }
+    headers.push(("content-type".into(), "application/json".into()));
+    headers
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// What an upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A minimal HTTP/1.1 upstream (keep-alive) answering every request with `status`, optionally
+/// holding each answer until `gate` opens.
+pub struct Upstream {
+    pub port: u16,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub status: Arc<Mutex<u16>>,
+    pub gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Upstream {
+    pub fn start(status: u16) -> Upstream {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), status)
+    }
+
+    pub fn start_on(listener: TcpListener, status: u16) -> Upstream {
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(status));
+        let gate = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+        let (r, s, g) = (received.clone(), status.clone(), gate.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (r, s, g) = (r.clone(), s.clone(), g.clone());
+                std::thread::spawn(move || serve_upstream(conn, r, s, g));
+            }
+        });
+        Upstream { port, received, status, gate }
+    }
+
+    pub fn hold(&self) {
+        *self.gate.0.lock().unwrap() = false;
+    }
+
+    pub fn release(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+fn serve_upstream(
+    conn: TcpStream,
+    received: Arc<Mutex<Vec<Received>>>,
+    status: Arc<Mutex<u16>>,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+) {
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        received.lock().unwrap().push(Received { headers, body });
+        let (lock, cvar) = &*gate;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cvar.wait(open).unwrap();
+        }
+        drop(open);
+        let code = *status.lock().unwrap();
+        let resp = format!("HTTP/1.1 {code} X\r\nContent-Length: 2\r\n\r\nok");
+        if writer.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+pub fn spool_sink() -> &'static str {
+    "  spool: { type: spool, dir: spool/ }"
+}
+
+pub fn http_sink(port: u16) -> String {
+    format!("  app: {{ type: http, url: \"http://127.0.0.1:{port}/ingest\", timeout: 5s }}")
+}
+
+/// Headers as (String, String) pairs from string slices.
+pub fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
