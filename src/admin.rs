@@ -39,7 +39,10 @@ impl ServeHttp for Admin {
                     sinks.insert(sink.name().to_owned(), serde_json::Value::Bool(ok));
                 }
                 let status = if ready { "ready" } else { "not_ready" };
-                json(if ready { 200 } else { 503 }, serde_json::json!({"status": status, "sinks": sinks}))
+                json(
+                    if ready { 200 } else { 503 },
+                    serde_json::json!({"status": status, "sinks": sinks}),
+                )
             }
             "/metrics" => PrometheusHttpApp.response(session).await,
             _ => json(404, serde_json::json!({"error": "not_found"})),

@@ -31,11 +31,18 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         }
     }
     let Some(config) = loaded.config else {
-        tracing::error!("not starting: fix the errors above (`portcullis check -c {}` lists them)", path.display());
+        tracing::error!(
+            "not starting: fix the errors above (`portcullis check -c {}` lists them)",
+            path.display()
+        );
         return 1;
     };
     crate::metrics::init();
-    let config::Config { server: settings, filters, .. } = config;
+    let config::Config {
+        server: settings,
+        filters,
+        ..
+    } = config;
     let gateway = match Gateway::build(filters, &settings, options.access_log) {
         Ok(g) => g,
         Err(e) => {
@@ -54,12 +61,17 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let sinks = gateway.sinks();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portcullis");
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portcullis");
     for listener in &listeners {
         match &listener.tls {
             None => proxy.add_tcp(&listener.addr),
             Some((cert, key)) => {
-                if let Err(e) = proxy.add_tls(&listener.addr, &cert.to_string_lossy(), &key.to_string_lossy()) {
+                if let Err(e) = proxy.add_tls(
+                    &listener.addr,
+                    &cert.to_string_lossy(),
+                    &key.to_string_lossy(),
+                ) {
                     tracing::error!("not starting: TLS listener {}: {e}", listener.addr);
                     return 1;
                 }
@@ -121,11 +133,18 @@ pub struct SignOptions<'a> {
 
 /// Prints the headers (or a whole curl command) of a request the filter accepts.
 pub fn sign(opts: SignOptions<'_>) -> i32 {
-    let Some(filter) = load_filter_or_report(opts.filter) else { return 2 };
-    let timestamp = opts.timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());
-    let id = opts
-        .id
-        .unwrap_or_else(|| format!("evt_{}", crate::schemes::url_key_generate().trim_start_matches("wh_")));
+    let Some(filter) = load_filter_or_report(opts.filter) else {
+        return 2;
+    };
+    let timestamp = opts
+        .timestamp
+        .unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let id = opts.id.unwrap_or_else(|| {
+        format!(
+            "evt_{}",
+            crate::schemes::url_key_generate().trim_start_matches("wh_")
+        )
+    });
     let mut headers = filter.scheme.sign(&Outbound {
         body: &opts.body,
         timestamp,
@@ -159,13 +178,21 @@ pub fn sign(opts: SignOptions<'_>) -> i32 {
                 url = format!("{url}/{suffix}");
             }
             let mut cmd = format!("curl -sS -X POST {}", shell_quote(&url));
-            cmd += &format!(" -H {}", shell_quote(&format!("content-type: {content_type}")));
+            cmd += &format!(
+                " -H {}",
+                shell_quote(&format!("content-type: {content_type}"))
+            );
             for (k, v) in &headers {
                 cmd += &format!(" -H {}", shell_quote(&format!("{k}: {v}")));
             }
             match opts.body_file {
                 Some(f) => cmd += &format!(" --data-binary @{}", shell_quote(&f.to_string_lossy())),
-                None => cmd += &format!(" --data-binary {}", shell_quote(&String::from_utf8_lossy(&opts.body))),
+                None => {
+                    cmd += &format!(
+                        " --data-binary {}",
+                        shell_quote(&String::from_utf8_lossy(&opts.body))
+                    )
+                }
             }
             let _ = writeln!(out, "{cmd}");
         }
@@ -179,7 +206,9 @@ fn shell_quote(s: &str) -> String {
 
 /// Runs signature and timestamp checks on a captured raw HTTP/1.1 request.
 pub fn verify(filter: &Path, request: &Path, now: Option<i64>) -> i32 {
-    let Some(filter) = load_filter_or_report(filter) else { return 2 };
+    let Some(filter) = load_filter_or_report(filter) else {
+        return 2;
+    };
     let raw = match std::fs::read(request) {
         Ok(r) => r,
         Err(e) => {
@@ -190,7 +219,10 @@ pub fn verify(filter: &Path, request: &Path, now: Option<i64>) -> i32 {
     let parsed = match crate::rawhttp::parse(&raw) {
         Ok(p) => p,
         Err(e) => {
-            println!("{}", serde_json::json!({"accepted": false, "reason": "malformed_request", "detail": e}));
+            println!(
+                "{}",
+                serde_json::json!({"accepted": false, "reason": "malformed_request", "detail": e})
+            );
             return 1;
         }
     };

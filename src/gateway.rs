@@ -61,7 +61,11 @@ pub struct RequestCtx {
 }
 
 impl Gateway {
-    pub fn build(filters: Vec<FilterConfig>, server: &Server, access_log: bool) -> Result<Gateway, String> {
+    pub fn build(
+        filters: Vec<FilterConfig>,
+        server: &Server,
+        access_log: bool,
+    ) -> Result<Gateway, String> {
         let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
         for (name, sink) in &server.sinks {
             sinks.insert(name.clone(), sinks::build(name, sink)?);
@@ -123,7 +127,10 @@ impl Gateway {
             .map(|a| a.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let head = session.req_header();
-        let forwarded = head.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let forwarded = head
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
         let client_ip = allowlist::client_ip(peer, forwarded, &self.trusted_proxies);
         ctx.client_ip = Some(client_ip);
         let req = inbound(session, client_ip, b"");
@@ -134,7 +141,13 @@ impl Gateway {
         if expects_continue(session) {
             let _ = session.write_continue_response().await;
         }
-        let body = match read_body(session, provider.config.max_body, provider.config.body_timeout).await {
+        let body = match read_body(
+            session,
+            provider.config.max_body,
+            provider.config.body_timeout,
+        )
+        .await
+        {
             Ok(body) => body,
             Err(reason) => return Outcome::Rejected(reason),
         };
@@ -224,7 +237,11 @@ impl Gateway {
                     _ => "rejected",
                 };
                 ctx.reason = Some(reason);
-                (reason.status(), serde_json::json!({"error": reason.as_str()}), reason.retry_after())
+                (
+                    reason.status(),
+                    serde_json::json!({"error": reason.as_str()}),
+                    reason.retry_after(),
+                )
             }
         };
         ctx.status = status;
@@ -234,7 +251,9 @@ impl Gateway {
             session.set_keepalive(None);
         }
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let Ok(mut resp) = ResponseHeader::build(status, Some(4)) else { return };
+        let Ok(mut resp) = ResponseHeader::build(status, Some(4)) else {
+            return;
+        };
         let _ = resp.insert_header("content-type", "application/json");
         let _ = resp.insert_header("content-length", body.len());
         let _ = resp.insert_header("cache-control", "no-store");
@@ -244,7 +263,11 @@ impl Gateway {
         if status == 405 {
             let _ = resp.insert_header("allow", "POST");
         }
-        if session.write_response_header(Box::new(resp), false).await.is_ok() {
+        if session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_ok()
+        {
             let _ = session.write_response_body(Some(body), true).await;
         }
     }
@@ -252,7 +275,9 @@ impl Gateway {
 
 async fn publish(provider: &Provider, envelope: &Envelope) -> Result<(), Reason> {
     let sink = provider.sink.name();
-    let timer = metrics::SINK_PUBLISH_DURATION.with_label_values(&[sink]).start_timer();
+    let timer = metrics::SINK_PUBLISH_DURATION
+        .with_label_values(&[sink])
+        .start_timer();
     let result = provider.sink.publish(envelope).await;
     timer.observe_duration();
     result.map_err(|e| {
@@ -299,7 +324,9 @@ async fn read_body(session: &mut Session, max: u64, timeout: Duration) -> Result
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(body.freeze()),
-                Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => return Err(Reason::BodyTimeout),
+                Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
+                    return Err(Reason::BodyTimeout)
+                }
                 Err(_) => return Err(Reason::InvalidBody),
             }
         }
@@ -337,21 +364,38 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         // Every request is answered in request_filter; nothing is ever proxied unverified.
         Error::e_explain(ErrorType::InternalError, "portcullis does not proxy")
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
         let provider = ctx
             .provider
             .map(|i| &*self.providers[i].name)
             .unwrap_or("unknown");
-        let outcome = if ctx.outcome.is_empty() { "error" } else { ctx.outcome };
+        let outcome = if ctx.outcome.is_empty() {
+            "error"
+        } else {
+            ctx.outcome
+        };
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        metrics::REQUESTS.with_label_values(&[provider, outcome]).inc();
+        metrics::REQUESTS
+            .with_label_values(&[provider, outcome])
+            .inc();
         if let Some(reason) = ctx.reason.or(ctx.shadow_verdict) {
-            metrics::REJECTIONS.with_label_values(&[provider, reason.as_str()]).inc();
+            metrics::REJECTIONS
+                .with_label_values(&[provider, reason.as_str()])
+                .inc();
         }
         metrics::REQUEST_DURATION
             .with_label_values(&[provider])

@@ -5,14 +5,14 @@
 //! ones, verifies the raw bytes, de-duplicates, and answers `202` only once a sink holds the
 //! event durably. The binary (`src/main.rs`) is a thin CLI over this library.
 
-pub mod reason;
-pub mod request;
-pub mod schemes;
-pub mod config;
-pub mod filters;
-pub mod sinks;
 pub mod admin;
 pub mod commands;
+pub mod config;
+pub mod filters;
 pub mod gateway;
 pub mod metrics;
 pub mod rawhttp;
+pub mod reason;
+pub mod request;
+pub mod schemes;
+pub mod sinks;

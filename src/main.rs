@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use portcullis::commands;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Webhook edge gateway: verify, deduplicate and durably queue inbound webhooks")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Webhook edge gateway: verify, deduplicate and durably queue inbound webhooks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -72,7 +76,9 @@ enum Command {
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -83,12 +89,32 @@ fn init_logs(json: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { conf, json_logs, no_access_log, daemon, upgrade } => {
+        Command::Run {
+            conf,
+            json_logs,
+            no_access_log,
+            daemon,
+            upgrade,
+        } => {
             init_logs(json_logs);
-            commands::run(&conf, commands::RunOptions { daemon, upgrade, access_log: !no_access_log })
+            commands::run(
+                &conf,
+                commands::RunOptions {
+                    daemon,
+                    upgrade,
+                    access_log: !no_access_log,
+                },
+            )
         }
         Command::Check { conf } => commands::check(&conf),
-        Command::Sign { filter, body_file, body, timestamp, id, curl } => {
+        Command::Sign {
+            filter,
+            body_file,
+            body,
+            timestamp,
+            id,
+            curl,
+        } => {
             let body = match (&body_file, body) {
                 (Some(f), _) => match std::fs::read(f) {
                     Ok(b) => b,
@@ -100,10 +126,21 @@ fn main() -> ExitCode {
                 (None, Some(b)) => b.into_bytes(),
                 (None, None) => b"{}".to_vec(),
             };
-            commands::sign(commands::SignOptions { filter: &filter, body, body_file: body_file.as_deref(), timestamp, id, curl })
+            commands::sign(commands::SignOptions {
+                filter: &filter,
+                body,
+                body_file: body_file.as_deref(),
+                timestamp,
+                id,
+                curl,
+            })
         }
         Command::Keygen => commands::keygen(),
-        Command::Verify { filter, request, now } => commands::verify(&filter, &request, now),
+        Command::Verify {
+            filter,
+            request,
+            now,
+        } => commands::verify(&filter, &request, now),
     };
     ExitCode::from(code as u8)
 }

@@ -64,8 +64,12 @@ pub static DEDUP_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
 });
 
 pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
-    register_int_gauge_vec!("portcullis_build_info", "Always 1; the version label says which build.", &["version"])
-        .expect("register portcullis_build_info")
+    register_int_gauge_vec!(
+        "portcullis_build_info",
+        "Always 1; the version label says which build.",
+        &["version"]
+    )
+    .expect("register portcullis_build_info")
 });
 
 /// Registers every metric up front, so `/metrics` lists them before the first request.
@@ -76,5 +80,7 @@ pub fn init() {
     Lazy::force(&SINK_PUBLISH_DURATION);
     Lazy::force(&SINK_ERRORS);
     Lazy::force(&DEDUP_ENTRIES);
-    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
 }

@@ -16,13 +16,17 @@ pub fn parse(raw: &[u8]) -> Result<RawRequest, String> {
     let mut req = httparse::Request::new(&mut slots);
     let head_len = match req.parse(raw) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err("the request head is incomplete (no blank line after the headers)".into()),
+        Ok(httparse::Status::Partial) => {
+            return Err("the request head is incomplete (no blank line after the headers)".into())
+        }
         Err(e) => return Err(format!("not an HTTP/1.1 request: {e}")),
     };
     let mut headers = HeaderMap::new();
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| format!("header {}: {e}", h.name))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|e| format!("header {}: {e}", h.name))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|e| format!("header {}: {e}", h.name))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|e| format!("header {}: {e}", h.name))?;
         headers.append(name, value);
     }
     let target = req.path.unwrap_or("/");
@@ -38,8 +42,14 @@ pub fn parse(raw: &[u8]) -> Result<RawRequest, String> {
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(len) = headers.get(http::header::CONTENT_LENGTH) {
-        let len: usize = len.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or("bad Content-Length")?;
-        rest.get(..len).ok_or("the body is shorter than its Content-Length")?.to_vec()
+        let len: usize = len
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("bad Content-Length")?;
+        rest.get(..len)
+            .ok_or("the body is shorter than its Content-Length")?
+            .to_vec()
     } else {
         rest.to_vec()
     };
@@ -77,13 +87,23 @@ mod tests {
 
     #[test]
     fn parses_plain_and_chunked_requests_and_rejects_garbage() {
-        let plain = b"POST /webhook/x?a=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}trailing";
+        let plain =
+            b"POST /webhook/x?a=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}trailing";
         let r = parse(plain).unwrap();
-        assert_eq!((r.method.as_str(), r.path.as_str(), r.query.as_deref()), ("POST", "/webhook/x", Some("a=1")));
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.query.as_deref()),
+            ("POST", "/webhook/x", Some("a=1"))
+        );
         assert_eq!(r.body, b"{}");
-        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n1\r\n \r\n0\r\n\r\n";
+        let chunked =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n1\r\n \r\n0\r\n\r\n";
         assert_eq!(parse(chunked).unwrap().body, b"{} ");
-        for bad in [&b"garbage"[..], b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n{}", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"\x00\x01\r\n\r\n"] {
+        for bad in [
+            &b"garbage"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n{}",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"\x00\x01\r\n\r\n",
+        ] {
             assert!(parse(bad).is_err());
         }
     }

@@ -37,7 +37,10 @@ fn accepted_is_202_and_the_event_is_in_the_spool_then_a_copy_is_200_duplicate() 
     assert_eq!(lines[0]["event_id"], "d-1");
     assert_eq!(lines[0]["verified"], true);
     assert_eq!(lines[0]["source_ip"], "127.0.0.1");
-    assert!(lines[0]["headers"].get("x-hub-signature-256").is_none(), "signature headers are not forwarded");
+    assert!(
+        lines[0]["headers"].get("x-hub-signature-256").is_none(),
+        "signature headers are not forwarded"
+    );
 }
 
 #[test]
@@ -52,7 +55,10 @@ fn an_unknown_path_is_404_unknown_provider() {
 #[test]
 fn a_get_is_405_method_not_allowed_with_allow_post() {
     let server = github_server();
-    let r = request(server.port, b"GET /webhook/github HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = request(
+        server.port,
+        b"GET /webhook/github HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!((r.status, r.reason().as_str()), (405, "method_not_allowed"));
     assert_eq!(r.header("allow"), Some("POST"));
 }
@@ -65,7 +71,11 @@ fn a_source_outside_the_allowlist_is_403_ip_not_allowed() {
     let r = server.post("/webhook/internal", &h(&[]), b"{}");
     assert_eq!((r.status, r.reason().as_str()), (403, "ip_not_allowed"));
     // A forged X-Forwarded-For from an untrusted peer changes nothing.
-    let r = server.post("/webhook/internal", &h(&[("X-Forwarded-For", "10.1.2.3")]), b"{}");
+    let r = server.post(
+        "/webhook/internal",
+        &h(&[("X-Forwarded-For", "10.1.2.3")]),
+        b"{}",
+    );
     assert_eq!(r.status, 403);
     assert_eq!(server.post("/webhook/local", &h(&[]), b"{}").status, 202);
 }
@@ -74,9 +84,20 @@ fn a_source_outside_the_allowlist_is_403_ip_not_allowed() {
 fn over_the_per_ip_rate_is_429_rate_limited_with_retry_after() {
     let limited = "name: limited\npreset: none\nallow: [\"127.0.0.1\"]\nrate_limit: { per_ip_per_second: 2 }\ndedup: off\n";
     let server = Server::start(&[("l.yaml", limited)], spool_sink());
-    let responses: Vec<Response> = (0..10).map(|i| server.post("/webhook/limited", &h(&[]), format!("{{\"i\":{i}}}").as_bytes())).collect();
+    let responses: Vec<Response> = (0..10)
+        .map(|i| {
+            server.post(
+                "/webhook/limited",
+                &h(&[]),
+                format!("{{\"i\":{i}}}").as_bytes(),
+            )
+        })
+        .collect();
     let limited: Vec<&Response> = responses.iter().filter(|r| r.status == 429).collect();
-    assert!(limited.len() >= 4, "10 requests at 2/s per source: most are limited");
+    assert!(
+        limited.len() >= 4,
+        "10 requests at 2/s per source: most are limited"
+    );
     assert_eq!(limited[0].reason(), "rate_limited");
     assert_eq!(limited[0].header("retry-after"), Some("1"));
     assert!(responses.iter().all(|r| r.status == 202 || r.status == 429));
@@ -86,7 +107,9 @@ fn over_the_per_ip_rate_is_429_rate_limited_with_retry_after() {
 fn a_declared_length_over_max_body_is_413_before_the_body_is_sent() {
     let server = github_server();
     let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut head = String::from("POST /webhook/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n");
     for (k, v) in signed(b"{}", "big") {
         if k != "content-type" {
@@ -104,7 +127,9 @@ fn a_declared_length_over_max_body_is_413_before_the_body_is_sent() {
 fn a_chunked_body_growing_past_max_body_is_413() {
     let server = github_server();
     let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let head = "POST /webhook/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nX-Hub-Signature-256: sha256=00\r\n\r\n";
     stream.write_all(head.as_bytes()).unwrap();
     let chunk = format!("200\r\n{}\r\n", "a".repeat(0x200));
@@ -122,17 +147,25 @@ fn a_chunked_body_growing_past_max_body_is_413() {
 fn a_wrong_content_type_is_415() {
     let server = github_server();
     let body = br#"{"action":"x"}"#;
-    let mut headers: Vec<(String, String)> = signed(body, "ct").into_iter().filter(|(k, _)| k != "content-type").collect();
+    let mut headers: Vec<(String, String)> = signed(body, "ct")
+        .into_iter()
+        .filter(|(k, _)| k != "content-type")
+        .collect();
     headers.push(("Content-Type".into(), "text/plain".into()));
     let r = server.post("/webhook/github", &headers, body);
-    assert_eq!((r.status, r.reason().as_str()), (415, "unsupported_content_type"));
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (415, "unsupported_content_type")
+    );
 }
 
 #[test]
 fn a_body_that_does_not_arrive_in_time_is_408_body_timeout() {
     let server = github_server();
     let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut head = String::from("POST /webhook/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n");
     for (k, v) in signed(b"{}", "slow") {
         if k != "content-type" {
@@ -149,23 +182,46 @@ fn a_body_that_does_not_arrive_in_time_is_408_body_timeout() {
 fn signature_and_timestamp_failures_are_401_with_their_reason() {
     let server = github_server();
     let body = br#"{"action":"opened"}"#;
-    let r = server.post("/webhook/github", &h(&[("content-type", "application/json")]), body);
+    let r = server.post(
+        "/webhook/github",
+        &h(&[("content-type", "application/json")]),
+        body,
+    );
     assert_eq!((r.status, r.reason().as_str()), (401, "missing_signature"));
-    let r = server.post("/webhook/github", &signed(br#"{"action":"closed"}"#, "x"), body);
+    let r = server.post(
+        "/webhook/github",
+        &signed(br#"{"action":"closed"}"#, "x"),
+        body,
+    );
     assert_eq!((r.status, r.reason().as_str()), (401, "invalid_signature"));
 
     let b = b"{}";
     let ts_only = sign(WSS, b, now(), "x");
-    let no_ts: Vec<_> = ts_only.iter().filter(|(k, _)| k != "x-wss-timestamp").cloned().collect();
+    let no_ts: Vec<_> = ts_only
+        .iter()
+        .filter(|(k, _)| k != "x-wss-timestamp")
+        .cloned()
+        .collect();
     let r = server.post("/webhook/wss", &no_ts, b);
     assert_eq!((r.status, r.reason().as_str()), (401, "missing_timestamp"));
     let stale = sign(WSS, b, now() - 3600, "x");
     let r = server.post("/webhook/wss", &stale, b);
     assert_eq!((r.status, r.reason().as_str()), (401, "stale_timestamp"));
     let future = sign(WSS, b, now() + 3600, "x");
-    assert_eq!(server.post("/webhook/wss", &future, b).reason(), "stale_timestamp");
-    assert_eq!(server.post("/webhook/wss", &sign(WSS, b, now(), "x"), b).status, 202);
-    assert!(server.spooled().len() == 1, "only the valid request reached the sink");
+    assert_eq!(
+        server.post("/webhook/wss", &future, b).reason(),
+        "stale_timestamp"
+    );
+    assert_eq!(
+        server
+            .post("/webhook/wss", &sign(WSS, b, now(), "x"), b)
+            .status,
+        202
+    );
+    assert!(
+        server.spooled().len() == 1,
+        "only the valid request reached the sink"
+    );
 }
 
 #[test]
@@ -179,7 +235,8 @@ fn payload_rule_failures_are_400() {
     assert_eq!((r.status, r.reason().as_str()), (400, "missing_field"));
 }
 
-const HOOK: &str = "name: hook\npreset: none\nallow: [\"127.0.0.1\"]\nevent_id: { header: X-Id }\nsink: app\n";
+const HOOK: &str =
+    "name: hook\npreset: none\nallow: [\"127.0.0.1\"]\nevent_id: { header: X-Id }\nsink: app\n";
 
 #[test]
 fn a_copy_arriving_while_the_first_is_published_is_409_in_progress() {
@@ -187,7 +244,8 @@ fn a_copy_arriving_while_the_first_is_published_is_409_in_progress() {
     upstream.hold();
     let server = Server::start(&[("hook.yaml", HOOK)], &http_sink(upstream.port));
     let port = server.port;
-    let first = std::thread::spawn(move || post(port, "/webhook/hook", &h(&[("X-Id", "same")]), b"{}"));
+    let first =
+        std::thread::spawn(move || post(port, "/webhook/hook", &h(&[("X-Id", "same")]), b"{}"));
     while upstream.count() == 0 {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -196,7 +254,12 @@ fn a_copy_arriving_while_the_first_is_published_is_409_in_progress() {
     assert_eq!(copy.header("retry-after"), Some("1"));
     upstream.release();
     assert_eq!(first.join().unwrap().status, 202);
-    assert_eq!(server.post("/webhook/hook", &h(&[("X-Id", "same")]), b"{}").status, 200);
+    assert_eq!(
+        server
+            .post("/webhook/hook", &h(&[("X-Id", "same")]), b"{}")
+            .status,
+        200
+    );
     assert_eq!(upstream.count(), 1);
 }
 
@@ -207,7 +270,12 @@ fn a_non_2xx_upstream_answer_is_502_upstream_error_and_the_retry_passes() {
     let r = server.post("/webhook/hook", &h(&[("X-Id", "e1")]), b"{}");
     assert_eq!((r.status, r.reason().as_str()), (502, "upstream_error"));
     *upstream.status.lock().unwrap() = 204;
-    assert_eq!(server.post("/webhook/hook", &h(&[("X-Id", "e1")]), b"{}").status, 202);
+    assert_eq!(
+        server
+            .post("/webhook/hook", &h(&[("X-Id", "e1")]), b"{}")
+            .status,
+        202
+    );
 }
 
 #[test]
@@ -222,7 +290,10 @@ fn an_unreachable_sink_is_503_with_retry_after_and_the_retry_passes_once_it_is_b
     assert_eq!(server.admin_get("/readyz").status, 503);
     let upstream = Upstream::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), 200);
     let r = server.post("/webhook/hook", &h(&[("X-Id", "r1")]), b"{}");
-    assert_eq!(r.status, 202, "the dedup reservation was released, so the retry passes");
+    assert_eq!(
+        r.status, 202,
+        "the dedup reservation was released, so the retry passes"
+    );
     assert_eq!(upstream.count(), 1);
     assert_eq!(server.admin_get("/readyz").status, 200);
 }
@@ -233,11 +304,16 @@ fn every_response_body_is_json_and_metrics_count_outcomes_and_reasons() {
     let body = br#"{"action":"opened"}"#;
     server.post("/webhook/github", &signed(body, "m1"), body);
     server.post("/webhook/github", &signed(body, "m1"), body);
-    server.post("/webhook/github", &h(&[("content-type", "application/json")]), body);
+    server.post(
+        "/webhook/github",
+        &h(&[("content-type", "application/json")]),
+        body,
+    );
     server.post("/nowhere", &h(&[]), b"");
     let mut raw = Vec::new();
     let mut s = TcpStream::connect(("127.0.0.1", server.admin)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw);
     for needle in [

@@ -24,7 +24,13 @@ impl fmt::Display for Problem {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}: {kind}: {}", self.file.display(), self.line, self.message)
+        write!(
+            f,
+            "{}:{}: {kind}: {}",
+            self.file.display(),
+            self.line,
+            self.message
+        )
     }
 }
 
@@ -101,7 +107,10 @@ pub fn line_of(text: &str, path: &[&str]) -> usize {
                 start = i + 1;
                 indent = Some(ind);
                 // A flow mapping on the same line holds the nested keys: stay on this line.
-                if lines[i].contains('{') && depth + 1 < path.len() && contains_key(lines[i], path[depth + 1]) {
+                if lines[i].contains('{')
+                    && depth + 1 < path.len()
+                    && contains_key(lines[i], path[depth + 1])
+                {
                     return best;
                 }
             }
@@ -148,7 +157,10 @@ mod tests {
 
     #[test]
     fn suggests_the_nearest_key() {
-        assert_eq!(suggest("tolerence", &["tolerance", "name"]), "did you mean `tolerance`?");
+        assert_eq!(
+            suggest("tolerence", &["tolerance", "name"]),
+            "did you mean `tolerance`?"
+        );
         assert!(suggest("zzzzzzzz", &["name"]).starts_with("valid keys here"));
     }
 }

@@ -13,12 +13,30 @@ use serde::Deserialize;
 use super::diagnostics::{suggest, Report};
 use super::secrets::{self, Source};
 use super::{parse_duration, parse_size, SizeValue};
-use crate::schemes::{self, DefaultEventId, Scheme, SchemeConfig, Secret, SignatureSpec, TimestampSpec};
+use crate::schemes::{
+    self, DefaultEventId, Scheme, SchemeConfig, Secret, SignatureSpec, TimestampSpec,
+};
 
 pub const KEYS: &[&str] = &[
-    "name", "path", "preset", "secrets", "tolerance", "event_id", "dedup", "allow", "rate_limit",
-    "max_body", "content_types", "require_fields", "mode", "sink", "signature", "timestamp",
-    "public_url", "forward_headers", "body_timeout",
+    "name",
+    "path",
+    "preset",
+    "secrets",
+    "tolerance",
+    "event_id",
+    "dedup",
+    "allow",
+    "rate_limit",
+    "max_body",
+    "content_types",
+    "require_fields",
+    "mode",
+    "sink",
+    "signature",
+    "timestamp",
+    "public_url",
+    "forward_headers",
+    "body_timeout",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -135,19 +153,24 @@ pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Parses and validates one filter file. `sinks` are the names the server defines.
 /// `sinks` is `None` when the filter is loaded alone (`sign`, `verify`): its sink is not checked.
-pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Report<'_>) -> Option<Filter> {
+pub fn load(
+    path: &Path,
+    text: &str,
+    sinks: Option<&[String]>,
+    report: &mut Report<'_>,
+) -> Option<Filter> {
     let mut unknown = Vec::new();
-    let raw: FilterFile = match serde_ignored::deserialize(
-        serde_yaml::Deserializer::from_str(text),
-        |p| unknown.push(p.to_string()),
-    ) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let line = e.location().map(|l| l.line()).unwrap_or(1);
-            report.error_at(line, format!("{e}"));
-            return None;
-        }
-    };
+    let raw: FilterFile =
+        match serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |p| {
+            unknown.push(p.to_string())
+        }) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line = e.location().map(|l| l.line()).unwrap_or(1);
+                report.error_at(line, format!("{e}"));
+                return None;
+            }
+        };
     let errors_before = report.problems.len();
     for key in &unknown {
         let parts: Vec<&str> = key.split('.').collect();
@@ -161,17 +184,37 @@ pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Repo
 
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let name = raw.name.clone();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        report.error(&["name"], "name must be letters, digits, `-` or `_` (it names routes, metrics and queues)");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        report.error(
+            &["name"],
+            "name must be letters, digits, `-` or `_` (it names routes, metrics and queues)",
+        );
     }
-    let route = raw.path.clone().unwrap_or_else(|| format!("/webhook/{name}"));
+    let route = raw
+        .path
+        .clone()
+        .unwrap_or_else(|| format!("/webhook/{name}"));
     if !route.starts_with('/') || route.contains('?') || (route.len() > 1 && route.ends_with('/')) {
-        report.error(&["path"], format!("path `{route}` must start with `/`, without a trailing `/` or query"));
+        report.error(
+            &["path"],
+            format!("path `{route}` must start with `/`, without a trailing `/` or query"),
+        );
     }
 
     let Some(preset) = schemes::preset(&raw.preset) else {
         let names: Vec<&str> = schemes::PRESETS.iter().map(|p| p.name).collect();
-        report.error(&["preset"], format!("unknown preset `{}`: {}", raw.preset, suggest(&raw.preset, &names)));
+        report.error(
+            &["preset"],
+            format!(
+                "unknown preset `{}`: {}",
+                raw.preset,
+                suggest(&raw.preset, &names)
+            ),
+        );
         return None;
     };
 
@@ -193,43 +236,85 @@ pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Repo
         }
     }
     if preset.needs_secret && raw.secrets.is_empty() {
-        report.error(&["preset"], format!("preset `{}` needs at least one secret: add secrets: [env:NAME]", preset.name));
+        report.error(
+            &["preset"],
+            format!(
+                "preset `{}` needs at least one secret: add secrets: [env:NAME]",
+                preset.name
+            ),
+        );
     }
     if !preset.needs_secret && !raw.secrets.is_empty() {
-        report.warn(&["secrets"], "preset `none` checks no signature: these secrets are unused");
+        report.warn(
+            &["secrets"],
+            "preset `none` checks no signature: these secrets are unused",
+        );
     }
     if preset.name == "none" && raw.allow.is_empty() {
-        report.warn(&["preset"], "preset `none` accepts unsigned requests from anywhere: add an `allow:` list");
+        report.warn(
+            &["preset"],
+            "preset `none` accepts unsigned requests from anywhere: add an `allow:` list",
+        );
     }
 
-    let tolerance = raw.tolerance.as_deref().and_then(|t| match parse_duration(t) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            report.error(&["tolerance"], e);
-            None
-        }
-    });
+    let tolerance = raw
+        .tolerance
+        .as_deref()
+        .and_then(|t| match parse_duration(t) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                report.error(&["tolerance"], e);
+                None
+            }
+        });
 
     let event_id = match &raw.event_id {
         None => match preset.event_id {
-            DefaultEventId::Header(h) => EventIdSource::Header { name: h.into(), required: false },
-            DefaultEventId::Json(p) => EventIdSource::Json { pointer: p.into(), required: false },
+            DefaultEventId::Header(h) => EventIdSource::Header {
+                name: h.into(),
+                required: false,
+            },
+            DefaultEventId::Json(p) => EventIdSource::Json {
+                pointer: p.into(),
+                required: false,
+            },
             DefaultEventId::BodyHash => EventIdSource::BodyHash,
         },
-        Some(EventIdSpec { header: Some(h), json: None }) => {
+        Some(EventIdSpec {
+            header: Some(h),
+            json: None,
+        }) => {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                report.error(&["event_id", "header"], format!("`{h}` is not a valid header name"));
+                report.error(
+                    &["event_id", "header"],
+                    format!("`{h}` is not a valid header name"),
+                );
             }
-            EventIdSource::Header { name: h.to_ascii_lowercase(), required: true }
+            EventIdSource::Header {
+                name: h.to_ascii_lowercase(),
+                required: true,
+            }
         }
-        Some(EventIdSpec { header: None, json: Some(p) }) => {
+        Some(EventIdSpec {
+            header: None,
+            json: Some(p),
+        }) => {
             if !p.starts_with('/') {
-                report.error(&["event_id", "json"], format!("`{p}` is not a JSON pointer: write it like /data/id"));
+                report.error(
+                    &["event_id", "json"],
+                    format!("`{p}` is not a JSON pointer: write it like /data/id"),
+                );
             }
-            EventIdSource::Json { pointer: p.clone(), required: true }
+            EventIdSource::Json {
+                pointer: p.clone(),
+                required: true,
+            }
         }
         Some(_) => {
-            report.error(&["event_id"], "event_id takes exactly one of `header:` or `json:`");
+            report.error(
+                &["event_id"],
+                "event_id takes exactly one of `header:` or `json:`",
+            );
             EventIdSource::BodyHash
         }
     };
@@ -242,13 +327,19 @@ pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Repo
         None => Some(DEFAULT_DEDUP_TTL),
         Some(DedupSpec::Switch(s)) if s == "off" => None,
         Some(DedupSpec::Switch(s)) => {
-            report.error(&["dedup"], format!("dedup `{s}`: write `dedup: off` or `dedup: {{ ttl: 24h }}`"));
+            report.error(
+                &["dedup"],
+                format!("dedup `{s}`: write `dedup: off` or `dedup: {{ ttl: 24h }}`"),
+            );
             None
         }
         Some(DedupSpec::Ttl { ttl }) => match parse_duration(ttl) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
-                report.error(&["dedup", "ttl"], "dedup ttl must be more than zero (or write `dedup: off`)");
+                report.error(
+                    &["dedup", "ttl"],
+                    "dedup ttl must be more than zero (or write `dedup: off`)",
+                );
                 None
             }
             Err(e) => {
@@ -267,12 +358,21 @@ pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Repo
     }
 
     let rate_limit = raw.rate_limit.as_ref().map(|r| {
-        for (key, value) in [("per_second", r.per_second), ("per_ip_per_second", r.per_ip_per_second)] {
+        for (key, value) in [
+            ("per_second", r.per_second),
+            ("per_ip_per_second", r.per_ip_per_second),
+        ] {
             if value == Some(0) {
-                report.error(&["rate_limit", key], format!("rate_limit.{key} is 0, which admits nothing: remove it for no limit"));
+                report.error(
+                    &["rate_limit", key],
+                    format!("rate_limit.{key} is 0, which admits nothing: remove it for no limit"),
+                );
             }
         }
-        RateLimit { per_second: r.per_second, per_ip_per_second: r.per_ip_per_second }
+        RateLimit {
+            per_second: r.per_second,
+            per_ip_per_second: r.per_ip_per_second,
+        }
     });
 
     let max_body = match &raw.max_body {
@@ -308,29 +408,61 @@ pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Repo
         (None, Some([only])) => only.clone(),
         (None, None) => String::new(),
         (None, Some(sinks)) => {
-            report.error(&["name"], format!("no `sink:` and the server defines {} sinks: add sink: <one of {}>", sinks.len(), sinks.join(", ")));
+            report.error(
+                &["name"],
+                format!(
+                    "no `sink:` and the server defines {} sinks: add sink: <one of {}>",
+                    sinks.len(),
+                    sinks.join(", ")
+                ),
+            );
             String::new()
         }
     };
     if let Some(sinks) = sinks {
         if !sink.is_empty() && !sinks.contains(&sink) {
-            report.error(&["sink"], format!("sink `{sink}` is not defined in the server config (defined: {})", sinks.join(", ")));
+            report.error(
+                &["sink"],
+                format!(
+                    "sink `{sink}` is not defined in the server config (defined: {})",
+                    sinks.join(", ")
+                ),
+            );
         }
     }
 
     if preset.name != "hmac" && raw.signature.is_some() {
-        report.error(&["signature"], format!("`signature:` is only for preset hmac; preset `{}` fixes its own", preset.name));
+        report.error(
+            &["signature"],
+            format!(
+                "`signature:` is only for preset hmac; preset `{}` fixes its own",
+                preset.name
+            ),
+        );
     }
     if preset.name != "hmac" && raw.timestamp.is_some() {
-        report.error(&["timestamp"], format!("`timestamp:` is only for preset hmac; preset `{}` fixes its own", preset.name));
+        report.error(
+            &["timestamp"],
+            format!(
+                "`timestamp:` is only for preset hmac; preset `{}` fixes its own",
+                preset.name
+            ),
+        );
     }
     if let Some(url) = &raw.public_url {
         if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains('?') {
-            report.error(&["public_url"], format!("public_url `{url}` must be an http(s) URL without a query string"));
+            report.error(
+                &["public_url"],
+                format!("public_url `{url}` must be an http(s) URL without a query string"),
+            );
         }
     }
 
-    let content_types = raw.content_types.iter().map(|t| t.trim().to_ascii_lowercase()).collect();
+    let content_types = raw
+        .content_types
+        .iter()
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
     let forward_headers = raw
         .forward_headers
         .clone()
@@ -342,11 +474,17 @@ pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Repo
         });
     for header in &forward_headers {
         if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            report.error(&["forward_headers"], format!("`{header}` is not a valid header name"));
+            report.error(
+                &["forward_headers"],
+                format!("`{header}` is not a valid header name"),
+            );
         }
     }
 
-    if report.problems[errors_before..].iter().any(|p| p.severity == super::diagnostics::Severity::Error) {
+    if report.problems[errors_before..]
+        .iter()
+        .any(|p| p.severity == super::diagnostics::Severity::Error)
+    {
         return None;
     }
     let scheme = match schemes::build(&SchemeConfig {
@@ -360,7 +498,11 @@ pub fn load(path: &Path, text: &str, sinks: Option<&[String]>, report: &mut Repo
     }) {
         Ok(s) => s,
         Err(e) => {
-            let key = if raw.signature.is_some() { "signature" } else { "preset" };
+            let key = if raw.signature.is_some() {
+                "signature"
+            } else {
+                "preset"
+            };
             report.error(&[key], e);
             return None;
         }

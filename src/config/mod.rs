@@ -35,7 +35,9 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn errors(&self) -> impl Iterator<Item = &Problem> {
-        self.problems.iter().filter(|p| p.severity == Severity::Error)
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
     }
 }
 
@@ -54,7 +56,16 @@ pub fn load_filter(path: &Path) -> (Option<Filter>, Vec<Problem>) {
             return (None, problems);
         }
     };
-    let filter = filter::load(path, &text, None, &mut Report { file: path, text: &text, problems: &mut problems });
+    let filter = filter::load(
+        path,
+        &text,
+        None,
+        &mut Report {
+            file: path,
+            text: &text,
+            problems: &mut problems,
+        },
+    );
     (filter, problems)
 }
 
@@ -69,16 +80,26 @@ pub fn load(path: &Path) -> Loaded {
                 severity: Severity::Error,
                 message: format!("cannot read the config: {e}"),
             });
-            return Loaded { config: None, problems };
+            return Loaded {
+                config: None,
+                problems,
+            };
         }
     };
     let server = server::load(
         path,
         &text,
-        &mut Report { file: path, text: &text, problems: &mut problems },
+        &mut Report {
+            file: path,
+            text: &text,
+            problems: &mut problems,
+        },
     );
     let Some(server) = server else {
-        return Loaded { config: None, problems };
+        return Loaded {
+            config: None,
+            problems,
+        };
     };
     let sink_names: Vec<String> = server.sinks.iter().map(|(n, _)| n.clone()).collect();
     let mut filters: Vec<Filter> = Vec::new();
@@ -95,12 +116,22 @@ pub fn load(path: &Path) -> Loaded {
                 continue;
             }
         };
-        let mut report = Report { file: &file, text: &text, problems: &mut problems };
+        let mut report = Report {
+            file: &file,
+            text: &text,
+            problems: &mut problems,
+        };
         if let Some(f) = filter::load(&file, &text, Some(&sink_names), &mut report) {
             if let Some(other) = filters.iter().find(|o| o.route == f.route) {
                 report.error(&["path"], format!("route {} is already served by filter `{}`: give one of them another `path:`", f.route, other.name));
             } else if let Some(other) = filters.iter().find(|o| o.name == f.name) {
-                report.error(&["name"], format!("filter name `{}` is used twice (also by the filter on {})", f.name, other.route));
+                report.error(
+                    &["name"],
+                    format!(
+                        "filter name `{}` is used twice (also by the filter on {})",
+                        f.name, other.route
+                    ),
+                );
             } else {
                 filters.push(f);
             }
@@ -116,7 +147,11 @@ pub fn load(path: &Path) -> Loaded {
     }
     let has_errors = problems.iter().any(|p| p.severity == Severity::Error);
     Loaded {
-        config: (!has_errors).then(|| Config { path: path.to_path_buf(), server, filters }),
+        config: (!has_errors).then(|| Config {
+            path: path.to_path_buf(),
+            server,
+            filters,
+        }),
         problems,
     }
 }
@@ -127,7 +162,10 @@ fn filter_files(dir: &Path, conf: &Path, problems: &mut Vec<Problem>) -> Vec<Pat
         Err(e) => {
             problems.push(Problem {
                 file: conf.to_path_buf(),
-                line: diagnostics::line_of(&std::fs::read_to_string(conf).unwrap_or_default(), &["filters"]),
+                line: diagnostics::line_of(
+                    &std::fs::read_to_string(conf).unwrap_or_default(),
+                    &["filters"],
+                ),
                 severity: Severity::Error,
                 message: format!("filters directory {} cannot be read: {e}", dir.display()),
             });
@@ -180,8 +218,14 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert!(parse_duration("soon").is_err());
-        assert_eq!(parse_size(&SizeValue::Text("1MiB".into())).unwrap(), 1 << 20);
-        assert_eq!(parse_size(&SizeValue::Text("64 KiB".into())).unwrap(), 64 << 10);
+        assert_eq!(
+            parse_size(&SizeValue::Text("1MiB".into())).unwrap(),
+            1 << 20
+        );
+        assert_eq!(
+            parse_size(&SizeValue::Text("64 KiB".into())).unwrap(),
+            64 << 10
+        );
         assert_eq!(parse_size(&SizeValue::Bytes(10)).unwrap(), 10);
         assert!(parse_size(&SizeValue::Text("big".into())).is_err());
     }

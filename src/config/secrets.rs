@@ -18,7 +18,9 @@ pub fn resolve(reference: &str, base_dir: &Path) -> Result<(Secret, Source), Str
             format!("secret `env:{name}`: environment variable {name} is not set (export it, or use EnvironmentFile= / LoadCredential= in the unit)")
         })?;
         if value.is_empty() {
-            return Err(format!("secret `env:{name}`: environment variable {name} is empty"));
+            return Err(format!(
+                "secret `env:{name}`: environment variable {name} is empty"
+            ));
         }
         return Ok((Secret(value.into_bytes()), Source::Env));
     }
@@ -36,7 +38,9 @@ pub fn resolve(reference: &str, base_dir: &Path) -> Result<(Secret, Source), Str
         return Ok((Secret(bytes), Source::File));
     }
     if reference.is_empty() {
-        return Err("secret is an empty string: write env:NAME, file:PATH or the secret itself".into());
+        return Err(
+            "secret is an empty string: write env:NAME, file:PATH or the secret itself".into(),
+        );
     }
     Ok((Secret(reference.as_bytes().to_vec()), Source::Literal))
 }
@@ -81,7 +85,13 @@ mod tests {
     fn references_that_resolve_to_nothing_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("empty"), "\n").unwrap();
-        for bad in ["env:PORTCULLIS_SURELY_UNSET", "file:missing", "file:empty", "", "file:${PORTCULLIS_SURELY_UNSET}/x"] {
+        for bad in [
+            "env:PORTCULLIS_SURELY_UNSET",
+            "file:missing",
+            "file:empty",
+            "",
+            "file:${PORTCULLIS_SURELY_UNSET}/x",
+        ] {
             assert!(resolve(bad, dir.path()).is_err(), "{bad}");
         }
     }

@@ -12,7 +12,15 @@ use super::diagnostics::{suggest, Report};
 use super::filter::parse_net;
 use super::{parse_duration, parse_size, SizeValue};
 
-pub const KEYS: &[&str] = &["listen", "admin", "filters", "trusted_proxies", "dedup", "sinks", "pingora"];
+pub const KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "filters",
+    "trusted_proxies",
+    "dedup",
+    "sinks",
+    "pingora",
+];
 
 #[derive(Debug, Deserialize)]
 struct ServerFile {
@@ -94,46 +102,68 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> {
     let mut unknown = Vec::new();
-    let raw: ServerFile = match serde_ignored::deserialize(
-        serde_yaml::Deserializer::from_str(text),
-        |p| unknown.push(p.to_string()),
-    ) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let line = e.location().map(|l| l.line()).unwrap_or(1);
-            report.error_at(line, format!("{e}"));
-            return None;
-        }
-    };
+    let raw: ServerFile =
+        match serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |p| {
+            unknown.push(p.to_string())
+        }) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line = e.location().map(|l| l.line()).unwrap_or(1);
+                report.error_at(line, format!("{e}"));
+                return None;
+            }
+        };
     for key in &unknown {
         let parts: Vec<&str> = key.split('.').collect();
-        let hint = if parts.len() == 1 { suggest(parts[0], KEYS) } else { "remove it, or see the README's server reference".into() };
+        let hint = if parts.len() == 1 {
+            suggest(parts[0], KEYS)
+        } else {
+            "remove it, or see the README's server reference".into()
+        };
         report.error(&parts, format!("unknown key `{key}`: {hint}"));
     }
     let base = path.parent().unwrap_or(Path::new("."));
 
     if raw.listen.is_empty() {
-        report.error(&["listen"], "no listeners: add listen: [{ addr: 127.0.0.1:8080 }]");
+        report.error(
+            &["listen"],
+            "no listeners: add listen: [{ addr: 127.0.0.1:8080 }]",
+        );
     }
     let mut listen = Vec::new();
     for l in &raw.listen {
         if l.addr.parse::<std::net::SocketAddr>().is_err() {
-            report.error(&["listen"], format!("listen addr `{}` is not IP:PORT (like 0.0.0.0:443 or [::]:443)", l.addr));
+            report.error(
+                &["listen"],
+                format!(
+                    "listen addr `{}` is not IP:PORT (like 0.0.0.0:443 or [::]:443)",
+                    l.addr
+                ),
+            );
         }
         let tls = l.tls.as_ref().map(|t| {
             let (cert, key) = (base.join(&t.cert), base.join(&t.key));
             for (what, file) in [("cert", &cert), ("key", &key)] {
                 if !file.is_file() {
-                    report.error(&["listen"], format!("tls {what} {} does not exist", file.display()));
+                    report.error(
+                        &["listen"],
+                        format!("tls {what} {} does not exist", file.display()),
+                    );
                 }
             }
             (cert, key)
         });
-        listen.push(Listener { addr: l.addr.clone(), tls });
+        listen.push(Listener {
+            addr: l.addr.clone(),
+            tls,
+        });
     }
     if let Some(admin) = &raw.admin {
         if admin.parse::<std::net::SocketAddr>().is_err() {
-            report.error(&["admin"], format!("admin `{admin}` is not IP:PORT (like 127.0.0.1:9090)"));
+            report.error(
+                &["admin"],
+                format!("admin `{admin}` is not IP:PORT (like 127.0.0.1:9090)"),
+            );
         }
     }
 
@@ -141,7 +171,10 @@ pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> 
     for cidr in &raw.trusted_proxies {
         match parse_net(cidr) {
             Some(net) => trusted_proxies.push(net),
-            None => report.error(&["trusted_proxies"], format!("`{cidr}` is not an IP address or CIDR")),
+            None => report.error(
+                &["trusted_proxies"],
+                format!("`{cidr}` is not an IP address or CIDR"),
+            ),
         }
     }
 
@@ -149,18 +182,27 @@ pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> 
     if let Some(d) = &raw.dedup {
         match d.backend.as_deref() {
             None | Some("memory") => {}
-            Some(other) => report.error(&["dedup", "backend"], format!("dedup backend `{other}` is not available in this version: use memory")),
+            Some(other) => report.error(
+                &["dedup", "backend"],
+                format!("dedup backend `{other}` is not available in this version: use memory"),
+            ),
         }
         if let Some(n) = d.max_entries {
             if n == 0 {
-                report.error(&["dedup", "max_entries"], "dedup max_entries must be more than zero");
+                report.error(
+                    &["dedup", "max_entries"],
+                    "dedup max_entries must be more than zero",
+                );
             }
             dedup_max_entries = n;
         }
     }
 
     if raw.sinks.is_empty() {
-        report.error(&["sinks"], "no sinks: add sinks: { spool: { type: spool, dir: spool/ } }");
+        report.error(
+            &["sinks"],
+            "no sinks: add sinks: { spool: { type: spool, dir: spool/ } }",
+        );
     }
     let mut sinks = Vec::new();
     for (name, spec) in &raw.sinks {
@@ -168,13 +210,19 @@ pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> 
         let mut unused = |keys: &[(&str, bool)]| {
             for (key, present) in keys {
                 if *present {
-                    report.error(&["sinks", name, key], format!("sink `{name}` (type {}) has no `{key}` setting", spec.kind));
+                    report.error(
+                        &["sinks", name, key],
+                        format!("sink `{name}` (type {}) has no `{key}` setting", spec.kind),
+                    );
                 }
             }
         };
         match spec.kind.as_str() {
             "spool" => {
-                unused(&[("url", spec.url.is_some()), ("timeout", spec.timeout.is_some())]);
+                unused(&[
+                    ("url", spec.url.is_some()),
+                    ("timeout", spec.timeout.is_some()),
+                ]);
                 let dir = base.join(spec.dir.as_deref().unwrap_or("spool/"));
                 let segment_size = match spec.segment_size.as_ref().map(parse_size) {
                     None => DEFAULT_SEGMENT_SIZE,
@@ -191,9 +239,15 @@ pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> 
                 sinks.push((name.clone(), SinkConfig::Spool { dir, segment_size }));
             }
             "http" => {
-                unused(&[("dir", spec.dir.is_some()), ("segment_size", spec.segment_size.is_some())]);
+                unused(&[
+                    ("dir", spec.dir.is_some()),
+                    ("segment_size", spec.segment_size.is_some()),
+                ]);
                 let Some(url) = spec.url.clone() else {
-                    report.error(&at, format!("http sink `{name}` needs url: http://host:port/path"));
+                    report.error(
+                        &at,
+                        format!("http sink `{name}` needs url: http://host:port/path"),
+                    );
                     continue;
                 };
                 if let Err(e) = crate::sinks::http::parse_url(&url) {
@@ -215,9 +269,15 @@ pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> 
             }
             "redis" | "nats" | "amqp" => report.error(
                 &at,
-                format!("sink type `{}` is not available in this version yet: use spool or http", spec.kind),
+                format!(
+                    "sink type `{}` is not available in this version yet: use spool or http",
+                    spec.kind
+                ),
             ),
-            other => report.error(&at, format!("unknown sink type `{other}`: use spool or http")),
+            other => report.error(
+                &at,
+                format!("unknown sink type `{other}`: use spool or http"),
+            ),
         }
     }
 
@@ -246,14 +306,24 @@ fn pingora_conf(block: Option<&serde_yaml::Mapping>, report: &mut Report<'_>) ->
     let defaults = serde_yaml::to_value(&conf).unwrap_or_default();
     let known: Vec<String> = defaults
         .as_mapping()
-        .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let known_refs: Vec<&str> = known.iter().map(String::as_str).collect();
     let mut merged = defaults.as_mapping().cloned().unwrap_or_default();
     for (key, value) in block {
         let name = key.as_str().unwrap_or_default();
         if !known.iter().any(|k| k == name) {
-            report.error(&["pingora", name], format!("unknown Pingora setting `{name}`: {}", suggest(name, &known_refs)));
+            report.error(
+                &["pingora", name],
+                format!(
+                    "unknown Pingora setting `{name}`: {}",
+                    suggest(name, &known_refs)
+                ),
+            );
             continue;
         }
         merged.insert(key.clone(), value.clone());
@@ -263,7 +333,10 @@ fn pingora_conf(block: Option<&serde_yaml::Mapping>, report: &mut Report<'_>) ->
         Err(e) => report.error(&["pingora"], format!("pingora settings: {e}")),
     }
     if conf.threads == 0 {
-        report.error(&["pingora", "threads"], "pingora.threads must be at least 1");
+        report.error(
+            &["pingora", "threads"],
+            "pingora.threads must be at least 1",
+        );
     }
     conf
 }

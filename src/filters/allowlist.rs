@@ -46,7 +46,9 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
     if !is_trusted(&peer) {
         return peer;
     }
-    let Some(header) = forwarded_for else { return peer };
+    let Some(header) = forwarded_for else {
+        return peer;
+    };
     let mut client = peer;
     for hop in header.rsplit(',') {
         match hop.trim().parse::<IpAddr>() {
@@ -73,18 +75,39 @@ mod tests {
     #[test]
     fn forwarded_for_is_only_believed_from_trusted_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted), ip("203.0.113.9"));
-        assert_eq!(client_ip(ip("10.0.0.2"), Some("1.2.3.4"), &trusted), ip("1.2.3.4"));
-        assert_eq!(client_ip(ip("10.0.0.2"), Some("6.6.6.6, 1.2.3.4, 10.0.0.7"), &trusted), ip("1.2.3.4"));
-        assert_eq!(client_ip(ip("10.0.0.2"), Some("junk"), &trusted), ip("10.0.0.2"));
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("1.2.3.4"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("6.6.6.6, 1.2.3.4, 10.0.0.7"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("junk"), &trusted),
+            ip("10.0.0.2")
+        );
         assert_eq!(client_ip(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
     }
 
     #[test]
     fn allowlists_match_v4_v6_and_mapped_addresses() {
-        let list = Allowlist::new(vec!["192.30.252.0/22".parse().unwrap(), "2606:50c0::/32".parse().unwrap()]);
+        let list = Allowlist::new(vec![
+            "192.30.252.0/22".parse().unwrap(),
+            "2606:50c0::/32".parse().unwrap(),
+        ]);
         let h = http::HeaderMap::new();
-        for (addr, ok) in [("192.30.253.1", true), ("::ffff:192.30.252.7", true), ("2606:50c0::1", true), ("192.30.0.1", false), ("::1", false)] {
+        for (addr, ok) in [
+            ("192.30.253.1", true),
+            ("::ffff:192.30.252.7", true),
+            ("2606:50c0::1", true),
+            ("192.30.0.1", false),
+            ("::1", false),
+        ] {
             let req = Inbound::new("POST", "/", None, &h, ip(addr), b"");
             assert_eq!(list.check_head(&req).is_ok(), ok, "{addr}");
         }

@@ -37,7 +37,12 @@ struct Entry {
 struct EntryExpiry;
 
 impl Expiry<(Arc<str>, String), Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &(Arc<str>, String), v: &Entry, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &(Arc<str>, String),
+        v: &Entry,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(v.ttl)
     }
     fn expire_after_update(
@@ -91,14 +96,25 @@ impl Dedup {
                     outcome = Reservation::InProgress;
                     Op::Nop
                 }
-                None => Op::Put(Entry { state: State::InFlight(token), ttl: IN_FLIGHT_TTL }),
+                None => Op::Put(Entry {
+                    state: State::InFlight(token),
+                    ttl: IN_FLIGHT_TTL,
+                }),
             });
         outcome
     }
 
     /// Marks the event accepted for `ttl`, if this request still owns the reservation.
     pub fn commit(&self, provider: &Arc<str>, id: &str, token: u64, ttl: Duration) {
-        self.resolve(provider, id, token, Op::Put(Entry { state: State::Committed, ttl }));
+        self.resolve(
+            provider,
+            id,
+            token,
+            Op::Put(Entry {
+                state: State::Committed,
+                ttl,
+            }),
+        );
     }
 
     /// Forgets the reservation so the sender's retry passes.
@@ -174,7 +190,10 @@ fn sanitize(id: &str) -> String {
 }
 
 fn hash_id(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(digest::digest(&digest::SHA256, bytes)))
+    format!(
+        "sha256:{}",
+        hex::encode(digest::digest(&digest::SHA256, bytes))
+    )
 }
 
 #[cfg(test)]
@@ -186,39 +205,76 @@ mod tests {
     fn reserve_commit_and_release_follow_the_protocol() {
         let dedup = Dedup::new(100);
         let p: Arc<str> = Arc::from("github");
-        let Reservation::Fresh(t) = dedup.reserve(&p, "a") else { panic!() };
+        let Reservation::Fresh(t) = dedup.reserve(&p, "a") else {
+            panic!()
+        };
         assert_eq!(dedup.reserve(&p, "a"), Reservation::InProgress);
         dedup.release(&p, "a", t);
-        let Reservation::Fresh(t2) = dedup.reserve(&p, "a") else { panic!("released ids pass again") };
+        let Reservation::Fresh(t2) = dedup.reserve(&p, "a") else {
+            panic!("released ids pass again")
+        };
         dedup.commit(&p, "a", t2, Duration::from_secs(60));
         assert_eq!(dedup.reserve(&p, "a"), Reservation::Duplicate);
         // A stale token cannot undo the commit.
         dedup.release(&p, "a", t);
         assert_eq!(dedup.reserve(&p, "a"), Reservation::Duplicate);
         // Another provider's id space is separate.
-        assert!(matches!(dedup.reserve(&Arc::from("stripe"), "a"), Reservation::Fresh(_)));
+        assert!(matches!(
+            dedup.reserve(&Arc::from("stripe"), "a"),
+            Reservation::Fresh(_)
+        ));
     }
 
     #[test]
     fn a_dropped_guard_releases_its_reservation() {
         let dedup = Dedup::new(100);
         let p: Arc<str> = Arc::from("x");
-        let Reservation::Fresh(token) = dedup.reserve(&p, "id") else { panic!() };
-        drop(ReservationGuard { dedup: &dedup, provider: &p, id: "id", token, resolved: false });
+        let Reservation::Fresh(token) = dedup.reserve(&p, "id") else {
+            panic!()
+        };
+        drop(ReservationGuard {
+            dedup: &dedup,
+            provider: &p,
+            id: "id",
+            token,
+            resolved: false,
+        });
         assert!(matches!(dedup.reserve(&p, "id"), Reservation::Fresh(_)));
     }
 
     #[test]
     fn unsafe_ids_are_hashed_and_missing_ones_fall_back_or_fail() {
         let h = crate::schemes::test_support::headers(&[("x-id", "evt_1")]);
-        let req = Inbound::new("POST", "/", None, &h, Ipv4Addr::LOCALHOST.into(), br#"{"id":"a b"}"#);
-        let header = EventIdSource::Header { name: "x-id".into(), required: true };
+        let req = Inbound::new(
+            "POST",
+            "/",
+            None,
+            &h,
+            Ipv4Addr::LOCALHOST.into(),
+            br#"{"id":"a b"}"#,
+        );
+        let header = EventIdSource::Header {
+            name: "x-id".into(),
+            required: true,
+        };
         assert_eq!(event_id(&header, &req).unwrap(), "evt_1");
-        let json = EventIdSource::Json { pointer: "/id".into(), required: true };
-        assert!(event_id(&json, &req).unwrap().starts_with("sha256:"), "spaces are not kept raw");
-        let missing = EventIdSource::Header { name: "x-other".into(), required: true };
+        let json = EventIdSource::Json {
+            pointer: "/id".into(),
+            required: true,
+        };
+        assert!(
+            event_id(&json, &req).unwrap().starts_with("sha256:"),
+            "spaces are not kept raw"
+        );
+        let missing = EventIdSource::Header {
+            name: "x-other".into(),
+            required: true,
+        };
         assert_eq!(event_id(&missing, &req), Err(Reason::MissingField));
-        let optional = EventIdSource::Header { name: "x-other".into(), required: false };
+        let optional = EventIdSource::Header {
+            name: "x-other".into(),
+            required: false,
+        };
         assert_eq!(event_id(&optional, &req).unwrap(), hash_id(req.body));
         assert!(sanitize(&"a".repeat(201)).starts_with("sha256:"));
         assert_eq!(sanitize(&"a".repeat(200)), "a".repeat(200));

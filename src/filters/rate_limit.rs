@@ -50,7 +50,10 @@ mod tests {
 
     #[test]
     fn a_source_over_its_share_is_limited_while_others_pass() {
-        let limiter = RateLimiter::new(RateLimit { per_second: Some(1000), per_ip_per_second: Some(3) });
+        let limiter = RateLimiter::new(RateLimit {
+            per_second: Some(1000),
+            per_ip_per_second: Some(3),
+        });
         let h = http::HeaderMap::new();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();

@@ -109,7 +109,7 @@ fn parse_template(template: &str) -> Result<Vec<Part>, String> {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         if open > 0 {
-            parts.push(Part::Literal(rest[..open].as_bytes().to_vec()));
+            parts.push(Part::Literal(rest.as_bytes()[..open].to_vec()));
         }
         let close = rest[open..]
             .find('}')
@@ -143,7 +143,10 @@ enum Prefix {
     None,
     Literal(String),
     /// `"{algorithm}="`: the prefix names the algorithm (`sha256=…`, `sha512=…`).
-    PerAlgorithm { before: String, after: String },
+    PerAlgorithm {
+        before: String,
+        after: String,
+    },
 }
 
 enum TimestampSource {
@@ -188,7 +191,10 @@ impl HmacScheme {
             algorithms.push((alg, Keys::new(alg, secrets)));
         }
         let encoding = Encoding::parse(&spec.encoding).ok_or_else(|| {
-            format!("signature.encoding `{}` is not supported: use hex or base64", spec.encoding)
+            format!(
+                "signature.encoding `{}` is not supported: use hex or base64",
+                spec.encoding
+            )
         })?;
         let prefix = match spec.prefix.as_deref() {
             None | Some("") => Prefix::None,
@@ -279,7 +285,7 @@ impl HmacScheme {
     }
 
     /// The timestamp as text (what the template signs) and as unix seconds.
-    fn timestamp_of<'r>(&self, req: &'r Inbound<'_>) -> Result<Option<(String, i64)>, Reason> {
+    fn timestamp_of(&self, req: &Inbound<'_>) -> Result<Option<(String, i64)>, Reason> {
         let Some(source) = &self.timestamp else {
             return Ok(None);
         };
@@ -374,10 +380,7 @@ impl Scheme for HmacScheme {
         if let (Some(h), true) = (&self.id_header, self.template.contains(&Part::Id)) {
             headers.push((h.clone(), msg.id.to_owned()));
         }
-        let url = msg
-            .url
-            .map(str::to_owned)
-            .unwrap_or_else(|| self.url(None));
+        let url = msg.url.map(str::to_owned).unwrap_or_else(|| self.url(None));
         let (alg, keys) = &self.algorithms[0];
         let tag = keys.sign(&self.parts(msg.body, &ts_text, msg.id, &url));
         headers.push((
@@ -412,7 +415,13 @@ pub fn provider_preset(
     };
     let (signature, timestamp) = match name {
         "github" => (
-            spec("x-hub-signature-256", "sha256", "hex", Some("sha256="), "{body}"),
+            spec(
+                "x-hub-signature-256",
+                "sha256",
+                "hex",
+                Some("sha256="),
+                "{body}",
+            ),
             None,
         ),
         "github-sha1" => (
@@ -420,11 +429,23 @@ pub fn provider_preset(
             None,
         ),
         "slack" => (
-            spec("x-slack-signature", "sha256", "hex", Some("v0="), "v0:{timestamp}:{body}"),
+            spec(
+                "x-slack-signature",
+                "sha256",
+                "hex",
+                Some("v0="),
+                "v0:{timestamp}:{body}",
+            ),
             Some(header_ts("x-slack-request-timestamp")),
         ),
         "zoom" => (
-            spec("x-zm-signature", "sha256", "hex", Some("v0="), "v0:{timestamp}:{body}"),
+            spec(
+                "x-zm-signature",
+                "sha256",
+                "hex",
+                Some("v0="),
+                "v0:{timestamp}:{body}",
+            ),
             Some(header_ts("x-zm-request-timestamp")),
         ),
         "shopify" => (
@@ -432,7 +453,13 @@ pub fn provider_preset(
             None,
         ),
         "square" => (
-            spec("x-square-hmacsha256-signature", "sha256", "base64", None, "{url}{body}"),
+            spec(
+                "x-square-hmacsha256-signature",
+                "sha256",
+                "base64",
+                None,
+                "{url}{body}",
+            ),
             None,
         ),
         "linear" => (
@@ -445,7 +472,14 @@ pub fn provider_preset(
         ),
         other => return Err(format!("unknown preset `{other}`")),
     };
-    HmacScheme::from_spec(&signature, timestamp.as_ref(), secrets, tolerance, None, public_url)
+    HmacScheme::from_spec(
+        &signature,
+        timestamp.as_ref(),
+        secrets,
+        tolerance,
+        None,
+        public_url,
+    )
 }
 
 #[cfg(test)]
@@ -456,7 +490,13 @@ mod tests {
     const MIN5: Duration = Duration::from_secs(300);
 
     fn preset(name: &str, key: &str) -> HmacScheme {
-        provider_preset(name, &[secret(key)], MIN5, Some("https://example.com/webhook")).unwrap()
+        provider_preset(
+            name,
+            &[secret(key)],
+            MIN5,
+            Some("https://example.com/webhook"),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -467,7 +507,10 @@ mod tests {
         let h = headers(&[("X-Hub-Signature-256", sig)]);
         assert_eq!(scheme.verify(&inbound(&h, b"Hello, World!"), 0), Ok(()));
         // Upper-case hex is the same bytes.
-        let h = headers(&[("X-Hub-Signature-256", &sig.to_uppercase().replace("SHA256=", "sha256="))]);
+        let h = headers(&[(
+            "X-Hub-Signature-256",
+            &sig.to_uppercase().replace("SHA256=", "sha256="),
+        )]);
         assert_eq!(scheme.verify(&inbound(&h, b"Hello, World!"), 0), Ok(()));
         assert_eq!(
             scheme.verify(&inbound(&h, b"Hello, World?"), 0),
@@ -493,19 +536,34 @@ mod tests {
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e1700",
         ] {
             let h = headers(&[("X-Hub-Signature-256", bad)]);
-            assert_eq!(scheme.verify(&inbound(&h, body), 0), Err(Reason::InvalidSignature), "{bad}");
+            assert_eq!(
+                scheme.verify(&inbound(&h, body), 0),
+                Err(Reason::InvalidSignature),
+                "{bad}"
+            );
         }
         let h = headers(&[]);
-        assert_eq!(scheme.verify(&inbound(&h, body), 0), Err(Reason::MissingSignature));
+        assert_eq!(
+            scheme.verify(&inbound(&h, body), 0),
+            Err(Reason::MissingSignature)
+        );
         let h = headers(&[("X-Hub-Signature-256", "")]);
-        assert_eq!(scheme.verify(&inbound(&h, body), 0), Err(Reason::MissingSignature));
+        assert_eq!(
+            scheme.verify(&inbound(&h, body), 0),
+            Err(Reason::MissingSignature)
+        );
     }
 
     #[test]
     fn github_sha1_uses_the_legacy_header() {
         let scheme = preset("github-sha1", "It's a Secret to Everybody");
         assert_eq!(round_trip(&scheme, b"Hello, World!", 0), Ok(()));
-        let signed = scheme.sign(&Outbound { body: b"x", timestamp: 0, id: "", url: None });
+        let signed = scheme.sign(&Outbound {
+            body: b"x",
+            timestamp: 0,
+            id: "",
+            url: None,
+        });
         assert_eq!(signed[0].0, "x-hub-signature");
         assert!(signed[0].1.starts_with("sha1=") && signed[0].1.len() == 5 + 40);
     }
@@ -556,9 +614,16 @@ mod tests {
             let scheme = preset(name, "shhh");
             let body = br#"{"webhookTimestamp":1700000000000,"id":"1"}"#;
             assert_eq!(round_trip(&scheme, body, now), Ok(()), "{name}");
-            let signed = scheme.sign(&Outbound { body, timestamp: now, id: "", url: None });
-            let pairs: Vec<(&str, &str)> =
-                signed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let signed = scheme.sign(&Outbound {
+                body,
+                timestamp: now,
+                id: "",
+                url: None,
+            });
+            let pairs: Vec<(&str, &str)> = signed
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             let h = headers(&pairs);
             let tampered = br#"{"webhookTimestamp":1700000000000,"id":"2"}"#;
             assert_eq!(
@@ -573,7 +638,12 @@ mod tests {
     fn shopify_signs_base64_of_the_raw_body() {
         // Independent computation: printf '%s' '{"id":1}' | openssl dgst -sha256 -hmac shhh -binary | base64
         let scheme = preset("shopify", "shhh");
-        let signed = scheme.sign(&Outbound { body: br#"{"id":1}"#, timestamp: 0, id: "", url: None });
+        let signed = scheme.sign(&Outbound {
+            body: br#"{"id":1}"#,
+            timestamp: 0,
+            id: "",
+            url: None,
+        });
         assert_eq!(signed[0].0, "x-shopify-hmac-sha256");
         assert_eq!(signed[0].1, "Lcc9Yf2U6zbkFFL44wuL0uEJMTo4Q8mC5iIG3KWCtLA=");
     }
@@ -583,7 +653,12 @@ mod tests {
         // Square: base64(HMAC-SHA256(key, notification_url + body)).
         // printf '%s' 'https://example.com/webhook{"a":1}' | openssl dgst -sha256 -hmac shhh -binary | base64
         let scheme = preset("square", "shhh");
-        let signed = scheme.sign(&Outbound { body: br#"{"a":1}"#, timestamp: 0, id: "", url: None });
+        let signed = scheme.sign(&Outbound {
+            body: br#"{"a":1}"#,
+            timestamp: 0,
+            id: "",
+            url: None,
+        });
         assert_eq!(signed[0].1, "4T7iyfV3JTvzr+dBb+4Q1g+KEUjOcQXH9CEZZW7wyIg=");
     }
 
@@ -592,15 +667,37 @@ mod tests {
         let scheme = preset("linear", "k");
         let now = 1_700_000_000;
         let old = br#"{"webhookTimestamp":1699999000000}"#;
-        let signed = scheme.sign(&Outbound { body: old, timestamp: now, id: "", url: None });
-        let pairs: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let signed = scheme.sign(&Outbound {
+            body: old,
+            timestamp: now,
+            id: "",
+            url: None,
+        });
+        let pairs: Vec<(&str, &str)> = signed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let h = headers(&pairs);
-        assert_eq!(scheme.verify(&inbound(&h, old), now), Err(Reason::StaleTimestamp));
+        assert_eq!(
+            scheme.verify(&inbound(&h, old), now),
+            Err(Reason::StaleTimestamp)
+        );
         let none = br#"{"action":"create"}"#;
-        let signed = scheme.sign(&Outbound { body: none, timestamp: now, id: "", url: None });
-        let pairs: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let signed = scheme.sign(&Outbound {
+            body: none,
+            timestamp: now,
+            id: "",
+            url: None,
+        });
+        let pairs: Vec<(&str, &str)> = signed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let h = headers(&pairs);
-        assert_eq!(scheme.verify(&inbound(&h, none), now), Err(Reason::MissingTimestamp));
+        assert_eq!(
+            scheme.verify(&inbound(&h, none), now),
+            Err(Reason::MissingTimestamp)
+        );
     }
 
     fn sidecar_wss() -> HmacScheme {
@@ -610,8 +707,15 @@ mod tests {
         .unwrap();
         let ts: TimestampSpec =
             serde_yaml::from_str("{ header: X-WSS-Timestamp, format: unix }").unwrap();
-        HmacScheme::from_spec(&spec, Some(&ts), &[secret("k1"), secret("k2")], MIN5, None, None)
-            .unwrap()
+        HmacScheme::from_spec(
+            &spec,
+            Some(&ts),
+            &[secret("k1"), secret("k2")],
+            MIN5,
+            None,
+            None,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -619,12 +723,26 @@ mod tests {
         let scheme = sidecar_wss();
         // printf '%s' '1700000000{"a":1}' | openssl dgst -sha256 -hmac k1
         let expected = "d5eecce547baa0190411edcb072042c3261ff895763044fa9ac6c9b8cb8e11b2";
-        let signed = scheme.sign(&Outbound { body: br#"{"a":1}"#, timestamp: 1_700_000_000, id: "", url: None });
+        let signed = scheme.sign(&Outbound {
+            body: br#"{"a":1}"#,
+            timestamp: 1_700_000_000,
+            id: "",
+            url: None,
+        });
         assert_eq!(signed[0], ("x-wss-timestamp".into(), "1700000000".into()));
         assert_eq!(signed[1], ("x-wss-signature".into(), expected.into()));
-        let h = headers(&[("X-WSS-Timestamp", "1700000000"), ("X-WSS-Signature", expected)]);
-        assert_eq!(scheme.verify(&inbound(&h, br#"{"a":1}"#), 1_700_000_000), Ok(()));
-        let h = headers(&[("X-WSS-Timestamp", "1700000001"), ("X-WSS-Signature", expected)]);
+        let h = headers(&[
+            ("X-WSS-Timestamp", "1700000000"),
+            ("X-WSS-Signature", expected),
+        ]);
+        assert_eq!(
+            scheme.verify(&inbound(&h, br#"{"a":1}"#), 1_700_000_000),
+            Ok(())
+        );
+        let h = headers(&[
+            ("X-WSS-Timestamp", "1700000001"),
+            ("X-WSS-Signature", expected),
+        ]);
         assert_eq!(
             scheme.verify(&inbound(&h, br#"{"a":1}"#), 1_700_000_000),
             Err(Reason::InvalidSignature)
@@ -635,10 +753,8 @@ mod tests {
     fn rotated_secrets_all_verify() {
         let scheme = sidecar_wss();
         let second = HmacScheme::from_spec(
-            &serde_yaml::from_str(
-                "{ header: X-WSS-Signature, signed: \"{timestamp}{body}\" }",
-            )
-            .unwrap(),
+            &serde_yaml::from_str("{ header: X-WSS-Signature, signed: \"{timestamp}{body}\" }")
+                .unwrap(),
             Some(&serde_yaml::from_str("{ header: X-WSS-Timestamp }").unwrap()),
             &[secret("k2")],
             MIN5,
@@ -646,8 +762,16 @@ mod tests {
             None,
         )
         .unwrap();
-        let signed = second.sign(&Outbound { body: b"x", timestamp: 5, id: "", url: None });
-        let pairs: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let signed = second.sign(&Outbound {
+            body: b"x",
+            timestamp: 5,
+            id: "",
+            url: None,
+        });
+        let pairs: Vec<(&str, &str)> = signed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let h = headers(&pairs);
         assert_eq!(scheme.verify(&inbound(&h, b"x"), 5), Ok(()));
     }
@@ -677,7 +801,11 @@ mod tests {
             (format!("md5={h256}"), false),
         ] {
             let h = headers(&[("X-Webhook-Signature", &value)]);
-            let expected = if ok { Ok(()) } else { Err(Reason::InvalidSignature) };
+            let expected = if ok {
+                Ok(())
+            } else {
+                Err(Reason::InvalidSignature)
+            };
             assert_eq!(scheme.verify(&inbound(&h, body), 0), expected, "{value}");
         }
     }
@@ -685,8 +813,12 @@ mod tests {
     #[test]
     fn templates_are_validated_at_load() {
         assert!(parse_template("{timestamp}.{body}").is_ok());
-        assert!(parse_template("{timestamp}").unwrap_err().contains("{body}"));
-        assert!(parse_template("{nope}{body}").unwrap_err().contains("unknown placeholder"));
+        assert!(parse_template("{timestamp}")
+            .unwrap_err()
+            .contains("{body}"));
+        assert!(parse_template("{nope}{body}")
+            .unwrap_err()
+            .contains("unknown placeholder"));
         assert!(parse_template("{body").unwrap_err().contains("unclosed"));
     }
 }

@@ -238,7 +238,10 @@ pub struct SchemeConfig<'a> {
 
 /// Builds the preset's scheme, or says what in the filter must change.
 pub fn build(cfg: &SchemeConfig<'_>) -> Result<Box<dyn Scheme>, String> {
-    let tolerance = cfg.tolerance.or(cfg.preset.tolerance).unwrap_or(FIVE_MINUTES.unwrap());
+    let tolerance = cfg
+        .tolerance
+        .or(cfg.preset.tolerance)
+        .unwrap_or(FIVE_MINUTES.unwrap());
     Ok(match cfg.preset.name {
         "standard-webhooks" => Box::new(standard_webhooks::StandardWebhooks::new(
             standard_webhooks::Headers::STANDARD,
@@ -256,9 +259,9 @@ pub fn build(cfg: &SchemeConfig<'_>) -> Result<Box<dyn Scheme>, String> {
         "url-key" => Box::new(url_key::UrlKey::new(cfg.secrets)),
         "none" => Box::new(NoSignature),
         "hmac" => {
-            let spec = cfg
-                .signature
-                .ok_or("preset `hmac` needs a `signature:` block (header, algorithm, encoding, signed)")?;
+            let spec = cfg.signature.ok_or(
+                "preset `hmac` needs a `signature:` block (header, algorithm, encoding, signed)",
+            )?;
             Box::new(HmacScheme::from_spec(
                 spec,
                 cfg.timestamp,
@@ -268,7 +271,12 @@ pub fn build(cfg: &SchemeConfig<'_>) -> Result<Box<dyn Scheme>, String> {
                 cfg.public_url,
             )?)
         }
-        other => Box::new(hmac::provider_preset(other, cfg.secrets, tolerance, cfg.public_url)?),
+        other => Box::new(hmac::provider_preset(
+            other,
+            cfg.secrets,
+            tolerance,
+            cfg.public_url,
+        )?),
     })
 }
 
@@ -487,7 +495,10 @@ mod tests {
         assert!(check_fresh(1300, 1000, t).is_ok());
         assert_eq!(check_fresh(1000, 1301, t), Err(Reason::StaleTimestamp));
         assert_eq!(check_fresh(1302, 1000, t), Err(Reason::StaleTimestamp));
-        assert_eq!(check_fresh(i64::MIN, i64::MAX, t), Err(Reason::StaleTimestamp));
+        assert_eq!(
+            check_fresh(i64::MIN, i64::MAX, t),
+            Err(Reason::StaleTimestamp)
+        );
     }
 
     #[test]

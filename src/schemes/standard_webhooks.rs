@@ -72,7 +72,9 @@ impl Scheme for StandardWebhooks {
         let value = req
             .header(self.headers.signature)
             .ok_or(Reason::MissingSignature)?;
-        let id = req.header(self.headers.id).ok_or(Reason::MissingSignature)?;
+        let id = req
+            .header(self.headers.id)
+            .ok_or(Reason::MissingSignature)?;
         let ts_text = req
             .header(self.headers.timestamp)
             .ok_or(Reason::MissingTimestamp)?;
@@ -99,7 +101,10 @@ impl Scheme for StandardWebhooks {
             (self.headers.timestamp.to_owned(), ts),
             (
                 self.headers.signature.to_owned(),
-                format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(tag)),
+                format!(
+                    "v1,{}",
+                    base64::engine::general_purpose::STANDARD.encode(tag)
+                ),
             ),
         ]
     }
@@ -141,7 +146,11 @@ mod tests {
                 (&format!("{prefix}-timestamp"), "1614265330"),
                 (&format!("{prefix}-signature"), &sigs),
             ]);
-            assert_eq!(scheme(h).verify(&inbound(&map, BODY), TS), Ok(()), "{prefix}");
+            assert_eq!(
+                scheme(h).verify(&inbound(&map, BODY), TS),
+                Ok(()),
+                "{prefix}"
+            );
         }
     }
 
@@ -180,8 +189,14 @@ mod tests {
             s.verify(&inbound(&map, br#"{"test": 2432232315}"#), TS),
             Err(Reason::InvalidSignature)
         );
-        assert_eq!(s.verify(&inbound(&map, BODY), TS + 301), Err(Reason::StaleTimestamp));
-        assert_eq!(s.verify(&inbound(&map, BODY), TS - 301), Err(Reason::StaleTimestamp));
+        assert_eq!(
+            s.verify(&inbound(&map, BODY), TS + 301),
+            Err(Reason::StaleTimestamp)
+        );
+        assert_eq!(
+            s.verify(&inbound(&map, BODY), TS - 301),
+            Err(Reason::StaleTimestamp)
+        );
         let other_id = headers(&[ok[0], ok[1], ("webhook-signature", SIG)]);
         assert_eq!(s.verify(&inbound(&other_id, BODY), TS), Ok(()));
         for (drop, reason) in [
@@ -195,11 +210,23 @@ mod tests {
                 .filter(|(i, _)| *i != drop)
                 .map(|(_, p)| *p)
                 .collect();
-            assert_eq!(s.verify(&inbound(&headers(&partial), BODY), TS), Err(reason));
+            assert_eq!(
+                s.verify(&inbound(&headers(&partial), BODY), TS),
+                Err(reason)
+            );
         }
-        for bad in ["v1,", "v1,!!!", "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", "g0hM9SsE"] {
+        for bad in [
+            "v1,",
+            "v1,!!!",
+            "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            "g0hM9SsE",
+        ] {
             let map = headers(&[ok[0], ok[1], ("webhook-signature", bad)]);
-            assert_eq!(s.verify(&inbound(&map, BODY), TS), Err(Reason::InvalidSignature), "{bad}");
+            assert_eq!(
+                s.verify(&inbound(&map, BODY), TS),
+                Err(Reason::InvalidSignature),
+                "{bad}"
+            );
         }
     }
 }

@@ -119,13 +119,20 @@ mod tests {
             (format!("v1={V1}"), Reason::MissingTimestamp),
             (format!("t=abc,v1={V1}"), Reason::MissingTimestamp),
             ("t=1700000000".to_string(), Reason::InvalidSignature),
-            ("t=1700000000,v1=nothex".to_string(), Reason::InvalidSignature),
+            (
+                "t=1700000000,v1=nothex".to_string(),
+                Reason::InvalidSignature,
+            ),
             ("garbage".to_string(), Reason::MissingTimestamp),
             (format!("t=1700000001,v1={V1}"), Reason::InvalidSignature),
         ];
         for (value, reason) in cases {
             let h = headers(&[("Stripe-Signature", &value)]);
-            assert_eq!(stripe().verify(&inbound(&h, BODY), now), Err(reason), "{value}");
+            assert_eq!(
+                stripe().verify(&inbound(&h, BODY), now),
+                Err(reason),
+                "{value}"
+            );
         }
         let h = headers(&[("Stripe-Signature", &format!("t=1700000000,v1={V1}"))]);
         assert_eq!(

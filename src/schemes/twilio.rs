@@ -80,7 +80,9 @@ fn body_hash_matches(query: &str, body: &[u8]) -> Option<bool> {
         .map(|(_, v)| v.into_owned())?;
     let actual = hex::encode(digest::digest(&digest::SHA256, body));
     Some(bool::from(
-        actual.as_bytes().ct_eq(expected.to_ascii_lowercase().as_bytes()),
+        actual
+            .as_bytes()
+            .ct_eq(expected.to_ascii_lowercase().as_bytes()),
     ))
 }
 
@@ -98,7 +100,10 @@ impl Scheme for Twilio {
             None => String::new(),
         };
         let candidates = [signature];
-        let signed = |u: &str| self.keys.matches(&[u.as_bytes(), params.as_bytes()], &candidates);
+        let signed = |u: &str| {
+            self.keys
+                .matches(&[u.as_bytes(), params.as_bytes()], &candidates)
+        };
         if signed(&url) || toggle_port(&url).is_some_and(|u| signed(&u)) {
             Ok(())
         } else {
@@ -115,8 +120,10 @@ impl Scheme for Twilio {
 }
 
 fn is_form(req: &Inbound<'_>) -> bool {
-    req.header("content-type")
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"))
+    req.header("content-type").is_some_and(|ct| {
+        ct.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    })
 }
 
 #[cfg(test)]
@@ -128,10 +135,23 @@ mod tests {
     // twilio-python tests/unit/test_request_validator.py
     const FORM: &str = "CallSid=CA1234567890ABCDE&Caller=%2B14158675309&Digits=1234&From=%2B14158675309&To=%2B18005551212";
 
-    fn verify(public_url: &str, query: &str, ct: &str, body: &[u8], sig: &str) -> Result<(), Reason> {
+    fn verify(
+        public_url: &str,
+        query: &str,
+        ct: &str,
+        body: &[u8],
+        sig: &str,
+    ) -> Result<(), Reason> {
         let scheme = Twilio::new(&[secret("12345")], public_url);
         let h = headers(&[("content-type", ct), ("X-Twilio-Signature", sig)]);
-        let req = Inbound::new("POST", "/", Some(query), &h, IpAddr::V4(Ipv4Addr::LOCALHOST), body);
+        let req = Inbound::new(
+            "POST",
+            "/",
+            Some(query),
+            &h,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            body,
+        );
         scheme.verify(&req, 0)
     }
 
@@ -140,22 +160,73 @@ mod tests {
     #[test]
     fn matches_the_sdk_form_vector() {
         let url = "https://mycompany.com/myapp.php";
-        assert_eq!(verify(url, "foo=1&bar=2", FORM_CT, FORM.as_bytes(), "RSOYDt4T1cUTdK1PDd93/VVr8B8="), Ok(()));
         assert_eq!(
-            verify(url, "foo=1&bar=3", FORM_CT, FORM.as_bytes(), "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+            verify(
+                url,
+                "foo=1&bar=2",
+                FORM_CT,
+                FORM.as_bytes(),
+                "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                url,
+                "foo=1&bar=3",
+                FORM_CT,
+                FORM.as_bytes(),
+                "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+            ),
             Err(Reason::InvalidSignature)
         );
         let dup = b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234";
-        assert_eq!(verify(url, "foo=1&bar=2", FORM_CT, dup, "IK+Dwps556ElfBT0I3Rgjkr1wJU="), Ok(()));
+        assert_eq!(
+            verify(
+                url,
+                "foo=1&bar=2",
+                FORM_CT,
+                dup,
+                "IK+Dwps556ElfBT0I3Rgjkr1wJU="
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn accepts_the_url_with_or_without_its_default_port() {
         let with_port = "https://mycompany.com:1234/myapp.php";
-        assert_eq!(verify(with_port, "foo=1&bar=2", FORM_CT, FORM.as_bytes(), "RSOYDt4T1cUTdK1PDd93/VVr8B8="), Ok(()));
+        assert_eq!(
+            verify(
+                with_port,
+                "foo=1&bar=2",
+                FORM_CT,
+                FORM.as_bytes(),
+                "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+            ),
+            Ok(())
+        );
         let url = "https://mycompany.com/myapp.php";
-        assert_eq!(verify(url, "foo=1&bar=2", FORM_CT, FORM.as_bytes(), "kvajT1Ptam85bY51eRf/AJRuM3w="), Ok(()));
-        assert_eq!(verify("http://mycompany.com/myapp.php", "foo=1&bar=2", FORM_CT, FORM.as_bytes(), "0ZXoZLH/DfblKGATFgpif+LLRf4="), Ok(()));
+        assert_eq!(
+            verify(
+                url,
+                "foo=1&bar=2",
+                FORM_CT,
+                FORM.as_bytes(),
+                "kvajT1Ptam85bY51eRf/AJRuM3w="
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                "http://mycompany.com/myapp.php",
+                "foo=1&bar=2",
+                FORM_CT,
+                FORM.as_bytes(),
+                "0ZXoZLH/DfblKGATFgpif+LLRf4="
+            ),
+            Ok(())
+        );
     }
 
     #[test]
@@ -163,9 +234,24 @@ mod tests {
         let url = "https://mycompany.com/myapp.php";
         let body = br#"{"property": "value", "boolean": true}"#;
         let query = "foo=1&bar=2&bodySHA256=0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
-        assert_eq!(verify(url, query, "application/json", body, "a9nBmqA0ju/hNViExpshrM61xv4="), Ok(()));
         assert_eq!(
-            verify(url, query, "application/json", br#"{"property": "value", "boolean": false}"#, "a9nBmqA0ju/hNViExpshrM61xv4="),
+            verify(
+                url,
+                query,
+                "application/json",
+                body,
+                "a9nBmqA0ju/hNViExpshrM61xv4="
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                url,
+                query,
+                "application/json",
+                br#"{"property": "value", "boolean": false}"#,
+                "a9nBmqA0ju/hNViExpshrM61xv4="
+            ),
             Err(Reason::InvalidSignature)
         );
     }
@@ -174,22 +260,42 @@ mod tests {
     fn malformed_signatures_are_rejected() {
         let url = "https://mycompany.com/myapp.php";
         for bad in ["not base64!", "AAAA"] {
-            assert_eq!(verify(url, "", FORM_CT, FORM.as_bytes(), bad), Err(Reason::InvalidSignature));
+            assert_eq!(
+                verify(url, "", FORM_CT, FORM.as_bytes(), bad),
+                Err(Reason::InvalidSignature)
+            );
         }
     }
 
     #[test]
     fn sign_round_trips_form_posts() {
-        let scheme = Twilio::new(&[secret("12345")], "https://mycompany.com/myapp.php?foo=1&bar=2");
-        let signed = scheme.sign(&Outbound { body: FORM.as_bytes(), timestamp: 0, id: "", url: None });
+        let scheme = Twilio::new(
+            &[secret("12345")],
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+        );
+        let signed = scheme.sign(&Outbound {
+            body: FORM.as_bytes(),
+            timestamp: 0,
+            id: "",
+            url: None,
+        });
         assert_eq!(signed[0].1, "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
     }
 
     #[test]
     fn port_toggling_handles_hosts_paths_and_ipv6() {
-        assert_eq!(toggle_port("https://a.com/x").as_deref(), Some("https://a.com:443/x"));
-        assert_eq!(toggle_port("https://a.com:8443/x?q").as_deref(), Some("https://a.com/x?q"));
-        assert_eq!(toggle_port("http://[::1]/x").as_deref(), Some("http://[::1]:80/x"));
+        assert_eq!(
+            toggle_port("https://a.com/x").as_deref(),
+            Some("https://a.com:443/x")
+        );
+        assert_eq!(
+            toggle_port("https://a.com:8443/x?q").as_deref(),
+            Some("https://a.com/x?q")
+        );
+        assert_eq!(
+            toggle_port("http://[::1]/x").as_deref(),
+            Some("http://[::1]:80/x")
+        );
         assert_eq!(toggle_port("nonsense"), None);
     }
 }

@@ -23,11 +23,16 @@ pub fn generate() -> String {
 pub fn validate(secret: &[u8]) -> Result<(), String> {
     let ok = secret.len() == KEY_PREFIX.len() + KEY_CHARS
         && secret.starts_with(KEY_PREFIX.as_bytes())
-        && secret[KEY_PREFIX.len()..].iter().all(u8::is_ascii_alphanumeric);
+        && secret[KEY_PREFIX.len()..]
+            .iter()
+            .all(u8::is_ascii_alphanumeric);
     if ok {
         Ok(())
     } else {
-        Err("a url-key secret is `wh_` + 32 letters or digits: make one with `portcullis keygen`".into())
+        Err(
+            "a url-key secret is `wh_` + 32 letters or digits: make one with `portcullis keygen`"
+                .into(),
+        )
     }
 }
 
@@ -99,7 +104,10 @@ mod tests {
         let scheme = UrlKey::new(&[Secret(new.clone().into()), Secret(old.clone().into())]);
         assert_eq!(at(&scheme, &format!("/webhook/x/{new}")), Ok(()));
         assert_eq!(at(&scheme, &format!("/webhook/x/{old}")), Ok(()));
-        assert_eq!(at(&scheme, &format!("/webhook/x/{}", generate())), Err(Reason::InvalidSignature));
+        assert_eq!(
+            at(&scheme, &format!("/webhook/x/{}", generate())),
+            Err(Reason::InvalidSignature)
+        );
         assert_eq!(at(&scheme, "/webhook/x"), Err(Reason::MissingSignature));
         assert_eq!(scheme.path_suffix(), Some(new));
     }

@@ -63,7 +63,10 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
     }
     Ok(ParsedUrl {
         tls,
-        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
         port,
         path: path.to_owned(),
     })
@@ -110,7 +113,10 @@ impl HttpSink {
         req.insert_header("x-portcullis-event-id", &envelope.event_id)?;
         req.insert_header("x-portcullis-received-at", &envelope.received_at)?;
         req.insert_header("x-portcullis-source-ip", &envelope.source_ip)?;
-        req.insert_header("x-portcullis-verified", if envelope.verified { "true" } else { "false" })?;
+        req.insert_header(
+            "x-portcullis-verified",
+            if envelope.verified { "true" } else { "false" },
+        )?;
         if let Some(reason) = envelope.reason {
             req.insert_header("x-portcullis-reason", reason)?;
         }
@@ -126,7 +132,10 @@ impl HttpSink {
             .map_err(|e| (false, format!("connect: {e}")))?;
         let fail = |e: Box<pingora::Error>| (reused, e.to_string());
         let req = self.request(envelope).map_err(fail)?;
-        session.write_request_header(Box::new(req)).await.map_err(fail)?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(fail)?;
         session
             .write_request_body(envelope.body.clone(), true)
             .await
@@ -159,7 +168,10 @@ impl Sink for HttpSink {
             }
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Err(_) => Err(SinkError::Unavailable(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(SinkError::Unavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
             Ok(Err((_, e))) => Err(SinkError::Unavailable(e)),
             Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
             Ok(Ok(status)) => Err(SinkError::Rejected(status)),
@@ -168,7 +180,11 @@ impl Sink for HttpSink {
 
     async fn ready(&self) -> bool {
         matches!(
-            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(self.addr)).await,
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(self.addr)
+            )
+            .await,
             Ok(Ok(_))
         )
     }
@@ -181,7 +197,10 @@ mod tests {
     #[test]
     fn urls_parse_with_default_and_explicit_ports() {
         let u = parse_url("http://127.0.0.1:3000/ingest").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.path.as_str()), (false, "127.0.0.1", 3000, "/ingest"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (false, "127.0.0.1", 3000, "/ingest")
+        );
         let u = parse_url("https://app.internal").unwrap();
         assert_eq!((u.tls, u.port, u.path.as_str()), (true, 443, "/"));
         let u = parse_url("http://[::1]:8080/x").unwrap();

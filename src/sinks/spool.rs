@@ -87,9 +87,8 @@ pub fn encode_line(envelope: &Envelope) -> Vec<u8> {
     match std::str::from_utf8(&envelope.body) {
         Ok(text) => record["body"] = Value::String(text.into()),
         Err(_) => {
-            record["body_base64"] = Value::String(
-                base64::engine::general_purpose::STANDARD.encode(&envelope.body),
-            )
+            record["body_base64"] =
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&envelope.body))
         }
     }
     let mut line = serde_json::to_vec(&record).unwrap_or_default();
@@ -106,7 +105,10 @@ impl Sink for Spool {
     async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
         let (done, wait) = oneshot::channel();
         self.writer()
-            .send(Job { line: encode_line(envelope), done })
+            .send(Job {
+                line: encode_line(envelope),
+                done,
+            })
             .map_err(|_| SinkError::Unavailable("spool writer stopped".into()))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
@@ -167,7 +169,10 @@ impl Writer {
                 Some(s) => s.seq + 1,
                 None => next_sequence(&self.dir),
             };
-            *segment = Some(self.create(seq).map_err(|e| format!("spool segment: {e}"))?);
+            *segment = Some(
+                self.create(seq)
+                    .map_err(|e| format!("spool segment: {e}"))?,
+            );
         }
         let seg = segment.as_mut().expect("segment just ensured");
         let result = seg.file.write_all(buf).and_then(|()| seg.file.sync_data());
@@ -237,7 +242,10 @@ mod tests {
     }
 
     fn lines(dir: &Path) -> Vec<Value> {
-        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         files
             .iter()
@@ -259,7 +267,9 @@ mod tests {
         for i in 0..200 {
             let spool = spool.clone();
             tasks.push(tokio::spawn(async move {
-                spool.publish(&envelope(&format!("id-{i}"), &[b'x'; 100])).await
+                spool
+                    .publish(&envelope(&format!("id-{i}"), &[b'x'; 100]))
+                    .await
             }));
         }
         for t in tasks {
@@ -280,11 +290,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open("s", dir.path(), 4096).unwrap();
         for i in 0..40 {
-            spool.publish(&envelope(&i.to_string(), &[b'x'; 200])).await.unwrap();
+            spool
+                .publish(&envelope(&i.to_string(), &[b'x'; 200]))
+                .await
+                .unwrap();
         }
         assert_eq!(lines(dir.path()).len(), 40);
         let segments = std::fs::read_dir(dir.path()).unwrap().count();
-        assert!(segments >= 2, "40 lines of ~330 bytes span several 4KiB segments, got {segments}");
+        assert!(
+            segments >= 2,
+            "40 lines of ~330 bytes span several 4KiB segments, got {segments}"
+        );
     }
 
     #[tokio::test]
@@ -306,8 +322,16 @@ mod tests {
     #[tokio::test]
     async fn a_restart_starts_a_new_segment_after_the_last() {
         let dir = tempfile::tempdir().unwrap();
-        Spool::open("s", dir.path(), 1 << 20).unwrap().publish(&envelope("1", b"{}")).await.unwrap();
-        Spool::open("s", dir.path(), 1 << 20).unwrap().publish(&envelope("2", b"{}")).await.unwrap();
+        Spool::open("s", dir.path(), 1 << 20)
+            .unwrap()
+            .publish(&envelope("1", b"{}"))
+            .await
+            .unwrap();
+        Spool::open("s", dir.path(), 1 << 20)
+            .unwrap()
+            .publish(&envelope("2", b"{}"))
+            .await
+            .unwrap();
         assert!(segment_path(dir.path(), 1).exists());
         assert!(segment_path(dir.path(), 2).exists());
     }

@@ -10,7 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Server {
@@ -48,7 +52,12 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap();
-        let server = Server { port, admin, dir, child };
+        let server = Server {
+            port,
+            admin,
+            dir,
+            child,
+        };
         server.wait_healthy();
         server
     }
@@ -56,11 +65,12 @@ impl Server {
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = try_request(self.admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n") {
-                if r.status == 200 {
-                    if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                        return;
-                    }
+            if let Ok(r) = try_request(
+                self.admin,
+                b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            ) {
+                if r.status == 200 && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -86,7 +96,10 @@ impl Server {
     }
 
     pub fn admin_get(&self, path: &str) -> Response {
-        request(self.admin, format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        request(
+            self.admin,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
     }
 
     pub fn is_alive(&mut self) -> bool {
@@ -102,7 +115,9 @@ impl Drop for Server {
 }
 
 pub fn spool_lines(dir: &Path) -> Vec<serde_json::Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
     files.sort();
     files
@@ -126,10 +141,18 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("body is not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "body is not JSON: {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     /// The `error` reason of a rejection.
     pub fn reason(&self) -> String {
@@ -138,7 +161,10 @@ impl Response {
 }
 
 pub fn post(port: u16, path: &str, headers: &[(String, String)], body: &[u8]) -> Response {
-    let mut raw = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         raw += &format!("{k}: {v}\r\n");
     }
@@ -164,9 +190,16 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line {line:?}"))
-    })?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            )
+        })?;
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -179,7 +212,10 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
             headers.push((k.trim().to_owned(), v.trim().to_owned()));
         }
     }
-    let length = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok());
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok());
     let mut body = Vec::new();
     match length {
         Some(n) => {
@@ -190,7 +226,11 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
             reader.read_to_end(&mut body)?;
         }
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Writes a filter into a temp file and returns the headers its scheme signs `body` with.
@@ -216,7 +256,10 @@ pub fn sign(filter_yaml: &str, body: &[u8], timestamp: i64, id: &str) -> Vec<(St
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// What an upstream received.
@@ -233,6 +276,7 @@ pub struct Upstream {
     pub received: Arc<Mutex<Vec<Received>>>,
     pub status: Arc<Mutex<u16>>,
     pub gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -245,15 +289,28 @@ impl Upstream {
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(Mutex::new(status));
         let gate = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
-        let (r, s, g) = (received.clone(), status.clone(), gate.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, s, g, c) = (
+            received.clone(),
+            status.clone(),
+            gate.clone(),
+            connections.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (r, s, g) = (r.clone(), s.clone(), g.clone());
                 std::thread::spawn(move || serve_upstream(conn, r, s, g));
             }
         });
-        Upstream { port, received, status, gate }
+        Upstream {
+            port,
+            received,
+            status,
+            gate,
+            connections,
+        }
     }
 
     pub fn hold(&self) {
@@ -297,7 +354,11 @@ fn serve_upstream(
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
             }
         }
-        let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let len = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; len];
         if reader.read_exact(&mut body).is_err() {
             return;
@@ -327,5 +388,8 @@ pub fn http_sink(port: u16) -> String {
 
 /// Headers as (String, String) pairs from string slices.
 pub fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

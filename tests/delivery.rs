@@ -1,0 +1,182 @@
+//! Exactly-once hand-off under concurrency, whole bodies through the http sink, and logs that
+//! never carry a secret.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use common::*;
+
+const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"topsecret-value-123\"]\n";
+
+#[test]
+fn forty_concurrent_copies_of_one_event_give_exactly_one_202_and_one_spool_line() {
+    let server = Server::start(&[("g.yaml", GITHUB)], spool_sink());
+    let body = br#"{"action":"opened","copy":true}"#.to_vec();
+    let headers = sign(GITHUB, &body, now(), "delivery-40");
+    let barrier = Arc::new(Barrier::new(40));
+    let threads: Vec<_> = (0..40)
+        .map(|_| {
+            let (headers, body, barrier, port) =
+                (headers.clone(), body.clone(), barrier.clone(), server.port);
+            std::thread::spawn(move || {
+                barrier.wait();
+                post(port, "/webhook/github", &headers, &body)
+            })
+        })
+        .collect();
+    let responses: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let accepted = responses.iter().filter(|r| r.status == 202).count();
+    assert_eq!(
+        accepted,
+        1,
+        "statuses: {:?}",
+        responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(responses
+        .iter()
+        .all(|r| [202, 200, 409].contains(&r.status)));
+    let lines = server.spooled();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["event_id"], "delivery-40");
+}
+
+#[test]
+fn many_distinct_events_concurrently_all_land_once() {
+    let server = Server::start(&[("g.yaml", GITHUB)], spool_sink());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let port = server.port;
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let body = format!("{{\"t\":{t},\"i\":{i}}}").into_bytes();
+                    let r = post(
+                        port,
+                        "/webhook/github",
+                        &sign(GITHUB, &body, now(), &format!("e-{t}-{i}")),
+                        &body,
+                    );
+                    assert_eq!(r.status, 202);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut ids: Vec<String> = server
+        .spooled()
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200);
+}
+
+#[test]
+fn a_one_mebibyte_body_reaches_the_http_upstream_byte_for_byte_with_the_envelope() {
+    let upstream = Upstream::start(200);
+    let filter = "name: big\npreset: github\nsecrets: [\"s\"]\nmax_body: 2MiB\nsink: app\nforward_headers: [content-type, x-github-event]\n";
+    let server = Server::start(&[("big.yaml", filter)], &http_sink(upstream.port));
+    // Not valid UTF-8 and not JSON: the bytes must pass untouched.
+    let body: Vec<u8> = (0..1024 * 1024)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut headers = sign(filter, &body, now(), "big-1");
+    headers.push(("X-GitHub-Event".into(), "push".into()));
+    let r = server.post("/webhook/big", &headers, &body);
+    assert_eq!(r.status, 202, "{:?}", String::from_utf8_lossy(&r.body));
+    let received = upstream.received.lock().unwrap();
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0].body == body,
+        "upstream body differs from what was sent"
+    );
+    let get = |name: &str| {
+        received[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("x-portcullis-provider").as_deref(), Some("big"));
+    assert_eq!(get("x-portcullis-event-id").as_deref(), Some("big-1"));
+    assert_eq!(get("x-portcullis-verified").as_deref(), Some("true"));
+    assert_eq!(get("x-portcullis-source-ip").as_deref(), Some("127.0.0.1"));
+    assert!(get("x-portcullis-received-at").is_some());
+    assert_eq!(get("x-github-event").as_deref(), Some("push"));
+    assert_eq!(
+        get("x-hub-signature-256"),
+        None,
+        "signature headers are not forwarded"
+    );
+}
+
+#[test]
+fn the_http_sink_reuses_upstream_connections_across_requests() {
+    let upstream = Upstream::start(200);
+    let filter = "name: hook\npreset: none\nallow: [\"127.0.0.1\"]\nsink: app\n";
+    let server = Server::start(&[("h.yaml", filter)], &http_sink(upstream.port));
+    for i in 0..20 {
+        assert_eq!(
+            server
+                .post(
+                    "/webhook/hook",
+                    &h(&[]),
+                    format!("{{\"i\":{i}}}").as_bytes()
+                )
+                .status,
+            202
+        );
+    }
+    assert_eq!(upstream.count(), 20);
+    let connections = upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 2,
+        "20 sequential publishes opened {connections} upstream connections"
+    );
+}
+
+#[test]
+fn logs_never_contain_a_secret_or_a_signature() {
+    let server = Server::start(&[("g.yaml", GITHUB)], spool_sink());
+    let body = br#"{"action":"opened"}"#;
+    let headers = sign(GITHUB, body, now(), "log-1");
+    let signature = headers
+        .iter()
+        .find(|(k, _)| k == "x-hub-signature-256")
+        .unwrap()
+        .1
+        .clone();
+    server.post("/webhook/github", &headers, body);
+    server.post("/webhook/github", &headers, br#"{"action":"tampered"}"#);
+    server.post(
+        "/webhook/github",
+        &h(&[("X-Hub-Signature-256", "sha256=deadbeef")]),
+        body,
+    );
+    let wrong = sign(
+        "name: github\npreset: github\nsecrets: [\"other\"]\n",
+        body,
+        now(),
+        "log-2",
+    );
+    server.post("/webhook/github", &wrong, body);
+    let log = server.log();
+    assert!(
+        log.contains("portcullis::access"),
+        "the access log is on by default:\n{log}"
+    );
+    assert!(
+        !log.contains("topsecret-value-123"),
+        "secret in logs:\n{log}"
+    );
+    let hex = signature.trim_start_matches("sha256=");
+    assert!(!log.contains(hex), "signature in logs:\n{log}");
+    assert!(!log.contains("deadbeef"), "received signature in logs");
+    let metrics = String::from_utf8_lossy(&server.admin_get("/metrics").body).into_owned();
+    assert!(!metrics.contains("topsecret") && !metrics.contains(hex));
+}
