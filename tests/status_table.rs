@@ -144,6 +144,36 @@ fn a_chunked_body_growing_past_max_body_is_413() {
 }
 
 #[test]
+fn a_broken_chunked_body_is_400_invalid_body() {
+    let server = github_server();
+    let raw = "POST /webhook/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz-not-hex\r\n{}\r\n0\r\n\r\n";
+    let r = request(server.port, raw.as_bytes());
+    assert_eq!((r.status, r.reason().as_str()), (400, "invalid_body"));
+    assert!(server.spooled().is_empty());
+}
+
+#[test]
+fn expect_100_continue_gets_a_continue_then_the_answer() {
+    let server = github_server();
+    let body = br#"{"action":"continue"}"#;
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!("POST /webhook/github HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in signed(body, "cont-1") {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    let interim = read_response(&mut stream).unwrap();
+    assert_eq!(interim.status, 100);
+    stream.write_all(body).unwrap();
+    let r = read_response(&mut stream).unwrap();
+    assert_eq!(r.status, 202);
+}
+
+#[test]
 fn a_wrong_content_type_is_415() {
     let server = github_server();
     let body = br#"{"action":"x"}"#;

@@ -449,6 +449,11 @@ pub fn load(
             ),
         );
     }
+    if let (Some(sig), Some(ts)) = (&raw.signature, &raw.timestamp) {
+        if ts.header.is_some() && !sig.signed.contains("{timestamp}") {
+            report.warn(&["timestamp"], "the timestamp header is not in `signed:`, so it is not authenticated: a replay can carry a fresh one (add {timestamp} to the template)");
+        }
+    }
     if let Some(url) = &raw.public_url {
         if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains('?') {
             report.error(

@@ -99,6 +99,8 @@ pub struct Server {
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounded well below the dedup in-flight lifetime, so a reservation cannot expire mid-publish.
+pub const MAX_SINK_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> {
     let mut unknown = Vec::new();
@@ -255,9 +257,9 @@ pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> 
                 }
                 let timeout = match spec.timeout.as_deref().map(parse_duration) {
                     None => DEFAULT_HTTP_TIMEOUT,
-                    Some(Ok(d)) if !d.is_zero() => d,
+                    Some(Ok(d)) if !d.is_zero() && d <= MAX_SINK_TIMEOUT => d,
                     Some(Ok(_)) => {
-                        report.error(&at, "timeout must be more than zero");
+                        report.error(&at, "timeout must be more than zero and at most 60s (senders time out long before)");
                         DEFAULT_HTTP_TIMEOUT
                     }
                     Some(Err(e)) => {

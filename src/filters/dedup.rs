@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
-use ring::digest;
 
 use crate::config::EventIdSource;
 use crate::reason::Reason;
@@ -190,10 +189,7 @@ fn sanitize(id: &str) -> String {
 }
 
 fn hash_id(bytes: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(digest::digest(&digest::SHA256, bytes))
-    )
+    format!("sha256:{}", crate::schemes::sha256_hex(bytes))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ mod url_key;
 
 use std::time::Duration;
 
-use ring::hmac as ring_hmac;
+use ::hmac::{Hmac, Mac};
 use subtle::ConstantTimeEq;
 
 pub use self::hmac::{HmacScheme, SignatureSpec, TimestampFormat, TimestampSpec};
@@ -324,13 +324,6 @@ impl Algorithm {
             Algorithm::Sha512 => "sha512",
         }
     }
-    fn ring(self) -> ring_hmac::Algorithm {
-        match self {
-            Algorithm::Sha1 => ring_hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-            Algorithm::Sha256 => ring_hmac::HMAC_SHA256,
-            Algorithm::Sha512 => ring_hmac::HMAC_SHA512,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,9 +357,48 @@ impl Encoding {
     }
 }
 
+/// An HMAC state with its key already absorbed: cloning it per message skips re-keying.
+/// RustCrypto's hmac + sha2 measured faster than ring here (bench/RESULTS.md).
+#[derive(Clone)]
+enum KeyedMac {
+    Sha1(Hmac<sha1::Sha1>),
+    Sha256(Hmac<sha2::Sha256>),
+    Sha512(Hmac<sha2::Sha512>),
+}
+
+impl KeyedMac {
+    fn new(algorithm: Algorithm, key: &[u8]) -> KeyedMac {
+        // HMAC takes keys of any length, so new_from_slice cannot fail.
+        match algorithm {
+            Algorithm::Sha1 => KeyedMac::Sha1(Mac::new_from_slice(key).expect("any key length")),
+            Algorithm::Sha256 => {
+                KeyedMac::Sha256(Mac::new_from_slice(key).expect("any key length"))
+            }
+            Algorithm::Sha512 => {
+                KeyedMac::Sha512(Mac::new_from_slice(key).expect("any key length"))
+            }
+        }
+    }
+
+    fn tag(&self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<M: Mac + Clone>(keyed: &M, parts: &[&[u8]]) -> Vec<u8> {
+            let mut mac = keyed.clone();
+            for part in parts {
+                mac.update(part);
+            }
+            mac.finalize().into_bytes().to_vec()
+        }
+        match self {
+            KeyedMac::Sha1(m) => run(m, parts),
+            KeyedMac::Sha256(m) => run(m, parts),
+            KeyedMac::Sha512(m) => run(m, parts),
+        }
+    }
+}
+
 /// HMAC keys for every active secret, prepared once. The first secret signs.
 pub struct Keys {
-    keys: Vec<ring_hmac::Key>,
+    keys: Vec<KeyedMac>,
 }
 
 impl Keys {
@@ -374,7 +406,7 @@ impl Keys {
         Keys {
             keys: secrets
                 .iter()
-                .map(|s| ring_hmac::Key::new(algorithm.ring(), &s.0))
+                .map(|s| KeyedMac::new(algorithm, &s.0))
                 .collect(),
         }
     }
@@ -382,7 +414,7 @@ impl Keys {
     /// The tag of `parts` (concatenated) under the signing (first) key.
     pub fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
         match self.keys.first() {
-            Some(key) => tag(key, parts),
+            Some(key) => key.tag(parts),
             None => Vec::new(),
         }
     }
@@ -392,7 +424,7 @@ impl Keys {
     pub fn matches(&self, parts: &[&[u8]], candidates: &[Vec<u8>]) -> bool {
         let mut found = false;
         for key in &self.keys {
-            let expected = tag(key, parts);
+            let expected = key.tag(parts);
             for candidate in candidates {
                 found |= bool::from(expected.as_slice().ct_eq(candidate.as_slice()));
             }
@@ -401,12 +433,10 @@ impl Keys {
     }
 }
 
-fn tag(key: &ring_hmac::Key, parts: &[&[u8]]) -> Vec<u8> {
-    let mut ctx = ring_hmac::Context::with_key(key);
-    for part in parts {
-        ctx.update(part);
-    }
-    ctx.sign().as_ref().to_vec()
+/// Hex SHA-256 of some bytes (body hashes as event ids, Twilio's bodySHA256).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Rejects a timestamp outside `now ± tolerance` (both directions: a far-future timestamp

@@ -6,7 +6,6 @@
 //! must hash to that value. Twilio's SDKs accept the URL with and without the default port,
 //! so both are tried, as they do.
 
-use ring::digest;
 use subtle::ConstantTimeEq;
 
 use super::{Algorithm, Encoding, Keys, Outbound, Scheme, Secret};
@@ -78,7 +77,7 @@ fn body_hash_matches(query: &str, body: &[u8]) -> Option<bool> {
     let expected = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "bodySHA256")
         .map(|(_, v)| v.into_owned())?;
-    let actual = hex::encode(digest::digest(&digest::SHA256, body));
+    let actual = super::sha256_hex(body);
     Some(bool::from(
         actual
             .as_bytes()

@@ -217,6 +217,13 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.parse::<usize>().ok());
     let mut body = Vec::new();
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok(Response {
+            status,
+            headers,
+            body,
+        });
+    }
     match length {
         Some(n) => {
             body.resize(n, 0);
