@@ -88,7 +88,7 @@ pub struct EventIdSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum DedupSpec {
     Switch(String),
     Ttl { ttl: String },

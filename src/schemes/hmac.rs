@@ -636,7 +636,9 @@ mod tests {
 
     #[test]
     fn shopify_signs_base64_of_the_raw_body() {
-        // Independent computation: printf '%s' '{"id":1}' | openssl dgst -sha256 -hmac shhh -binary | base64
+        // Shopify's own SDK tests sign as base64(HMAC-SHA256(secret, raw body))
+        // (shopify-api-js lib/webhooks/__tests__/utils.ts); computed independently with
+        // printf '%s' '{"id":1}' | openssl dgst -sha256 -hmac shhh -binary | base64
         let scheme = preset("shopify", "shhh");
         let signed = scheme.sign(&Outbound {
             body: br#"{"id":1}"#,
