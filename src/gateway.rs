@@ -218,6 +218,29 @@ impl Gateway {
         }
     }
 
+    fn provider_label(&self, ctx: &RequestCtx) -> &str {
+        ctx.provider
+            .map(|i| &*self.providers[i].name)
+            .unwrap_or("unknown")
+    }
+
+    fn record(&self, ctx: &RequestCtx) {
+        let provider = self.provider_label(ctx);
+        metrics::REQUESTS
+            .with_label_values(&[provider, ctx.outcome])
+            .inc();
+        if let Some(reason) = ctx.reason.or(ctx.shadow_verdict) {
+            metrics::REJECTIONS
+                .with_label_values(&[provider, reason.as_str()])
+                .inc();
+        }
+        let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        metrics::REQUEST_DURATION
+            .with_label_values(&[provider])
+            .observe(elapsed.as_secs_f64());
+        metrics::DEDUP_ENTRIES.set(self.dedup.entries() as i64);
+    }
+
     async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, outcome: Outcome) {
         let provider = ctx.provider.map(|i| self.providers[i].name.to_string());
         let (status, body, retry_after) = match outcome {
@@ -245,6 +268,8 @@ impl Gateway {
             }
         };
         ctx.status = status;
+        // Counted before answering, so a client that reads its answer sees it in /metrics.
+        self.record(ctx);
         // A request turned away before its body was read must not have that body drained
         // (it may be huge or never come): close the connection after answering.
         if !session.is_body_done() {
@@ -379,28 +404,9 @@ impl ProxyHttp for Gateway {
         _e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
-        let provider = ctx
-            .provider
-            .map(|i| &*self.providers[i].name)
-            .unwrap_or("unknown");
-        let outcome = if ctx.outcome.is_empty() {
-            "error"
-        } else {
-            ctx.outcome
-        };
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        metrics::REQUESTS
-            .with_label_values(&[provider, outcome])
-            .inc();
-        if let Some(reason) = ctx.reason.or(ctx.shadow_verdict) {
-            metrics::REJECTIONS
-                .with_label_values(&[provider, reason.as_str()])
-                .inc();
-        }
-        metrics::REQUEST_DURATION
-            .with_label_values(&[provider])
-            .observe(elapsed.as_secs_f64());
-        metrics::DEDUP_ENTRIES.set(self.dedup.entries() as i64);
+        let provider = self.provider_label(ctx);
+        let outcome = ctx.outcome;
         if self.access_log {
             tracing::info!(
                 target: "portcullis::access",

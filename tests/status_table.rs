@@ -82,9 +82,11 @@ fn a_source_outside_the_allowlist_is_403_ip_not_allowed() {
 
 #[test]
 fn over_the_per_ip_rate_is_429_rate_limited_with_retry_after() {
-    let limited = "name: limited\npreset: none\nallow: [\"127.0.0.1\"]\nrate_limit: { per_ip_per_second: 2 }\ndedup: off\n";
+    let limited = "name: limited\npreset: none\nallow: [\"127.0.0.1\"]\nrate_limit: { per_ip_per_second: 1 }\ndedup: off\n";
     let server = Server::start(&[("l.yaml", limited)], spool_sink());
-    let responses: Vec<Response> = (0..10)
+    // 20 requests at 1/s from one source: unless every request took over a second, some are
+    // over the limit; no assumption on how many.
+    let responses: Vec<Response> = (0..20)
         .map(|i| {
             server.post(
                 "/webhook/limited",
@@ -94,13 +96,14 @@ fn over_the_per_ip_rate_is_429_rate_limited_with_retry_after() {
         })
         .collect();
     let limited: Vec<&Response> = responses.iter().filter(|r| r.status == 429).collect();
-    assert!(
-        limited.len() >= 4,
-        "10 requests at 2/s per source: most are limited"
-    );
+    assert!(!limited.is_empty(), "no request was limited");
     assert_eq!(limited[0].reason(), "rate_limited");
     assert_eq!(limited[0].header("retry-after"), Some("1"));
     assert!(responses.iter().all(|r| r.status == 202 || r.status == 429));
+    assert_eq!(
+        server.spooled().len(),
+        responses.iter().filter(|r| r.status == 202).count()
+    );
 }
 
 #[test]

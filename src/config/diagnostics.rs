@@ -127,6 +127,53 @@ fn contains_key(line: &str, key: &str) -> bool {
             .any(|w| w == key)
 }
 
+/// Parses a YAML file into `T`, reporting every unknown key (with a suggestion from `known`
+/// for top-level ones) rather than stopping at the first, and a syntax or type error at its line.
+pub fn parse<T: serde::de::DeserializeOwned>(
+    report: &mut Report<'_>,
+    known: &[&str],
+    reference: &str,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(serde_yaml::Deserializer::from_str(report.text), |p| {
+        unknown.push(p.to_string())
+    });
+    let value = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            let line = e.location().map(|l| l.line()).unwrap_or(1);
+            report.error_at(line, format!("{e}"));
+            return None;
+        }
+    };
+    for key in &unknown {
+        let parts: Vec<&str> = key.split('.').collect();
+        let hint = if parts.len() == 1 {
+            suggest(parts[0], known)
+        } else {
+            format!("remove it, or see the README's {reference}")
+        };
+        report.error(&parts, format!("unknown key `{key}`: {hint}"));
+    }
+    Some(value)
+}
+
+/// The text of a config file, or an error about it.
+pub fn read(path: &Path, problems: &mut Vec<Problem>) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                line: 1,
+                severity: Severity::Error,
+                message: format!("cannot read: {e}"),
+            });
+            None
+        }
+    }
+}
+
 /// "did you mean `x`?" for a misspelt key, from the keys that would have been accepted.
 pub fn suggest(unknown: &str, known: &[&str]) -> String {
     let best = known

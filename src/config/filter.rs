@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::diagnostics::{suggest, Report};
+use super::diagnostics::{parse, suggest, Report};
 use super::secrets::{self, Source};
 use super::{parse_duration, parse_size, SizeValue};
 use crate::schemes::{
@@ -153,34 +153,9 @@ pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Parses and validates one filter file. `sinks` are the names the server defines.
 /// `sinks` is `None` when the filter is loaded alone (`sign`, `verify`): its sink is not checked.
-pub fn load(
-    path: &Path,
-    text: &str,
-    sinks: Option<&[String]>,
-    report: &mut Report<'_>,
-) -> Option<Filter> {
-    let mut unknown = Vec::new();
-    let raw: FilterFile =
-        match serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |p| {
-            unknown.push(p.to_string())
-        }) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let line = e.location().map(|l| l.line()).unwrap_or(1);
-                report.error_at(line, format!("{e}"));
-                return None;
-            }
-        };
+pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> Option<Filter> {
     let errors_before = report.problems.len();
-    for key in &unknown {
-        let parts: Vec<&str> = key.split('.').collect();
-        let hint = if parts.len() == 1 {
-            suggest(parts[0], KEYS)
-        } else {
-            "remove it, or see the README's filter reference".to_string()
-        };
-        report.error(&parts, format!("unknown key `{key}`: {hint}"));
-    }
+    let raw: FilterFile = parse(report, KEYS, "filter reference")?;
 
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let name = raw.name.clone();

@@ -44,21 +44,11 @@ impl Loaded {
 /// Loads one filter file on its own (for `sign` and `verify`), without a server config.
 pub fn load_filter(path: &Path) -> (Option<Filter>, Vec<Problem>) {
     let mut problems = Vec::new();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(Problem {
-                file: path.to_path_buf(),
-                line: 1,
-                severity: Severity::Error,
-                message: format!("cannot read: {e}"),
-            });
-            return (None, problems);
-        }
+    let Some(text) = diagnostics::read(path, &mut problems) else {
+        return (None, problems);
     };
     let filter = filter::load(
         path,
-        &text,
         None,
         &mut Report {
             file: path,
@@ -71,24 +61,14 @@ pub fn load_filter(path: &Path) -> (Option<Filter>, Vec<Problem>) {
 
 pub fn load(path: &Path) -> Loaded {
     let mut problems = Vec::new();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(Problem {
-                file: path.to_path_buf(),
-                line: 1,
-                severity: Severity::Error,
-                message: format!("cannot read the config: {e}"),
-            });
-            return Loaded {
-                config: None,
-                problems,
-            };
-        }
+    let Some(text) = diagnostics::read(path, &mut problems) else {
+        return Loaded {
+            config: None,
+            problems,
+        };
     };
     let server = server::load(
         path,
-        &text,
         &mut Report {
             file: path,
             text: &text,
@@ -104,24 +84,15 @@ pub fn load(path: &Path) -> Loaded {
     let sink_names: Vec<String> = server.sinks.iter().map(|(n, _)| n.clone()).collect();
     let mut filters: Vec<Filter> = Vec::new();
     for file in filter_files(&server.filters_dir, path, &mut problems) {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(Problem {
-                    file: file.clone(),
-                    line: 1,
-                    severity: Severity::Error,
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
-            }
+        let Some(text) = diagnostics::read(&file, &mut problems) else {
+            continue;
         };
         let mut report = Report {
             file: &file,
             text: &text,
             problems: &mut problems,
         };
-        if let Some(f) = filter::load(&file, &text, Some(&sink_names), &mut report) {
+        if let Some(f) = filter::load(&file, Some(&sink_names), &mut report) {
             if let Some(other) = filters.iter().find(|o| o.route == f.route) {
                 report.error(&["path"], format!("route {} is already served by filter `{}`: give one of them another `path:`", f.route, other.name));
             } else if let Some(other) = filters.iter().find(|o| o.name == f.name) {

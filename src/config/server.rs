@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
-use super::diagnostics::{suggest, Report};
+use super::diagnostics::{parse, suggest, Report};
 use super::filter::parse_net;
 use super::{parse_duration, parse_size, SizeValue};
 
@@ -102,28 +102,8 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounded well below the dedup in-flight lifetime, so a reservation cannot expire mid-publish.
 pub const MAX_SINK_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn load(path: &Path, text: &str, report: &mut Report<'_>) -> Option<Server> {
-    let mut unknown = Vec::new();
-    let raw: ServerFile =
-        match serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |p| {
-            unknown.push(p.to_string())
-        }) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let line = e.location().map(|l| l.line()).unwrap_or(1);
-                report.error_at(line, format!("{e}"));
-                return None;
-            }
-        };
-    for key in &unknown {
-        let parts: Vec<&str> = key.split('.').collect();
-        let hint = if parts.len() == 1 {
-            suggest(parts[0], KEYS)
-        } else {
-            "remove it, or see the README's server reference".into()
-        };
-        report.error(&parts, format!("unknown key `{key}`: {hint}"));
-    }
+pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
+    let raw: ServerFile = parse(report, KEYS, "server reference")?;
     let base = path.parent().unwrap_or(Path::new("."));
 
     if raw.listen.is_empty() {

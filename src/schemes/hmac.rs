@@ -485,7 +485,7 @@ pub fn provider_preset(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schemes::test_support::{headers, inbound, round_trip, secret};
+    use crate::schemes::test_support::{headers, inbound, round_trip, secret, signed_headers};
 
     const MIN5: Duration = Duration::from_secs(300);
 
@@ -614,17 +614,7 @@ mod tests {
             let scheme = preset(name, "shhh");
             let body = br#"{"webhookTimestamp":1700000000000,"id":"1"}"#;
             assert_eq!(round_trip(&scheme, body, now), Ok(()), "{name}");
-            let signed = scheme.sign(&Outbound {
-                body,
-                timestamp: now,
-                id: "",
-                url: None,
-            });
-            let pairs: Vec<(&str, &str)> = signed
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let h = headers(&pairs);
+            let h = signed_headers(&scheme, body, now);
             let tampered = br#"{"webhookTimestamp":1700000000000,"id":"2"}"#;
             assert_eq!(
                 scheme.verify(&inbound(&h, tampered), now),
@@ -669,33 +659,13 @@ mod tests {
         let scheme = preset("linear", "k");
         let now = 1_700_000_000;
         let old = br#"{"webhookTimestamp":1699999000000}"#;
-        let signed = scheme.sign(&Outbound {
-            body: old,
-            timestamp: now,
-            id: "",
-            url: None,
-        });
-        let pairs: Vec<(&str, &str)> = signed
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let h = headers(&pairs);
+        let h = signed_headers(&scheme, old, now);
         assert_eq!(
             scheme.verify(&inbound(&h, old), now),
             Err(Reason::StaleTimestamp)
         );
         let none = br#"{"action":"create"}"#;
-        let signed = scheme.sign(&Outbound {
-            body: none,
-            timestamp: now,
-            id: "",
-            url: None,
-        });
-        let pairs: Vec<(&str, &str)> = signed
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let h = headers(&pairs);
+        let h = signed_headers(&scheme, none, now);
         assert_eq!(
             scheme.verify(&inbound(&h, none), now),
             Err(Reason::MissingTimestamp)
@@ -764,17 +734,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let signed = second.sign(&Outbound {
-            body: b"x",
-            timestamp: 5,
-            id: "",
-            url: None,
-        });
-        let pairs: Vec<(&str, &str)> = signed
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let h = headers(&pairs);
+        let h = signed_headers(&second, b"x", 5);
         assert_eq!(scheme.verify(&inbound(&h, b"x"), 5), Ok(()));
     }
 

@@ -497,11 +497,11 @@ pub(crate) mod test_support {
         )
     }
 
-    /// Signs with `scheme`, then checks that the signed request verifies at `now`.
-    pub fn round_trip(scheme: &dyn Scheme, body: &[u8], now: i64) -> Result<(), Reason> {
+    /// The headers `scheme` signs `body` with at `timestamp`.
+    pub fn signed_headers(scheme: &dyn Scheme, body: &[u8], timestamp: i64) -> HeaderMap {
         let signed = scheme.sign(&Outbound {
             body,
-            timestamp: now,
+            timestamp,
             id: "evt_1",
             url: None,
         });
@@ -509,7 +509,12 @@ pub(crate) mod test_support {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let map = headers(&pairs);
+        headers(&pairs)
+    }
+
+    /// Signs with `scheme`, then checks that the signed request verifies at `now`.
+    pub fn round_trip(scheme: &dyn Scheme, body: &[u8], now: i64) -> Result<(), Reason> {
+        let map = signed_headers(scheme, body, now);
         scheme.verify(&inbound(&map, body), now)
     }
 }
