@@ -18,7 +18,7 @@ use pingora::prelude::*;
 use pingora::ErrorType;
 
 use crate::config::{Filter as FilterConfig, Mode, Server};
-use crate::filters::dedup::{self, Dedup, Reservation, ReservationGuard};
+use crate::filters::dedup::{self, Dedup, Reservation};
 use crate::filters::{self, allowlist, Chain};
 use crate::metrics;
 use crate::reason::Reason;
@@ -154,11 +154,10 @@ impl Gateway {
 
         let shadow = provider.config.mode == Mode::Shadow;
         let req = inbound(session, client_ip, &body);
-        let verdict = match filters::check_body(&provider.chain, &req, unix_now(), shadow) {
+        ctx.shadow_verdict = match filters::check_body(&provider.chain, &req, unix_now(), shadow) {
             Ok(verdict) => verdict,
             Err(reason) => return Outcome::Rejected(reason),
         };
-        ctx.shadow_verdict = verdict;
         let event_id = match dedup::event_id(&provider.config.event_id, &req) {
             Ok(id) => id,
             Err(reason) if !shadow => return Outcome::Rejected(reason),
@@ -173,8 +172,8 @@ impl Gateway {
             event_id: event_id.clone(),
             received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             source_ip: client_ip.to_string(),
-            verified: verdict.is_none(),
-            reason: verdict.map(Reason::as_str),
+            verified: ctx.shadow_verdict.is_none(),
+            reason: ctx.shadow_verdict.map(Reason::as_str),
             headers: forward_headers(&req, &provider.config.forward_headers),
             body: body.clone(),
         };
@@ -191,30 +190,18 @@ impl Gateway {
                 Err(reason) => Outcome::Rejected(reason),
             };
         };
-        let token = match self.dedup.reserve(&provider.name, &event_id) {
-            Reservation::Fresh(token) => token,
+        let reserved = match self.dedup.reserve(&provider.name, &event_id) {
+            Reservation::Fresh(reserved) => reserved,
             Reservation::Duplicate => return Outcome::Duplicate { event_id },
             Reservation::InProgress => return Outcome::Rejected(Reason::InProgress),
         };
-        let mut guard = ReservationGuard {
-            dedup: &self.dedup,
-            provider: &provider.name,
-            id: &event_id,
-            token,
-            resolved: false,
-        };
-        let result = publish(provider, &envelope).await;
-        guard.resolved = true;
-        drop(guard);
-        match result {
+        match publish(provider, &envelope).await {
             Ok(()) => {
-                self.dedup.commit(&provider.name, &event_id, token, ttl);
+                reserved.commit(ttl);
                 Outcome::Accepted { event_id }
             }
-            Err(reason) => {
-                self.dedup.release(&provider.name, &event_id, token);
-                Outcome::Rejected(reason)
-            }
+            // Dropping the reservation releases it: the sender's retry must pass.
+            Err(reason) => Outcome::Rejected(reason),
         }
     }
 

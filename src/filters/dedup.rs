@@ -60,10 +60,10 @@ pub struct Dedup {
     tokens: AtomicU64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reservation {
-    /// This request owns the event now; commit or release it.
-    Fresh(u64),
+pub enum Reservation<'a> {
+    /// This request owns the event now: `commit` it once the sink has it; dropping it
+    /// unresolved (a failed publish, a cancelled request) releases it.
+    Fresh(Reserved<'a>),
     /// Already accepted within the TTL.
     Duplicate,
     /// Another copy is being published right now.
@@ -81,53 +81,47 @@ impl Dedup {
         }
     }
 
-    pub fn reserve(&self, provider: &Arc<str>, id: &str) -> Reservation {
+    pub fn reserve<'a>(&'a self, provider: &Arc<str>, id: &str) -> Reservation<'a> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-        let mut outcome = Reservation::Fresh(token);
-        self.cache
-            .entry((provider.clone(), id.to_owned()))
-            .and_compute_with(|existing| match existing.map(|e| e.into_value().state) {
+        let key = (provider.clone(), id.to_owned());
+        let mut fresh = true;
+        let mut outcome = Reservation::InProgress;
+        self.cache.entry(key.clone()).and_compute_with(|existing| {
+            match existing.map(|e| e.into_value().state) {
                 Some(State::Committed) => {
+                    fresh = false;
                     outcome = Reservation::Duplicate;
                     Op::Nop
                 }
                 Some(State::InFlight(_)) => {
-                    outcome = Reservation::InProgress;
+                    fresh = false;
                     Op::Nop
                 }
                 None => Op::Put(Entry {
                     state: State::InFlight(token),
                     ttl: IN_FLIGHT_TTL,
                 }),
+            }
+        });
+        if fresh {
+            outcome = Reservation::Fresh(Reserved {
+                dedup: self,
+                key,
+                token,
+                resolved: false,
             });
+        }
         outcome
     }
 
-    /// Marks the event accepted for `ttl`, if this request still owns the reservation.
-    pub fn commit(&self, provider: &Arc<str>, id: &str, token: u64, ttl: Duration) {
-        self.resolve(
-            provider,
-            id,
-            token,
-            Op::Put(Entry {
-                state: State::Committed,
-                ttl,
-            }),
-        );
-    }
-
-    /// Forgets the reservation so the sender's retry passes.
-    pub fn release(&self, provider: &Arc<str>, id: &str, token: u64) {
-        self.resolve(provider, id, token, Op::Remove);
-    }
-
-    fn resolve(&self, provider: &Arc<str>, id: &str, token: u64, op: Op<Entry>) {
-        self.cache
-            .entry((provider.clone(), id.to_owned()))
-            .and_compute_with(|existing| match existing.map(|e| e.into_value().state) {
+    /// Replaces our own in-flight entry (and nothing else) by `op`.
+    fn resolve(&self, key: &(Arc<str>, String), token: u64, op: Op<Entry>) {
+        self.cache.entry(key.clone()).and_compute_with(|existing| {
+            match existing.map(|e| e.into_value().state) {
                 Some(State::InFlight(t)) if t == token => op,
                 _ => Op::Nop,
-            });
+            }
+        });
     }
 
     pub fn entries(&self) -> u64 {
@@ -135,20 +129,32 @@ impl Dedup {
     }
 }
 
-/// Releases a reservation that was neither committed nor released, e.g. when the request's
-/// task is dropped mid-publish; the event must not stay blocked until the in-flight TTL.
-pub struct ReservationGuard<'a> {
-    pub dedup: &'a Dedup,
-    pub provider: &'a Arc<str>,
-    pub id: &'a str,
-    pub token: u64,
-    pub resolved: bool,
+/// An event this request owns until it commits it or lets it go.
+pub struct Reserved<'a> {
+    dedup: &'a Dedup,
+    key: (Arc<str>, String),
+    token: u64,
+    resolved: bool,
 }
 
-impl Drop for ReservationGuard<'_> {
+impl Reserved<'_> {
+    /// Marks the event accepted for `ttl`.
+    pub fn commit(mut self, ttl: Duration) {
+        let committed = Entry {
+            state: State::Committed,
+            ttl,
+        };
+        self.dedup
+            .resolve(&self.key, self.token, Op::Put(committed));
+        self.resolved = true;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    /// Forgets the reservation so the sender's retry passes.
     fn drop(&mut self) {
         if !self.resolved {
-            self.dedup.release(self.provider, self.id, self.token);
+            self.dedup.resolve(&self.key, self.token, Op::Remove);
         }
     }
 }
@@ -201,19 +207,16 @@ mod tests {
     fn reserve_commit_and_release_follow_the_protocol() {
         let dedup = Dedup::new(100);
         let p: Arc<str> = Arc::from("github");
-        let Reservation::Fresh(t) = dedup.reserve(&p, "a") else {
-            panic!()
+        let Reservation::Fresh(first) = dedup.reserve(&p, "a") else {
+            panic!("a new id is fresh")
         };
-        assert_eq!(dedup.reserve(&p, "a"), Reservation::InProgress);
-        dedup.release(&p, "a", t);
-        let Reservation::Fresh(t2) = dedup.reserve(&p, "a") else {
-            panic!("released ids pass again")
+        assert!(matches!(dedup.reserve(&p, "a"), Reservation::InProgress));
+        drop(first);
+        let Reservation::Fresh(second) = dedup.reserve(&p, "a") else {
+            panic!("a released id passes again")
         };
-        dedup.commit(&p, "a", t2, Duration::from_secs(60));
-        assert_eq!(dedup.reserve(&p, "a"), Reservation::Duplicate);
-        // A stale token cannot undo the commit.
-        dedup.release(&p, "a", t);
-        assert_eq!(dedup.reserve(&p, "a"), Reservation::Duplicate);
+        second.commit(Duration::from_secs(60));
+        assert!(matches!(dedup.reserve(&p, "a"), Reservation::Duplicate));
         // Another provider's id space is separate.
         assert!(matches!(
             dedup.reserve(&Arc::from("stripe"), "a"),
@@ -222,20 +225,20 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_guard_releases_its_reservation() {
+    fn a_stale_reservation_cannot_undo_a_commit() {
         let dedup = Dedup::new(100);
         let p: Arc<str> = Arc::from("x");
-        let Reservation::Fresh(token) = dedup.reserve(&p, "id") else {
+        let Reservation::Fresh(stale) = dedup.reserve(&p, "id") else {
             panic!()
         };
-        drop(ReservationGuard {
-            dedup: &dedup,
-            provider: &p,
-            id: "id",
-            token,
-            resolved: false,
-        });
-        assert!(matches!(dedup.reserve(&p, "id"), Reservation::Fresh(_)));
+        // Simulate expiry of the in-flight entry and a new owner committing meanwhile.
+        dedup.cache.invalidate(&(p.clone(), "id".to_string()));
+        let Reservation::Fresh(owner) = dedup.reserve(&p, "id") else {
+            panic!()
+        };
+        owner.commit(Duration::from_secs(60));
+        drop(stale);
+        assert!(matches!(dedup.reserve(&p, "id"), Reservation::Duplicate));
     }
 
     #[test]
