@@ -73,7 +73,36 @@ struct SinkSpec {
     url: Option<String>,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    maxlen: Option<u64>,
 }
+
+impl SinkSpec {
+    /// The optional keys that are set, by name, to check them against the sink type.
+    fn present(&self) -> Vec<&'static str> {
+        let keys = [
+            ("dir", self.dir.is_some()),
+            ("segment_size", self.segment_size.is_some()),
+            ("url", self.url.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("stream", self.stream.is_some()),
+            ("maxlen", self.maxlen.is_some()),
+        ];
+        keys.iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+}
+
+/// The keys each sink type takes besides `type`.
+const SINK_KEYS: &[(&str, &[&str])] = &[
+    ("spool", &["dir", "segment_size"]),
+    ("http", &["url", "timeout"]),
+    ("redis", &["url", "stream", "maxlen", "timeout"]),
+];
 
 #[derive(Debug, Clone)]
 pub struct Listener {
@@ -83,8 +112,20 @@ pub struct Listener {
 
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
-    Spool { dir: PathBuf, segment_size: u64 },
-    Http { url: String, timeout: Duration },
+    Spool {
+        dir: PathBuf,
+        segment_size: u64,
+    },
+    Http {
+        url: String,
+        timeout: Duration,
+    },
+    Redis {
+        url: String,
+        stream: String,
+        maxlen: Option<u64>,
+        timeout: Duration,
+    },
 }
 
 pub struct Server {
@@ -98,7 +139,7 @@ pub struct Server {
 }
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
-pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounded well below the dedup in-flight lifetime, so a reservation cannot expire mid-publish.
 pub const MAX_SINK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -189,22 +230,57 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     let mut sinks = Vec::new();
     for (name, spec) in &raw.sinks {
         let at = ["sinks", name.as_str()];
-        let mut unused = |keys: &[(&str, bool)]| {
-            for (key, present) in keys {
-                if *present {
-                    report.error(
-                        &["sinks", name, key],
-                        format!("sink `{name}` (type {}) has no `{key}` setting", spec.kind),
-                    );
-                }
+        let Some((_, allowed)) = SINK_KEYS.iter().find(|(kind, _)| *kind == spec.kind) else {
+            let kinds: Vec<&str> = SINK_KEYS.iter().map(|(k, _)| *k).collect();
+            let hint = match spec.kind.as_str() {
+                "nats" | "amqp" => format!(
+                    "sink type `{}` is not available in this version yet",
+                    spec.kind
+                ),
+                other => format!("unknown sink type `{other}`"),
+            };
+            report.error(&at, format!("{hint}: use one of {}", kinds.join(", ")));
+            continue;
+        };
+        for key in spec.present() {
+            if !allowed.contains(&key) {
+                report.error(
+                    &["sinks", name, key],
+                    format!(
+                        "sink `{name}` (type {}) has no `{key}` setting; it takes {}",
+                        spec.kind,
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+        let timeout = match spec.timeout.as_deref().map(parse_duration) {
+            None => DEFAULT_SINK_TIMEOUT,
+            Some(Ok(d)) if !d.is_zero() && d <= MAX_SINK_TIMEOUT => d,
+            Some(Ok(_)) => {
+                report.error(
+                    &at,
+                    "timeout must be more than zero and at most 60s (senders time out long before)",
+                );
+                DEFAULT_SINK_TIMEOUT
+            }
+            Some(Err(e)) => {
+                report.error(&at, e);
+                DEFAULT_SINK_TIMEOUT
+            }
+        };
+        let url = |report: &mut Report<'_>, example: &str| match &spec.url {
+            Some(url) => Some(url.clone()),
+            None => {
+                report.error(
+                    &at,
+                    format!("{} sink `{name}` needs url: {example}", spec.kind),
+                );
+                None
             }
         };
         match spec.kind.as_str() {
             "spool" => {
-                unused(&[
-                    ("url", spec.url.is_some()),
-                    ("timeout", spec.timeout.is_some()),
-                ]);
                 let dir = base.join(spec.dir.as_deref().unwrap_or("spool/"));
                 let segment_size = match spec.segment_size.as_ref().map(parse_size) {
                     None => DEFAULT_SEGMENT_SIZE,
@@ -221,45 +297,45 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                 sinks.push((name.clone(), SinkConfig::Spool { dir, segment_size }));
             }
             "http" => {
-                unused(&[
-                    ("dir", spec.dir.is_some()),
-                    ("segment_size", spec.segment_size.is_some()),
-                ]);
-                let Some(url) = spec.url.clone() else {
-                    report.error(
-                        &at,
-                        format!("http sink `{name}` needs url: http://host:port/path"),
-                    );
+                let Some(url) = url(report, "http://host:port/path") else {
                     continue;
                 };
                 if let Err(e) = crate::sinks::http::parse_url(&url) {
                     report.error(&at, format!("http sink `{name}`: {e}"));
                 }
-                let timeout = match spec.timeout.as_deref().map(parse_duration) {
-                    None => DEFAULT_HTTP_TIMEOUT,
-                    Some(Ok(d)) if !d.is_zero() && d <= MAX_SINK_TIMEOUT => d,
-                    Some(Ok(_)) => {
-                        report.error(&at, "timeout must be more than zero and at most 60s (senders time out long before)");
-                        DEFAULT_HTTP_TIMEOUT
-                    }
-                    Some(Err(e)) => {
-                        report.error(&at, e);
-                        DEFAULT_HTTP_TIMEOUT
-                    }
-                };
                 sinks.push((name.clone(), SinkConfig::Http { url, timeout }));
             }
-            "redis" | "nats" | "amqp" => report.error(
-                &at,
-                format!(
-                    "sink type `{}` is not available in this version yet: use spool or http",
-                    spec.kind
-                ),
-            ),
-            other => report.error(
-                &at,
-                format!("unknown sink type `{other}`: use spool or http"),
-            ),
+            "redis" => {
+                let Some(url) = url(report, "redis://127.0.0.1:6379") else {
+                    continue;
+                };
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    report.error(&at, format!("redis sink `{name}`: url `{url}`: {e}"));
+                }
+                let stream = spec
+                    .stream
+                    .clone()
+                    .unwrap_or_else(|| "webhooks:{provider}".into());
+                if let Err(e) = crate::sinks::check_template(&stream) {
+                    report.error(&["sinks", name, "stream"], e);
+                }
+                if spec.maxlen == Some(0) {
+                    report.error(
+                        &["sinks", name, "maxlen"],
+                        "maxlen 0 would trim every event away: remove it for no trimming",
+                    );
+                }
+                sinks.push((
+                    name.clone(),
+                    SinkConfig::Redis {
+                        url,
+                        stream,
+                        maxlen: spec.maxlen,
+                        timeout,
+                    },
+                ));
+            }
+            _ => unreachable!("every kind in SINK_KEYS is handled"),
         }
     }
 

@@ -4,6 +4,7 @@
 //! spool, a 2xx for the http sink): the gateway answers 202 on `Ok` and nothing else.
 
 pub mod http;
+pub mod redis;
 pub mod spool;
 
 use std::sync::Arc;
@@ -54,5 +55,29 @@ pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, String> {
             Arc::new(spool::Spool::open(name, dir, *segment_size)?)
         }
         SinkConfig::Http { url, timeout } => Arc::new(http::HttpSink::new(name, url, *timeout)?),
+        SinkConfig::Redis {
+            url,
+            stream,
+            maxlen,
+            timeout,
+        } => Arc::new(redis::RedisSink::new(name, url, stream, *maxlen, *timeout)?),
     })
+}
+
+/// A stream, subject or routing-key template: literal text and `{provider}`. Provider names
+/// are validated at load (letters, digits, `-`, `_`), so nothing a sender sends ever reaches
+/// a key through a template.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let rest = template.replace("{provider}", "");
+    if rest.contains('{') || rest.contains('}') {
+        return Err(format!("template `{template}` may only use {{provider}}"));
+    }
+    if template.is_empty() {
+        return Err("template is empty".into());
+    }
+    Ok(())
+}
+
+pub fn render(template: &str, envelope: &Envelope) -> String {
+    template.replace("{provider}", &envelope.provider)
 }

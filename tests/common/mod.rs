@@ -400,3 +400,32 @@ pub fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Whether a broker answers at `addr`. Absent brokers skip a test with a clear message, unless
+/// `PORTCULLIS_REQUIRE_BROKERS=1` (CI), where absence is a failure.
+pub fn broker(name: &str, addr: &str) -> bool {
+    if TcpStream::connect(addr).is_ok() {
+        return true;
+    }
+    if std::env::var("PORTCULLIS_REQUIRE_BROKERS").as_deref() == Ok("1") {
+        panic!("no {name} at {addr}, and PORTCULLIS_REQUIRE_BROKERS=1");
+    }
+    eprintln!("skipped: no {name} at {addr}");
+    false
+}
+
+/// A name no other test run uses (stream keys, subjects, queues).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}{}x{}x{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
