@@ -77,6 +77,12 @@ struct SinkSpec {
     stream: Option<String>,
     #[serde(default)]
     maxlen: Option<u64>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    create_stream: Option<bool>,
+    #[serde(default)]
+    duplicate_window: Option<String>,
 }
 
 impl SinkSpec {
@@ -89,6 +95,9 @@ impl SinkSpec {
             ("timeout", self.timeout.is_some()),
             ("stream", self.stream.is_some()),
             ("maxlen", self.maxlen.is_some()),
+            ("subject", self.subject.is_some()),
+            ("create_stream", self.create_stream.is_some()),
+            ("duplicate_window", self.duplicate_window.is_some()),
         ];
         keys.iter()
             .filter(|(_, set)| *set)
@@ -102,6 +111,17 @@ const SINK_KEYS: &[(&str, &[&str])] = &[
     ("spool", &["dir", "segment_size"]),
     ("http", &["url", "timeout"]),
     ("redis", &["url", "stream", "maxlen", "timeout"]),
+    (
+        "nats",
+        &[
+            "url",
+            "stream",
+            "subject",
+            "create_stream",
+            "duplicate_window",
+            "timeout",
+        ],
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -126,6 +146,18 @@ pub enum SinkConfig {
         maxlen: Option<u64>,
         timeout: Duration,
     },
+    Nats(NatsConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    /// The JetStream stream; required with `create_stream`.
+    pub stream: Option<String>,
+    pub subject: String,
+    pub create_stream: bool,
+    pub duplicate_window: Duration,
+    pub timeout: Duration,
 }
 
 pub struct Server {
@@ -233,7 +265,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         let Some((_, allowed)) = SINK_KEYS.iter().find(|(kind, _)| *kind == spec.kind) else {
             let kinds: Vec<&str> = SINK_KEYS.iter().map(|(k, _)| *k).collect();
             let hint = match spec.kind.as_str() {
-                "nats" | "amqp" => format!(
+                "amqp" => format!(
                     "sink type `{}` is not available in this version yet",
                     spec.kind
                 ),
@@ -333,6 +365,44 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                         maxlen: spec.maxlen,
                         timeout,
                     },
+                ));
+            }
+            "nats" => {
+                let Some(url) = url(report, "nats://127.0.0.1:4222") else {
+                    continue;
+                };
+                let subject = spec
+                    .subject
+                    .clone()
+                    .unwrap_or_else(|| "webhooks.{provider}".into());
+                if let Err(e) = crate::sinks::check_template(&subject) {
+                    report.error(&["sinks", name, "subject"], e);
+                }
+                let create_stream = spec.create_stream.unwrap_or(false);
+                if create_stream && spec.stream.is_none() {
+                    report.error(
+                        &["sinks", name, "create_stream"],
+                        "create_stream needs `stream:` (the JetStream stream name, like WEBHOOKS)",
+                    );
+                }
+                let duplicate_window = match spec.duplicate_window.as_deref().map(parse_duration) {
+                    None => Duration::from_secs(120),
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        report.error(&["sinks", name, "duplicate_window"], e);
+                        Duration::from_secs(120)
+                    }
+                };
+                sinks.push((
+                    name.clone(),
+                    SinkConfig::Nats(NatsConfig {
+                        url,
+                        stream: spec.stream.clone(),
+                        subject,
+                        create_stream,
+                        duplicate_window,
+                        timeout,
+                    }),
                 ));
             }
             _ => unreachable!("every kind in SINK_KEYS is handled"),

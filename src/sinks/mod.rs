@@ -4,6 +4,7 @@
 //! spool, a 2xx for the http sink): the gateway answers 202 on `Ok` and nothing else.
 
 pub mod http;
+pub mod nats;
 pub mod redis;
 pub mod spool;
 
@@ -61,6 +62,7 @@ pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, String> {
             maxlen,
             timeout,
         } => Arc::new(redis::RedisSink::new(name, url, stream, *maxlen, *timeout)?),
+        SinkConfig::Nats(config) => Arc::new(nats::NatsSink::new(name, config.clone())),
     })
 }
 

@@ -1,0 +1,131 @@
+//! The nats sink: a JetStream publish per event, acknowledged by the stream's `PubAck`.
+//!
+//! `Nats-Msg-Id` is `provider:event_id`, so JetStream's own duplicate window backs up the
+//! gateway's dedup: a publish that timed out here but still reached the stream is not stored
+//! twice when the sender retries. The envelope travels as `Portcullis-*` headers (plus the
+//! forwarded request headers) and the raw body as the payload. The client connects in the
+//! background and reconnects forever; while it is away publishes time out into 503s.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use super::{render, Envelope, Sink, SinkError};
+use crate::config::NatsConfig;
+
+pub struct NatsSink {
+    name: String,
+    config: NatsConfig,
+    /// Created on first use, inside the server's runtime, with the stream ensured once.
+    context: OnceCell<(async_nats::Client, jetstream::Context)>,
+}
+
+impl NatsSink {
+    pub fn new(name: &str, config: NatsConfig) -> NatsSink {
+        NatsSink {
+            name: name.to_owned(),
+            config,
+            context: OnceCell::new(),
+        }
+    }
+
+    async fn context(&self) -> Result<&(async_nats::Client, jetstream::Context), SinkError> {
+        self.context
+            .get_or_try_init(|| async {
+                let client = async_nats::ConnectOptions::new()
+                    .retry_on_initial_connect()
+                    .connection_timeout(self.config.timeout.min(Duration::from_secs(2)))
+                    .max_reconnects(None)
+                    .connect(self.config.url.as_str())
+                    .await
+                    .map_err(|e| SinkError::Unavailable(format!("nats connect: {e}")))?;
+                let mut js = jetstream::new(client.clone());
+                js.set_timeout(self.config.timeout);
+                self.ensure_stream(&js).await?;
+                Ok((client, js))
+            })
+            .await
+    }
+
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), SinkError> {
+        let (true, Some(name)) = (self.config.create_stream, &self.config.stream) else {
+            return Ok(());
+        };
+        let subjects = vec![self.config.subject.replace("{provider}", "*")];
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects,
+            duplicate_window: self.config.duplicate_window,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| SinkError::Unavailable(format!("nats stream {name}: {e}")))
+    }
+
+    fn headers(envelope: &Envelope) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}:{}", envelope.provider, envelope.event_id).as_str(),
+        );
+        headers.insert("Portcullis-Provider", envelope.provider.as_str());
+        headers.insert("Portcullis-Event-Id", envelope.event_id.as_str());
+        headers.insert("Portcullis-Received-At", envelope.received_at.as_str());
+        headers.insert("Portcullis-Source-Ip", envelope.source_ip.as_str());
+        headers.insert(
+            "Portcullis-Verified",
+            if envelope.verified { "true" } else { "false" },
+        );
+        if let Some(reason) = envelope.reason {
+            headers.insert("Portcullis-Reason", reason);
+        }
+        for (name, value) in &envelope.headers {
+            headers.append(name.as_str(), value.as_str());
+        }
+        headers
+    }
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
+        let attempt = async {
+            let (_, js) = self.context().await?;
+            let ack = js
+                .publish_with_headers(
+                    render(&self.config.subject, envelope),
+                    Self::headers(envelope),
+                    envelope.body.clone(),
+                )
+                .await
+                .map_err(|e| SinkError::Unavailable(format!("nats publish: {e}")))?;
+            ack.await
+                .map(|_| ())
+                .map_err(|e| SinkError::Unavailable(format!("nats ack: {e}")))
+        };
+        match tokio::time::timeout(self.config.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(SinkError::Unavailable(format!(
+                "no JetStream ack within {:?}",
+                self.config.timeout
+            ))),
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        match self.context().await {
+            Ok((client, _)) => {
+                client.connection_state() == async_nats::connection::State::Connected
+            }
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The nats sink against real JetStream: the machine's server on 4222, and a private
+//! nats-server this test starts on a free port and kills mid-stream.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::*;
+
+const SHARED: &str = "127.0.0.1:4222";
+
+fn filter(name: &str) -> String {
+    format!("name: {name}\npreset: github\nsecrets: [\"ns\"]\n")
+}
+
+fn nats_sink(port: u16, stream: &str, prefix: &str) -> String {
+    format!(
+        "  queue: {{ type: nats, url: \"nats://127.0.0.1:{port}\", stream: {stream}, subject: \"{prefix}.{{provider}}\", create_stream: true, duplicate_window: 2m, timeout: 2s }}"
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every message of a stream, in order.
+fn messages(port: u16, stream: &str) -> Vec<jetstream::message::StreamMessage> {
+    runtime().block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let mut s = js.get_stream(stream).await.unwrap();
+        let state = s.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..state.first_sequence + state.messages {
+            out.push(s.get_raw_message(seq).await.unwrap());
+        }
+        out
+    })
+}
+
+fn delete_stream(port: u16, stream: &str) {
+    runtime().block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let _ = jetstream::new(client).delete_stream(stream).await;
+    });
+}
+
+fn header(m: &jetstream::message::StreamMessage, name: &str) -> String {
+    m.headers
+        .get(name)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn n_signed_events_become_exactly_n_jetstream_messages_with_the_envelope() {
+    if !broker("NATS", SHARED) {
+        return;
+    }
+    let stream = unique("T");
+    let prefix = unique("p");
+    let f = filter("gh");
+    let server = Server::start(&[("f.yaml", &f)], &nats_sink(4222, &stream, &prefix));
+    let n = 30;
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let (f, port) = (f.clone(), server.port);
+            std::thread::spawn(move || {
+                for i in 0..n / 3 {
+                    let body = format!("{{\"t\":{t},\"i\":{i}}}").into_bytes();
+                    let headers = sign(&f, &body, now(), &format!("{t}-{i}"));
+                    assert_eq!(post(port, "/webhook/gh", &headers, &body).status, 202);
+                    assert_eq!(post(port, "/webhook/gh", &headers, &body).status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got = messages(4222, &stream);
+    assert_eq!(
+        got.len(),
+        n,
+        "one message per event, none for the duplicates"
+    );
+    let ids: HashSet<String> = got
+        .iter()
+        .map(|m| header(m, "Portcullis-Event-Id"))
+        .collect();
+    assert_eq!(ids.len(), n);
+    let m = &got[0];
+    let id = header(m, "Portcullis-Event-Id");
+    let (t, i) = id.split_once('-').unwrap();
+    assert_eq!(
+        m.payload.as_ref(),
+        format!("{{\"t\":{t},\"i\":{i}}}").as_bytes()
+    );
+    assert_eq!(m.subject.as_str(), format!("{prefix}.gh"));
+    assert_eq!(header(m, "Nats-Msg-Id"), format!("gh:{id}"));
+    assert_eq!(header(m, "Portcullis-Provider"), "gh");
+    assert_eq!(header(m, "Portcullis-Verified"), "true");
+    assert_eq!(header(m, "content-type"), "application/json");
+    assert!(m.headers.get("x-hub-signature-256").is_none());
+    assert_eq!(server.admin_get("/readyz").status, 200);
+    delete_stream(4222, &stream);
+}
+
+struct PrivateNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    fn start() -> PrivateNats {
+        let mut n = PrivateNats {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed");
+        self.child = Some(child);
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("private nats-server did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One request of the stream: event id and status.
+type Sent = (String, u16);
+
+#[test]
+fn a_nats_outage_mid_stream_loses_no_acknowledged_event_and_heals_without_restart() {
+    if !broker("NATS", SHARED) {
+        return;
+    }
+    let mut nats = PrivateNats::start();
+    let f = filter("fault");
+    let server = Server::start(&[("f.yaml", &f)], &nats_sink(nats.port, "FAULT", "fault"));
+    let results: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (results, stop, f, port) = (results.clone(), stop.clone(), f.clone(), server.port);
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                let id = format!("f-{i}");
+                let body = format!("{{\"i\":{i}}}").into_bytes();
+                let r = post(port, "/webhook/fault", &sign(&f, &body, now(), &id), &body);
+                results.lock().unwrap().push((id, r.status));
+                i += 1;
+            }
+        })
+    };
+    let count = |status: u16| {
+        results
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| *s == status)
+            .count()
+    };
+    let wait_until = |what: &str, cond: &dyn Fn() -> bool| {
+        for _ in 0..6000 {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("gave up waiting for {what}");
+    };
+    wait_until("20 accepted", &|| count(202) >= 20);
+    nats.kill();
+    wait_until("3 refused while NATS is down", &|| count(503) >= 3);
+    let accepted_before = count(202);
+    nats.spawn();
+    wait_until("20 more accepted after NATS is back", &|| {
+        count(202) >= accepted_before + 20
+    });
+    stop.store(true, Ordering::SeqCst);
+    sender.join().unwrap();
+
+    let results = results.lock().unwrap();
+    assert!(
+        results.iter().all(|(_, s)| *s == 202 || *s == 503),
+        "only 202 or 503"
+    );
+    let stored: Vec<String> = messages(nats.port, "FAULT")
+        .iter()
+        .map(|m| header(m, "Portcullis-Event-Id"))
+        .collect();
+    let unique_stored: HashSet<&String> = stored.iter().collect();
+    assert_eq!(unique_stored.len(), stored.len(), "no event stored twice");
+    for (id, status) in results.iter() {
+        if *status == 202 {
+            assert!(
+                unique_stored.contains(id),
+                "{id} got 202 but is not in the stream"
+            );
+        }
+    }
+    assert_eq!(server.admin_get("/readyz").status, 200);
+}
