@@ -83,6 +83,10 @@ struct SinkSpec {
     create_stream: Option<bool>,
     #[serde(default)]
     duplicate_window: Option<String>,
+    #[serde(default)]
+    exchange: Option<String>,
+    #[serde(default)]
+    routing_key: Option<String>,
 }
 
 impl SinkSpec {
@@ -98,6 +102,8 @@ impl SinkSpec {
             ("subject", self.subject.is_some()),
             ("create_stream", self.create_stream.is_some()),
             ("duplicate_window", self.duplicate_window.is_some()),
+            ("exchange", self.exchange.is_some()),
+            ("routing_key", self.routing_key.is_some()),
         ];
         keys.iter()
             .filter(|(_, set)| *set)
@@ -122,6 +128,7 @@ const SINK_KEYS: &[(&str, &[&str])] = &[
             "timeout",
         ],
     ),
+    ("amqp", &["url", "exchange", "routing_key", "timeout"]),
 ];
 
 #[derive(Debug, Clone)]
@@ -147,6 +154,12 @@ pub enum SinkConfig {
         timeout: Duration,
     },
     Nats(NatsConfig),
+    Amqp {
+        url: String,
+        exchange: String,
+        routing_key: String,
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -264,13 +277,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         let at = ["sinks", name.as_str()];
         let Some((_, allowed)) = SINK_KEYS.iter().find(|(kind, _)| *kind == spec.kind) else {
             let kinds: Vec<&str> = SINK_KEYS.iter().map(|(k, _)| *k).collect();
-            let hint = match spec.kind.as_str() {
-                "amqp" => format!(
-                    "sink type `{}` is not available in this version yet",
-                    spec.kind
-                ),
-                other => format!("unknown sink type `{other}`"),
-            };
+            let hint = format!("unknown sink type `{}`", spec.kind);
             report.error(&at, format!("{hint}: use one of {}", kinds.join(", ")));
             continue;
         };
@@ -403,6 +410,31 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                         duplicate_window,
                         timeout,
                     }),
+                ));
+            }
+            "amqp" => {
+                let Some(url) = url(report, "amqp://guest:guest@127.0.0.1:5672/%2f") else {
+                    continue;
+                };
+                if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+                    report.error(&at, format!("amqp sink `{name}`: url `{url}`: {e}"));
+                }
+                let exchange = spec.exchange.clone().unwrap_or_else(|| "webhooks".into());
+                let routing_key = spec
+                    .routing_key
+                    .clone()
+                    .unwrap_or_else(|| "{provider}".into());
+                if let Err(e) = crate::sinks::check_template(&routing_key) {
+                    report.error(&["sinks", name, "routing_key"], e);
+                }
+                sinks.push((
+                    name.clone(),
+                    SinkConfig::Amqp {
+                        url,
+                        exchange,
+                        routing_key,
+                        timeout,
+                    },
                 ));
             }
             _ => unreachable!("every kind in SINK_KEYS is handled"),

@@ -3,6 +3,7 @@
 //! `publish` returns only once the event is durable in the sink's own terms (fsync for the
 //! spool, a 2xx for the http sink): the gateway answers 202 on `Ok` and nothing else.
 
+pub mod amqp;
 pub mod http;
 pub mod nats;
 pub mod redis;
@@ -63,6 +64,18 @@ pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, String> {
             timeout,
         } => Arc::new(redis::RedisSink::new(name, url, stream, *maxlen, *timeout)?),
         SinkConfig::Nats(config) => Arc::new(nats::NatsSink::new(name, config.clone())),
+        SinkConfig::Amqp {
+            url,
+            exchange,
+            routing_key,
+            timeout,
+        } => Arc::new(amqp::AmqpSink::new(
+            name,
+            url,
+            exchange,
+            routing_key,
+            *timeout,
+        )),
     })
 }
 

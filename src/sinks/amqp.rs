@@ -1,0 +1,235 @@
+//! The amqp sink (RabbitMQ): publish to an exchange with a routing-key template, persistent
+//! delivery, publisher confirms and `mandatory`, so an event no queue would take is an error
+//! and not a silent drop. The broker's confirm is the acknowledgement.
+//!
+//! The envelope rides in AMQP properties (`message_id` = event id, `timestamp`,
+//! `content_type`, `app_id`) and `portcullis-*` headers beside the forwarded request headers.
+//! One connection and one confirm-mode channel are shared by every publish; after any failure
+//! they are dropped and the next publish reconnects, so the gateway heals without a restart.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::Mutex;
+
+use super::{render, Envelope, Sink, SinkError};
+
+/// After a failed connect, publishes fail fast for this long instead of reconnecting each time.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+pub struct AmqpSink {
+    name: String,
+    url: String,
+    exchange: String,
+    routing_key: String,
+    timeout: Duration,
+    link: Mutex<Link>,
+}
+
+#[derive(Default)]
+struct Link {
+    connection: Option<Connection>,
+    channel: Option<Channel>,
+    failed_at: Option<Instant>,
+}
+
+impl Link {
+    fn healthy(&self) -> Option<&Channel> {
+        let connected = self
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected());
+        self.channel
+            .as_ref()
+            .filter(|c| connected && c.status().connected())
+    }
+}
+
+impl AmqpSink {
+    pub fn new(
+        name: &str,
+        url: &str,
+        exchange: &str,
+        routing_key: &str,
+        timeout: Duration,
+    ) -> AmqpSink {
+        AmqpSink {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            timeout,
+            link: Mutex::new(Link::default()),
+        }
+    }
+
+    /// The shared channel, connecting (and declaring the exchange) when there is none.
+    async fn channel(&self) -> Result<Channel, SinkError> {
+        let mut link = self.link.lock().await;
+        if let Some(channel) = link.healthy() {
+            return Ok(channel.clone());
+        }
+        if link
+            .failed_at
+            .is_some_and(|t| t.elapsed() < RECONNECT_PAUSE)
+        {
+            return Err(SinkError::Unavailable("amqp: reconnecting".into()));
+        }
+        match self.connect().await {
+            Ok((connection, channel)) => {
+                *link = Link {
+                    connection: Some(connection),
+                    channel: Some(channel.clone()),
+                    failed_at: None,
+                };
+                Ok(channel)
+            }
+            Err(e) => {
+                *link = Link {
+                    failed_at: Some(Instant::now()),
+                    ..Link::default()
+                };
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(Connection, Channel), SinkError> {
+        let unavailable =
+            |what: &str, e: lapin::Error| SinkError::Unavailable(format!("amqp {what}: {e}"));
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| unavailable("confirm.select", e))?;
+        channel
+            .exchange_declare(
+                ShortString::from(self.exchange.clone()),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable("exchange.declare", e))?;
+        Ok((connection, channel))
+    }
+
+    async fn forget(&self) {
+        let mut link = self.link.lock().await;
+        *link = Link {
+            failed_at: link.failed_at,
+            ..Link::default()
+        };
+    }
+
+    fn properties(envelope: &Envelope) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        let mut put = |k: &str, v: &str| {
+            headers.insert(
+                ShortString::from(k.to_owned()),
+                AMQPValue::LongString(LongString::from(v.to_owned())),
+            );
+        };
+        put("portcullis-provider", &envelope.provider);
+        put("portcullis-event-id", &envelope.event_id);
+        put("portcullis-received-at", &envelope.received_at);
+        put("portcullis-source-ip", &envelope.source_ip);
+        put(
+            "portcullis-verified",
+            if envelope.verified { "true" } else { "false" },
+        );
+        if let Some(reason) = envelope.reason {
+            put("portcullis-reason", reason);
+        }
+        for (name, value) in &envelope.headers {
+            put(name, value);
+        }
+        let timestamp = chrono::DateTime::parse_from_rfc3339(&envelope.received_at)
+            .map(|t| t.timestamp().max(0) as u64)
+            .unwrap_or_default();
+        let mut properties = BasicProperties::default()
+            .with_message_id(ShortString::from(envelope.event_id.clone()))
+            .with_timestamp(timestamp)
+            .with_delivery_mode(2)
+            .with_app_id(ShortString::from("portcullis".to_owned()))
+            .with_headers(headers);
+        if let Some((_, ct)) = envelope.headers.iter().find(|(k, _)| k == "content-type") {
+            properties = properties.with_content_type(ShortString::from(ct.clone()));
+        }
+        properties
+    }
+
+    async fn try_publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
+        let channel = self.channel().await?;
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(self.exchange.clone()),
+                ShortString::from(render(&self.routing_key, envelope)),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &envelope.body,
+                Self::properties(envelope),
+            )
+            .await
+            .map_err(|e| SinkError::Unavailable(format!("amqp publish: {e}")))?;
+        match confirm.await {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_returned))) => Err(SinkError::Unavailable(format!(
+                "amqp: no queue is bound to exchange `{}` for routing key `{}` (unroutable, returned)",
+                self.exchange,
+                render(&self.routing_key, envelope)
+            ))),
+            Ok(Confirmation::Nack(_)) => Err(SinkError::Unavailable("amqp: broker nacked the message".into())),
+            Ok(Confirmation::NotRequested) => Err(SinkError::Unavailable("amqp: no publisher confirm".into())),
+            Err(e) => Err(SinkError::Unavailable(format!("amqp confirm: {e}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for AmqpSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
+        let result = match tokio::time::timeout(self.timeout, self.try_publish(envelope)).await {
+            Ok(result) => result,
+            Err(_) => Err(SinkError::Unavailable(format!(
+                "no publisher confirm within {:?}",
+                self.timeout
+            ))),
+        };
+        if result.is_err() {
+            // An unroutable message leaves the channel healthy; anything else may not have.
+            let healthy = self.link.lock().await.healthy().is_some();
+            if !healthy {
+                self.forget().await;
+            }
+        }
+        result
+    }
+
+    async fn ready(&self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.channel()).await,
+            Ok(Ok(_))
+        )
+    }
+}
