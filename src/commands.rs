@@ -7,6 +7,7 @@ use std::path::Path;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
@@ -43,7 +44,14 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         filters,
         ..
     } = config;
-    let gateway = match Gateway::build(filters, &settings, options.access_log) {
+    let (sinks, replayers) = match crate::sinks::build_all(&settings) {
+        Ok(built) => built,
+        Err(e) => {
+            tracing::error!("not starting: {e}");
+            return 1;
+        }
+    };
+    let gateway = match Gateway::build(filters, &settings, sinks, options.access_log) {
         Ok(g) => g,
         Err(e) => {
             tracing::error!("not starting: {e}");
@@ -80,6 +88,9 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         tracing::info!(addr = %listener.addr, tls = listener.tls.is_some(), "listening");
     }
     server.add_service(proxy);
+    for replayer in replayers {
+        server.add_service(background_service("fallback replay", replayer));
+    }
     if let Some(addr) = admin_addr {
         let mut admin = Service::new("admin".into(), HttpServer::new_app(Admin { sinks }));
         admin.add_tcp(&addr);

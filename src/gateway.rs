@@ -23,7 +23,7 @@ use crate::filters::{self, allowlist, Chain};
 use crate::metrics;
 use crate::reason::Reason;
 use crate::request::Inbound;
-use crate::sinks::{self, Envelope, Sink, SinkError};
+use crate::sinks::{Envelope, Sink, SinkError, Sinks};
 
 pub struct Provider {
     pub name: Arc<str>,
@@ -64,12 +64,9 @@ impl Gateway {
     pub fn build(
         filters: Vec<FilterConfig>,
         server: &Server,
+        sinks: Sinks,
         access_log: bool,
     ) -> Result<Gateway, String> {
-        let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
-        for (name, sink) in &server.sinks {
-            sinks.insert(name.clone(), sinks::build(name, sink)?);
-        }
         let mut providers = Vec::new();
         let mut routes = HashMap::new();
         for filter in filters {

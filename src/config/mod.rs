@@ -93,7 +93,13 @@ pub fn load(path: &Path) -> Loaded {
             problems: &mut problems,
         };
         if let Some(f) = filter::load(&file, Some(&sink_names), &mut report) {
-            if let Some(other) = filters.iter().find(|o| o.route == f.route) {
+            if let Some((primary, _)) = server.fallbacks.iter().find(|(_, spool)| *spool == f.sink)
+            {
+                report.error(
+                    &["sink"],
+                    format!("sink `{}` is the fallback spool of `{primary}`: its events are replayed there, so a filter cannot use it directly", f.sink),
+                );
+            } else if let Some(other) = filters.iter().find(|o| o.route == f.route) {
                 report.error(&["path"], format!("route {} is already served by filter `{}`: give one of them another `path:`", f.route, other.name));
             } else if let Some(other) = filters.iter().find(|o| o.name == f.name) {
                 report.error(

@@ -87,6 +87,8 @@ struct SinkSpec {
     exchange: Option<String>,
     #[serde(default)]
     routing_key: Option<String>,
+    #[serde(default)]
+    fallback: Option<String>,
 }
 
 impl SinkSpec {
@@ -104,6 +106,7 @@ impl SinkSpec {
             ("duplicate_window", self.duplicate_window.is_some()),
             ("exchange", self.exchange.is_some()),
             ("routing_key", self.routing_key.is_some()),
+            ("fallback", self.fallback.is_some()),
         ];
         keys.iter()
             .filter(|(_, set)| *set)
@@ -115,8 +118,8 @@ impl SinkSpec {
 /// The keys each sink type takes besides `type`.
 const SINK_KEYS: &[(&str, &[&str])] = &[
     ("spool", &["dir", "segment_size"]),
-    ("http", &["url", "timeout"]),
-    ("redis", &["url", "stream", "maxlen", "timeout"]),
+    ("http", &["url", "timeout", "fallback"]),
+    ("redis", &["url", "stream", "maxlen", "timeout", "fallback"]),
     (
         "nats",
         &[
@@ -128,7 +131,10 @@ const SINK_KEYS: &[(&str, &[&str])] = &[
             "timeout",
         ],
     ),
-    ("amqp", &["url", "exchange", "routing_key", "timeout"]),
+    (
+        "amqp",
+        &["url", "exchange", "routing_key", "timeout", "fallback"],
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -180,6 +186,8 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     pub dedup_max_entries: u64,
     pub sinks: Vec<(String, SinkConfig)>,
+    /// (sink, the spool sink it falls back to).
+    pub fallbacks: Vec<(String, String)>,
     pub pingora: ServerConf,
 }
 
@@ -441,6 +449,29 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         }
     }
 
+    let mut fallbacks: Vec<(String, String)> = Vec::new();
+    for (name, spec) in &raw.sinks {
+        let Some(target) = &spec.fallback else {
+            continue;
+        };
+        let at = ["sinks", name.as_str(), "fallback"];
+        match raw.sinks.get(target) {
+            Some(t) if t.kind == "spool" => {}
+            Some(_) => report.error(
+                &at,
+                format!("fallback `{target}` must be a sink of type spool"),
+            ),
+            None => report.error(
+                &at,
+                format!("fallback `{target}` is not a sink defined here"),
+            ),
+        }
+        if let Some((other, _)) = fallbacks.iter().find(|(_, t)| t == target) {
+            report.error(&at, format!("spool `{target}` is already the fallback of `{other}`: give each sink its own spool"));
+        }
+        fallbacks.push((name.clone(), target.clone()));
+    }
+
     let pingora = pingora_conf(raw.pingora.as_ref(), report);
     let filters_dir = base.join(raw.filters.as_deref().unwrap_or("filters/"));
     Some(Server {
@@ -450,6 +481,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         trusted_proxies,
         dedup_max_entries,
         sinks,
+        fallbacks,
         pingora,
     })
 }

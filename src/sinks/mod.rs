@@ -4,11 +4,13 @@
 //! spool, a 2xx for the http sink): the gateway answers 202 on `Ok` and nothing else.
 
 pub mod amqp;
+pub mod fallback;
 pub mod http;
 pub mod nats;
 pub mod redis;
 pub mod spool;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -51,32 +53,61 @@ pub trait Sink: Send + Sync {
     async fn ready(&self) -> bool;
 }
 
-pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, String> {
-    Ok(match config {
-        SinkConfig::Spool { dir, segment_size } => {
-            Arc::new(spool::Spool::open(name, dir, *segment_size)?)
-        }
-        SinkConfig::Http { url, timeout } => Arc::new(http::HttpSink::new(name, url, *timeout)?),
-        SinkConfig::Redis {
-            url,
-            stream,
-            maxlen,
-            timeout,
-        } => Arc::new(redis::RedisSink::new(name, url, stream, *maxlen, *timeout)?),
-        SinkConfig::Nats(config) => Arc::new(nats::NatsSink::new(name, config.clone())),
-        SinkConfig::Amqp {
-            url,
-            exchange,
-            routing_key,
-            timeout,
-        } => Arc::new(amqp::AmqpSink::new(
-            name,
-            url,
-            exchange,
-            routing_key,
-            *timeout,
-        )),
-    })
+/// Every sink of a server by name, with fallbacks wrapped around their primaries.
+pub type Sinks = HashMap<String, Arc<dyn Sink>>;
+
+/// Builds the server's sinks, and the replayers (background services) that drain the
+/// fallback spools.
+pub fn build_all(
+    server: &crate::config::Server,
+) -> Result<(Sinks, Vec<fallback::Replayer>), String> {
+    let mut spools: HashMap<&str, Arc<spool::Spool>> = HashMap::new();
+    let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    for (name, config) in &server.sinks {
+        let sink: Arc<dyn Sink> = match config {
+            SinkConfig::Spool { dir, segment_size } => {
+                let spool = Arc::new(spool::Spool::open(name, dir, *segment_size)?);
+                spools.insert(name, spool.clone());
+                spool
+            }
+            SinkConfig::Http { url, timeout } => {
+                Arc::new(http::HttpSink::new(name, url, *timeout)?)
+            }
+            SinkConfig::Redis {
+                url,
+                stream,
+                maxlen,
+                timeout,
+            } => Arc::new(redis::RedisSink::new(name, url, stream, *maxlen, *timeout)?),
+            SinkConfig::Nats(config) => Arc::new(nats::NatsSink::new(name, config.clone())),
+            SinkConfig::Amqp {
+                url,
+                exchange,
+                routing_key,
+                timeout,
+            } => Arc::new(amqp::AmqpSink::new(
+                name,
+                url,
+                exchange,
+                routing_key,
+                *timeout,
+            )),
+        };
+        sinks.insert(name.clone(), sink);
+    }
+    let mut replayers = Vec::new();
+    for (primary, spool) in &server.fallbacks {
+        let (Some(inner), Some(spool)) = (sinks.get(primary).cloned(), spools.get(spool.as_str()))
+        else {
+            return Err(format!(
+                "sink `{primary}`: fallback `{spool}` is not a spool sink"
+            ));
+        };
+        let (wrapped, replayer) = fallback::wrap(inner, spool.clone());
+        sinks.insert(primary.clone(), wrapped);
+        replayers.push(replayer);
+    }
+    Ok((sinks, replayers))
 }
 
 /// A stream, subject or routing-key template: literal text and `{provider}`. Provider names

@@ -28,6 +28,9 @@ pub struct Spool {
     /// Started on first use: Pingora may fork to daemonize after the config is loaded.
     writer: OnceLock<mpsc::UnboundedSender<Job>>,
     healthy: Arc<AtomicBool>,
+    /// Set by a fallback replayer that has read everything: the next write starts a new
+    /// segment, so the read one can be deleted.
+    rotate: Arc<AtomicBool>,
 }
 
 struct Job {
@@ -45,7 +48,17 @@ impl Spool {
             segment_size,
             writer: OnceLock::new(),
             healthy: Arc::new(AtomicBool::new(true)),
+            rotate: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Asks the writer to start a new segment with its next write.
+    pub fn request_rotation(&self) {
+        self.rotate.store(true, Ordering::Relaxed);
     }
 
     fn writer(&self) -> &mpsc::UnboundedSender<Job> {
@@ -55,6 +68,7 @@ impl Spool {
                 dir: self.dir.clone(),
                 segment_size: self.segment_size,
                 healthy: self.healthy.clone(),
+                rotate: self.rotate.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("spool-{}", self.name))
@@ -126,6 +140,7 @@ struct Writer {
     dir: PathBuf,
     segment_size: u64,
     healthy: Arc<AtomicBool>,
+    rotate: Arc<AtomicBool>,
 }
 
 struct Segment {
@@ -164,7 +179,11 @@ impl Writer {
     }
 
     fn append(&self, segment: &mut Option<Segment>, buf: &[u8]) -> Result<(), String> {
-        if segment.as_ref().is_none_or(|s| s.len >= self.segment_size) {
+        let rotate = self.rotate.swap(false, Ordering::Relaxed);
+        if segment
+            .as_ref()
+            .is_none_or(|s| s.len >= self.segment_size || (rotate && s.len > 0))
+        {
             let seq = match segment {
                 Some(s) => s.seq + 1,
                 None => next_sequence(&self.dir),
@@ -200,27 +219,69 @@ impl Writer {
     }
 }
 
+/// The inverse of [`encode_line`]; `None` for a line that is not a spooled envelope.
+pub fn decode_line(line: &[u8]) -> Option<Envelope> {
+    let record: Value = serde_json::from_slice(line).ok()?;
+    let text = |key: &str| record.get(key).and_then(Value::as_str).map(str::to_owned);
+    let body = match (text("body"), text("body_base64")) {
+        (Some(body), _) => bytes::Bytes::from(body),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?
+            .into(),
+        (None, None) => return None,
+    };
+    let reason = text("reason").and_then(|r| {
+        crate::reason::Reason::ALL
+            .iter()
+            .find(|known| known.as_str() == r)
+            .map(|known| known.as_str())
+    });
+    let headers = record
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Envelope {
+        provider: text("provider")?,
+        event_id: text("event_id")?,
+        received_at: text("received_at")?,
+        source_ip: text("source_ip").unwrap_or_default(),
+        verified: record
+            .get("verified")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        reason,
+        headers,
+        body,
+    })
+}
+
+/// The segment numbers in a spool directory, oldest first.
+pub fn segments(dir: &Path) -> Vec<u64> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".jsonl")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    seqs.sort_unstable();
+    seqs
+}
+
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.jsonl"))
 }
 
 /// One past the highest segment number in the directory.
 fn next_sequence(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_suffix(".jsonl")?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .max()
-                .map_or(1, |m| m + 1)
-        })
-        .unwrap_or(1)
+    segments(dir).last().map_or(1, |m| m + 1)
 }
 
 #[cfg(test)]
@@ -317,6 +378,25 @@ mod tests {
             .decode(all[1]["body_base64"].as_str().unwrap())
             .unwrap();
         assert_eq!(decoded, binary);
+    }
+
+    #[test]
+    fn lines_decode_back_into_the_envelope_they_encode() {
+        for body in [&b"{\"a\":1}"[..], &[0xff, 0x00, b'\n']] {
+            let mut e = envelope("id-1", body);
+            e.verified = false;
+            e.reason = Some("invalid_signature");
+            let line = encode_line(&e);
+            let back = decode_line(line.strip_suffix(b"\n").unwrap()).unwrap();
+            assert_eq!(back.body, e.body);
+            assert_eq!(
+                (back.event_id, back.verified, back.reason),
+                (e.event_id, false, e.reason)
+            );
+            assert_eq!(back.headers, e.headers);
+        }
+        assert!(decode_line(b"not json").is_none());
+        assert!(decode_line(b"{\"provider\":\"x\"}").is_none());
     }
 
     #[tokio::test]

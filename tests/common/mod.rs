@@ -43,15 +43,7 @@ impl Server {
             sock = dir.path().join("upgrade.sock").display(),
         );
         std::fs::write(dir.path().join("portcullis.yaml"), conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("log.txt")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "-c"])
-            .arg(dir.path().join("portcullis.yaml"))
-            .env("RUST_LOG", "debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = Self::spawn(dir.path());
         let server = Server {
             port,
             admin,
@@ -60,6 +52,31 @@ impl Server {
         };
         server.wait_healthy();
         server
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log.txt"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "-c"])
+            .arg(dir.join("portcullis.yaml"))
+            .env("RUST_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Kills the process outright (no graceful shutdown) and starts it again on the same
+    /// config, ports and state directory.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path());
+        self.wait_healthy();
     }
 
     fn wait_healthy(&self) {

@@ -1,0 +1,244 @@
+//! `fallback: <spool sink>` on a queue or http sink: when the primary cannot take an event, it
+//! goes to a local spool (fsync) and the sender still gets its 202; a background replayer
+//! (a Pingora background service) re-publishes the spooled events to the primary in order
+//! once it is back, and deletes what it has delivered.
+//!
+//! While a backlog exists, new events join the end of the spool instead of overtaking it, so
+//! the primary sees events in arrival order. The replay position is a small checkpoint file
+//! in the spool directory: a restart resumes where it stopped. Delivery from the spool is
+//! at-least-once (a crash between a publish and its checkpoint repeats that event; NATS's
+//! `Nats-Msg-Id` absorbs such repeats, other consumers see the same `event_id`).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::Notify;
+
+use super::spool::{decode_line, segment_path, segments, Spool};
+use super::{Envelope, Sink, SinkError};
+use crate::metrics;
+
+const CHECKPOINT: &str = "replay.checkpoint";
+
+/// What the publishing side and the replayer share.
+struct Backlog {
+    /// Spooled events wait to be replayed: new ones must queue behind them.
+    pending: AtomicBool,
+    wake: Notify,
+}
+
+pub struct WithFallback {
+    primary: Arc<dyn Sink>,
+    spool: Arc<Spool>,
+    backlog: Arc<Backlog>,
+}
+
+/// Builds the sink and the replayer that drains its spool.
+pub fn wrap(primary: Arc<dyn Sink>, spool: Arc<Spool>) -> (Arc<WithFallback>, Replayer) {
+    let pending = Position::load(spool.dir()).backlog(spool.dir());
+    let backlog = Arc::new(Backlog {
+        pending: AtomicBool::new(pending),
+        wake: Notify::new(),
+    });
+    let sink = Arc::new(WithFallback {
+        primary: primary.clone(),
+        spool: spool.clone(),
+        backlog: backlog.clone(),
+    });
+    (
+        sink,
+        Replayer {
+            primary,
+            spool,
+            backlog,
+        },
+    )
+}
+
+#[async_trait]
+impl Sink for WithFallback {
+    fn name(&self) -> &str {
+        self.primary.name()
+    }
+
+    async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
+        if !self.backlog.pending.load(Ordering::SeqCst) {
+            match self.primary.publish(envelope).await {
+                Ok(()) => return Ok(()),
+                // An upstream's explicit refusal is an answer, not an outage: no fallback.
+                Err(rejected @ SinkError::Rejected(_)) => return Err(rejected),
+                Err(e) => {
+                    metrics::SINK_ERRORS
+                        .with_label_values(&[self.primary.name()])
+                        .inc();
+                    tracing::warn!(sink = self.primary.name(), error = %e, fallback = self.spool.name(), "primary failed, spooling");
+                }
+            }
+        }
+        self.spool.publish(envelope).await?;
+        self.backlog.pending.store(true, Ordering::SeqCst);
+        self.backlog.wake.notify_one();
+        Ok(())
+    }
+
+    /// Events are still taken (into the spool) while the primary is down.
+    async fn ready(&self) -> bool {
+        self.primary.ready().await || self.spool.ready().await
+    }
+}
+
+/// How far the replayer has read: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Position {
+    seq: u64,
+    offset: u64,
+}
+
+impl Position {
+    fn path(dir: &std::path::Path) -> PathBuf {
+        dir.join(CHECKPOINT)
+    }
+
+    fn load(dir: &std::path::Path) -> Position {
+        std::fs::read_to_string(Self::path(dir))
+            .ok()
+            .and_then(|text| {
+                let (seq, offset) = text.trim().split_once(' ')?;
+                Some(Position {
+                    seq: seq.parse().ok()?,
+                    offset: offset.parse().ok()?,
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Written to a temporary file and renamed over the old one: never half a checkpoint.
+    fn save(self, dir: &std::path::Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!("{CHECKPOINT}.tmp"));
+        std::fs::write(&tmp, format!("{} {}\n", self.seq, self.offset))?;
+        std::fs::rename(tmp, Self::path(dir))
+    }
+
+    /// Whether any spooled byte lies past this position.
+    fn backlog(self, dir: &std::path::Path) -> bool {
+        segments(dir).into_iter().any(|seq| {
+            let len = std::fs::metadata(segment_path(dir, seq))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            seq > self.seq && len > 0 || seq == self.seq && len > self.offset
+        })
+    }
+}
+
+pub struct Replayer {
+    primary: Arc<dyn Sink>,
+    spool: Arc<Spool>,
+    backlog: Arc<Backlog>,
+}
+
+/// The complete lines of a segment from `offset` on (a torn last line is left for later).
+fn complete_lines(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Seek;
+    let mut file = std::fs::File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    let end = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    data.truncate(end);
+    Ok(data)
+}
+
+impl Replayer {
+    /// Publishes every spooled event after the checkpoint; returns false on shutdown.
+    async fn drain(&self, shutdown: &mut ShutdownWatch) -> bool {
+        let dir = self.spool.dir().to_path_buf();
+        loop {
+            let mut position = Position::load(&dir);
+            let all = segments(&dir);
+            let newest = all.last().copied().unwrap_or(0);
+            let start = position.seq;
+            for seq in all.into_iter().filter(|s| *s >= start) {
+                if seq > position.seq {
+                    position = Position { seq, offset: 0 };
+                }
+                let path = segment_path(&dir, seq);
+                let data = match complete_lines(&path, position.offset) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "cannot read spool segment");
+                        return true;
+                    }
+                };
+                for line in data.split_inclusive(|b| *b == b'\n') {
+                    match decode_line(line.strip_suffix(b"\n").unwrap_or(line)) {
+                        Some(envelope) => {
+                            if !self.deliver(&envelope, shutdown).await {
+                                return false;
+                            }
+                        }
+                        None => {
+                            tracing::error!(path = %path.display(), offset = position.offset, "skipping a spool line that is not an envelope")
+                        }
+                    }
+                    position.offset += line.len() as u64;
+                    if let Err(e) = position.save(&dir) {
+                        tracing::error!(error = %e, "cannot save the replay checkpoint");
+                    }
+                }
+                if seq < newest {
+                    // Fully delivered and no longer written to: done with it.
+                    let _ = std::fs::remove_file(&path);
+                } else if position.offset > 0 {
+                    // The live segment is delivered: let the writer move on so it can go too.
+                    self.spool.request_rotation();
+                }
+            }
+            self.backlog.pending.store(false, Ordering::SeqCst);
+            // A publisher may have spooled behind the last read: look once more.
+            if !Position::load(&dir).backlog(&dir) {
+                return true;
+            }
+            self.backlog.pending.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Publishes one event, retrying with backoff until the primary takes it.
+    async fn deliver(&self, envelope: &Envelope, shutdown: &mut ShutdownWatch) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.primary.publish(envelope).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::debug!(sink = self.primary.name(), error = %e, "replay waits for the primary");
+                    tokio::select! {
+                        _ = shutdown.changed() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Replayer {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            if *shutdown.borrow() || !self.drain(&mut shutdown).await {
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.backlog.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
