@@ -1,0 +1,261 @@
+//! A load generator for Portcullis: pre-signs a set of requests with distinct event ids
+//! (so dedup never short-cuts them), then replays them over keep-alive connections at a
+//! fixed concurrency and reports throughput, latency percentiles and, given the server's
+//! pid, its CPU time per 10k requests and peak RSS.
+//!
+//!     portcullis-loadgen --url http://127.0.0.1:8080/webhook/github \
+//!         --filter filters/github.yaml --requests 50000 --concurrency 64 [--pid PID] [--invalid]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Args {
+    /// Target, e.g. http://127.0.0.1:8080/webhook/github
+    #[arg(long)]
+    url: String,
+    /// Filter to sign with (omit for unsigned requests, e.g. against nginx).
+    #[arg(long)]
+    filter: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 1024)]
+    body_size: usize,
+    /// Corrupt every signature (the flood path).
+    #[arg(long)]
+    invalid: bool,
+    /// Process whose CPU time and peak RSS to report.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// A label for the result line.
+    #[arg(long, default_value = "target")]
+    label: String,
+}
+
+fn body(i: usize, size: usize) -> Vec<u8> {
+    let head = format!("{{\"action\":\"opened\",\"seq\":{i},\"pad\":\"");
+    let mut b = head.into_bytes();
+    while b.len() + 2 < size {
+        b.push(b'x');
+    }
+    b.extend_from_slice(b"\"}");
+    b
+}
+
+fn requests(args: &Args, host: &str, path: &str) -> Vec<Vec<u8>> {
+    let filter = args.filter.as_ref().map(|f| {
+        portcullis::config::load_filter(f)
+            .0
+            .unwrap_or_else(|| panic!("filter {} does not load", f.display()))
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let run = std::process::id();
+    (0..args.requests)
+        .map(|i| {
+            let body = body(i, args.body_size);
+            let id = format!("load-{run}-{i}");
+            let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+            if let Some(f) = &filter {
+                headers.extend(f.scheme.sign(&portcullis::schemes::Outbound {
+                    body: &body,
+                    timestamp: now,
+                    id: &id,
+                    url: None,
+                }));
+                if let portcullis::config::EventIdSource::Header { name, .. } = &f.event_id {
+                    if !headers.iter().any(|(k, _)| k == name) {
+                        headers.push((name.clone(), id.clone()));
+                    }
+                }
+            }
+            if args.invalid {
+                for (k, v) in headers.iter_mut() {
+                    if k.contains("signature") {
+                        *v = v.replace(['1', '2', '3'], "0");
+                    }
+                }
+            }
+            let mut raw = format!(
+                "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                raw += &format!("{k}: {v}\r\n");
+            }
+            raw += "\r\n";
+            let mut bytes = raw.into_bytes();
+            bytes.extend_from_slice(&body);
+            bytes
+        })
+        .collect()
+}
+
+/// Reads one response; returns its status.
+async fn response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let total = end + 4 + length;
+            while buf.len() < total {
+                let mut chunk = [0u8; 8192];
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..total);
+            return Ok(status);
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat; here counted after the `)`.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    let rest = args.url.strip_prefix("http://").expect("http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let requests = Arc::new(requests(&args, host, path));
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = args.pid.map(cpu_seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (requests, next, host) = (requests.clone(), next.clone(), host.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            let mut stream: Option<TcpStream> = None;
+            let mut buf = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests.len() {
+                    break;
+                }
+                let sent = Instant::now();
+                let mut status = 0;
+                for _attempt in 0..2 {
+                    if stream.is_none() {
+                        stream = TcpStream::connect(&host).await.ok();
+                        let _ = stream.as_ref().map(|s| s.set_nodelay(true));
+                        buf.clear();
+                    }
+                    let Some(s) = stream.as_mut() else { continue };
+                    let result = async {
+                        s.write_all(&requests[i]).await?;
+                        response(s, &mut buf).await
+                    }
+                    .await;
+                    match result {
+                        Ok(code) => {
+                            status = code;
+                            break;
+                        }
+                        Err(_) => stream = None,
+                    }
+                }
+                latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                *statuses.entry(status).or_default() += 1;
+            }
+            (latencies, statuses)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for t in tasks {
+        let (l, s) = t.await.unwrap();
+        latencies.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let rps = latencies.len() as f64 / elapsed.as_secs_f64();
+    let cpu = match (args.pid, cpu_before) {
+        (Some(pid), Some(before)) => format!(
+            "{:.2}",
+            (cpu_seconds(pid) - before) * 10_000.0 / latencies.len() as f64
+        ),
+        _ => "-".into(),
+    };
+    let rss = args
+        .pid
+        .map(|p| format!("{}", peak_rss_kib(p) / 1024))
+        .unwrap_or_else(|| "-".into());
+    let statuses: Vec<String> = statuses.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    println!(
+        "{label}\trps={rps:.0}\tp50_ms={:.2}\tp99_ms={:.2}\tp999_ms={:.2}\tcpu_s_per_10k={cpu}\tpeak_rss_mib={rss}\tstatuses={}\telapsed_s={:.2}",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+        statuses.join(","),
+        elapsed.as_secs_f64(),
+        label = args.label,
+    );
+}
