@@ -217,6 +217,11 @@ fn a_redis_outage_mid_stream_loses_no_acknowledged_event_and_heals_without_resta
     wait_until("20 accepted", &|| count(202) >= 20);
     redis.kill();
     wait_until("10 refused while Redis is down", &|| count(503) >= 10);
+    assert_eq!(
+        server.admin_get("/readyz").status,
+        503,
+        "not ready while Redis is down"
+    );
     let accepted_before = count(202);
     redis.spawn();
     wait_until("20 more accepted after Redis is back", &|| {
