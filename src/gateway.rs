@@ -167,6 +167,7 @@ impl Gateway {
         let envelope = Envelope {
             provider: provider.name.to_string(),
             event_id: event_id.clone(),
+            event_type: dedup::event_type(provider.config.event_type.as_ref(), &req),
             received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             source_ip: client_ip.to_string(),
             verified: ctx.shadow_verdict.is_none(),

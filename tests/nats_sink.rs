@@ -20,7 +20,7 @@ fn filter(name: &str) -> String {
 
 fn nats_sink(port: u16, stream: &str, prefix: &str) -> String {
     format!(
-        "  queue: {{ type: nats, url: \"nats://127.0.0.1:{port}\", stream: {stream}, subject: \"{prefix}.{{provider}}\", create_stream: true, duplicate_window: 2m, timeout: 2s }}"
+        "  queue: {{ type: nats, url: \"nats://127.0.0.1:{port}\", stream: {stream}, subject: \"{prefix}.{{provider}}.{{event_type}}\", create_stream: true, duplicate_window: 2m, timeout: 2s }}"
     )
 }
 
@@ -80,7 +80,8 @@ fn n_signed_events_become_exactly_n_jetstream_messages_with_the_envelope() {
             std::thread::spawn(move || {
                 for i in 0..n / 3 {
                     let body = format!("{{\"t\":{t},\"i\":{i}}}").into_bytes();
-                    let headers = sign(&f, &body, now(), &format!("{t}-{i}"));
+                    let mut headers = sign(&f, &body, now(), &format!("{t}-{i}"));
+                    headers.push(("X-GitHub-Event".into(), "pull_request".into()));
                     assert_eq!(post(port, "/webhook/gh", &headers, &body).status, 202);
                     assert_eq!(post(port, "/webhook/gh", &headers, &body).status, 200);
                 }
@@ -108,7 +109,12 @@ fn n_signed_events_become_exactly_n_jetstream_messages_with_the_envelope() {
         m.payload.as_ref(),
         format!("{{\"t\":{t},\"i\":{i}}}").as_bytes()
     );
-    assert_eq!(m.subject.as_str(), format!("{prefix}.gh"));
+    assert_eq!(
+        m.subject.as_str(),
+        format!("{prefix}.gh.pull_request"),
+        "{{provider}} and {{event_type}} in the subject"
+    );
+    assert_eq!(header(m, "Portcullis-Event-Type"), "pull_request");
     assert_eq!(header(m, "Nats-Msg-Id"), format!("gh:{id}"));
     assert_eq!(header(m, "Portcullis-Provider"), "gh");
     assert_eq!(header(m, "Portcullis-Verified"), "true");

@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "secrets",
     "tolerance",
     "event_id",
+    "event_type",
     "dedup",
     "allow",
     "rate_limit",
@@ -51,6 +52,8 @@ pub struct FilterFile {
     pub tolerance: Option<String>,
     #[serde(default)]
     pub event_id: Option<EventIdSpec>,
+    #[serde(default)]
+    pub event_type: Option<EventIdSpec>,
     #[serde(default)]
     pub dedup: Option<DedupSpec>,
     #[serde(default)]
@@ -132,6 +135,8 @@ pub struct Filter {
     pub url_key: bool,
     pub scheme: Arc<dyn Scheme>,
     pub event_id: EventIdSource,
+    /// Where `{event_type}` comes from; `None` when neither the preset nor the filter says.
+    pub event_type: Option<EventIdSource>,
     pub dedup_ttl: Option<Duration>,
     pub allow: Vec<IpNet>,
     pub rate_limit: Option<RateLimit>,
@@ -291,6 +296,56 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
                 "event_id takes exactly one of `header:` or `json:`",
             );
             EventIdSource::BodyHash
+        }
+    };
+    let event_type = match &raw.event_type {
+        None => preset.event_type.map(|source| match source {
+            DefaultEventId::Header(h) => EventIdSource::Header {
+                name: h.into(),
+                required: false,
+            },
+            DefaultEventId::Json(p) => EventIdSource::Json {
+                pointer: p.into(),
+                required: false,
+            },
+            DefaultEventId::BodyHash => EventIdSource::BodyHash,
+        }),
+        Some(EventIdSpec {
+            header: Some(h),
+            json: None,
+        }) => {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                report.error(
+                    &["event_type", "header"],
+                    format!("`{h}` is not a valid header name"),
+                );
+            }
+            Some(EventIdSource::Header {
+                name: h.to_ascii_lowercase(),
+                required: false,
+            })
+        }
+        Some(EventIdSpec {
+            header: None,
+            json: Some(p),
+        }) => {
+            if !p.starts_with('/') {
+                report.error(
+                    &["event_type", "json"],
+                    format!("`{p}` is not a JSON pointer: write it like /type"),
+                );
+            }
+            Some(EventIdSource::Json {
+                pointer: p.clone(),
+                required: false,
+            })
+        }
+        Some(_) => {
+            report.error(
+                &["event_type"],
+                "event_type takes exactly one of `header:` or `json:`",
+            );
+            None
         }
     };
     let id_header = match &event_id {
@@ -495,6 +550,7 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         url_key: preset.name == "url-key",
         scheme: Arc::from(scheme),
         event_id,
+        event_type,
         dedup_ttl,
         allow,
         rate_limit,

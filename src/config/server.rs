@@ -394,6 +394,11 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                     report.error(&["sinks", name, "subject"], e);
                 }
                 let create_stream = spec.create_stream.unwrap_or(false);
+                if create_stream {
+                    if let Err(e) = crate::sinks::nats::check_stream_subject(&subject) {
+                        report.error(&["sinks", name, "subject"], e);
+                    }
+                }
                 if create_stream && spec.stream.is_none() {
                     report.error(
                         &["sinks", name, "create_stream"],

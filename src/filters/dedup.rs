@@ -185,6 +185,39 @@ pub fn event_id(source: &EventIdSource, req: &Inbound<'_>) -> Result<String, Rea
     }
 }
 
+/// The event type of a request (`{event_type}` in sink templates), or `unknown`. Only
+/// letters, digits and `.` `_` `-` `:` survive, so it is safe in a stream key, a NATS subject
+/// (where `.` nests) or a routing key; at most 100 characters.
+pub fn event_type(source: Option<&EventIdSource>, req: &Inbound<'_>) -> String {
+    let raw = match source {
+        Some(EventIdSource::Header { name, .. }) => req.header(name).map(str::to_owned),
+        Some(EventIdSource::Json { pointer, .. }) => req
+            .json()
+            .and_then(|j| j.pointer(pointer))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        _ => None,
+    };
+    let cleaned: String = raw
+        .unwrap_or_default()
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_matches('.');
+    if trimmed.is_empty() {
+        "unknown".into()
+    } else {
+        trimmed.replace("..", "._")
+    }
+}
+
 fn sanitize(id: &str) -> String {
     let safe = id.len() <= MAX_EVENT_ID && id.bytes().all(|b| (0x21..=0x7e).contains(&b));
     if safe {
@@ -239,6 +272,26 @@ mod tests {
         owner.commit(Duration::from_secs(60));
         drop(stale);
         assert!(matches!(dedup.reserve(&p, "id"), Reservation::Duplicate));
+    }
+
+    #[test]
+    fn event_types_are_made_safe_for_keys_and_subjects() {
+        let h = crate::schemes::test_support::headers(&[("x-github-event", "pull_request")]);
+        let body = br#"{"type":"charge.succeeded","bad":"a b/c*>..d"}"#;
+        let req = Inbound::new("POST", "/", None, &h, Ipv4Addr::LOCALHOST.into(), body);
+        let header = EventIdSource::Header {
+            name: "x-github-event".into(),
+            required: false,
+        };
+        assert_eq!(event_type(Some(&header), &req), "pull_request");
+        let json = |p: &str| EventIdSource::Json {
+            pointer: p.into(),
+            required: false,
+        };
+        assert_eq!(event_type(Some(&json("/type")), &req), "charge.succeeded");
+        assert_eq!(event_type(Some(&json("/bad")), &req), "a_b_c__._d");
+        assert_eq!(event_type(Some(&json("/missing")), &req), "unknown");
+        assert_eq!(event_type(None, &req), "unknown");
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub enum DefaultEventId {
 pub struct Preset {
     pub name: &'static str,
     pub event_id: DefaultEventId,
+    /// Where the event type (`{event_type}` in sink templates) is, if the provider says.
+    pub event_type: Option<DefaultEventId>,
     /// Default timestamp window; `None` for providers that send no signed timestamp.
     pub tolerance: Option<Duration>,
     /// Headers copied into the envelope by default (beside content-type and user-agent).
@@ -79,6 +81,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "standard-webhooks",
         event_id: DefaultEventId::Header("webhook-id"),
+        event_type: Some(DefaultEventId::Json("/type")),
         tolerance: FIVE_MINUTES,
         forward_headers: &["webhook-id", "webhook-timestamp"],
         needs_secret: true,
@@ -88,6 +91,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "svix",
         event_id: DefaultEventId::Header("svix-id"),
+        event_type: Some(DefaultEventId::Json("/type")),
         tolerance: FIVE_MINUTES,
         forward_headers: &["svix-id", "svix-timestamp"],
         needs_secret: true,
@@ -97,6 +101,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "github",
         event_id: DefaultEventId::Header("x-github-delivery"),
+        event_type: Some(DefaultEventId::Header("x-github-event")),
         tolerance: None,
         forward_headers: &["x-github-event", "x-github-delivery", "x-github-hook-id"],
         needs_secret: true,
@@ -106,6 +111,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "github-sha1",
         event_id: DefaultEventId::Header("x-github-delivery"),
+        event_type: Some(DefaultEventId::Header("x-github-event")),
         tolerance: None,
         forward_headers: &["x-github-event", "x-github-delivery", "x-github-hook-id"],
         needs_secret: true,
@@ -115,6 +121,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "stripe",
         event_id: DefaultEventId::Json("/id"),
+        event_type: Some(DefaultEventId::Json("/type")),
         tolerance: FIVE_MINUTES,
         forward_headers: &[],
         needs_secret: true,
@@ -124,6 +131,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "slack",
         event_id: DefaultEventId::Json("/event_id"),
+        event_type: Some(DefaultEventId::Json("/event/type")),
         tolerance: FIVE_MINUTES,
         forward_headers: &["x-slack-request-timestamp", "x-slack-retry-num"],
         needs_secret: true,
@@ -133,6 +141,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "shopify",
         event_id: DefaultEventId::Header("x-shopify-webhook-id"),
+        event_type: Some(DefaultEventId::Header("x-shopify-topic")),
         tolerance: None,
         forward_headers: &[
             "x-shopify-topic",
@@ -147,6 +156,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "twilio",
         event_id: DefaultEventId::Header("i-twilio-idempotency-token"),
+        event_type: None,
         tolerance: None,
         forward_headers: &["i-twilio-idempotency-token"],
         needs_secret: true,
@@ -156,6 +166,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "paddle",
         event_id: DefaultEventId::Json("/event_id"),
+        event_type: Some(DefaultEventId::Json("/event_type")),
         // Paddle's SDKs reject signatures older than five seconds.
         tolerance: Some(Duration::from_secs(5)),
         forward_headers: &[],
@@ -166,6 +177,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "square",
         event_id: DefaultEventId::Json("/event_id"),
+        event_type: Some(DefaultEventId::Json("/type")),
         tolerance: None,
         forward_headers: &[],
         needs_secret: true,
@@ -175,6 +187,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "zoom",
         event_id: DefaultEventId::BodyHash,
+        event_type: Some(DefaultEventId::Json("/event")),
         tolerance: FIVE_MINUTES,
         forward_headers: &["x-zm-request-timestamp", "x-zm-trackingid"],
         needs_secret: true,
@@ -184,6 +197,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "linear",
         event_id: DefaultEventId::Header("linear-delivery"),
+        event_type: Some(DefaultEventId::Header("linear-event")),
         // Linear's docs: reject webhookTimestamp more than a minute away.
         tolerance: Some(Duration::from_secs(60)),
         forward_headers: &["linear-delivery", "linear-event"],
@@ -194,6 +208,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "hmac",
         event_id: DefaultEventId::BodyHash,
+        event_type: None,
         tolerance: FIVE_MINUTES,
         forward_headers: &[],
         needs_secret: true,
@@ -203,6 +218,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "url-key",
         event_id: DefaultEventId::BodyHash,
+        event_type: None,
         tolerance: None,
         forward_headers: &[],
         needs_secret: true,
@@ -212,6 +228,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "none",
         event_id: DefaultEventId::BodyHash,
+        event_type: None,
         tolerance: None,
         forward_headers: &[],
         needs_secret: false,

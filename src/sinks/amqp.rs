@@ -146,6 +146,7 @@ impl AmqpSink {
         };
         put("portcullis-provider", &envelope.provider);
         put("portcullis-event-id", &envelope.event_id);
+        put("portcullis-event-type", &envelope.event_type);
         put("portcullis-received-at", &envelope.received_at);
         put("portcullis-source-ip", &envelope.source_ip);
         put(
@@ -163,6 +164,7 @@ impl AmqpSink {
             .unwrap_or_default();
         let mut properties = BasicProperties::default()
             .with_message_id(ShortString::from(envelope.event_id.clone()))
+            .with_type(ShortString::from(envelope.event_type.clone()))
             .with_timestamp(timestamp)
             .with_delivery_mode(2)
             .with_app_id(ShortString::from("portcullis".to_owned()))

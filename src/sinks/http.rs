@@ -111,6 +111,7 @@ impl HttpSink {
         req.insert_header("content-length", envelope.body.len())?;
         req.insert_header("x-portcullis-provider", &envelope.provider)?;
         req.insert_header("x-portcullis-event-id", &envelope.event_id)?;
+        req.insert_header("x-portcullis-event-type", &envelope.event_type)?;
         req.insert_header("x-portcullis-received-at", &envelope.received_at)?;
         req.insert_header("x-portcullis-source-ip", &envelope.source_ip)?;
         req.insert_header(

@@ -23,6 +23,8 @@ use crate::config::SinkConfig;
 pub struct Envelope {
     pub provider: String,
     pub event_id: String,
+    /// The provider's event type, made safe for keys (`unknown` when it does not say).
+    pub event_type: String,
     /// RFC 3339, UTC.
     pub received_at: String,
     pub source_ip: String,
@@ -110,13 +112,17 @@ pub fn build_all(
     Ok((sinks, replayers))
 }
 
-/// A stream, subject or routing-key template: literal text and `{provider}`. Provider names
-/// are validated at load (letters, digits, `-`, `_`), so nothing a sender sends ever reaches
-/// a key through a template.
+/// A stream, subject or routing-key template: literal text, `{provider}` and `{event_type}`.
+/// Provider names are validated at load (letters, digits, `-`, `_`) and event types cleaned
+/// to letters, digits and `._-:`, so nothing raw a sender sends reaches a key through a template.
 pub fn check_template(template: &str) -> Result<(), String> {
-    let rest = template.replace("{provider}", "");
+    let rest = template
+        .replace("{provider}", "")
+        .replace("{event_type}", "");
     if rest.contains('{') || rest.contains('}') {
-        return Err(format!("template `{template}` may only use {{provider}}"));
+        return Err(format!(
+            "template `{template}` may only use {{provider}} and {{event_type}}"
+        ));
     }
     if template.is_empty() {
         return Err("template is empty".into());
@@ -125,5 +131,7 @@ pub fn check_template(template: &str) -> Result<(), String> {
 }
 
 pub fn render(template: &str, envelope: &Envelope) -> String {
-    template.replace("{provider}", &envelope.provider)
+    template
+        .replace("{provider}", &envelope.provider)
+        .replace("{event_type}", &envelope.event_type)
 }

@@ -53,7 +53,7 @@ impl NatsSink {
         let (true, Some(name)) = (self.config.create_stream, &self.config.stream) else {
             return Ok(());
         };
-        let subjects = vec![self.config.subject.replace("{provider}", "*")];
+        let subjects = vec![stream_subjects(&self.config.subject)];
         js.get_or_create_stream(jetstream::stream::Config {
             name: name.clone(),
             subjects,
@@ -74,6 +74,7 @@ impl NatsSink {
         );
         headers.insert("Portcullis-Provider", envelope.provider.as_str());
         headers.insert("Portcullis-Event-Id", envelope.event_id.as_str());
+        headers.insert("Portcullis-Event-Type", envelope.event_type.as_str());
         headers.insert("Portcullis-Received-At", envelope.received_at.as_str());
         headers.insert("Portcullis-Source-Ip", envelope.source_ip.as_str());
         headers.insert(
@@ -87,6 +88,25 @@ impl NatsSink {
             headers.append(name.as_str(), value.as_str());
         }
         headers
+    }
+}
+
+/// The subjects a created stream listens on: the template's literal prefix and `>` (an event
+/// type may span several subject tokens, like Stripe's `charge.succeeded`).
+pub fn stream_subjects(template: &str) -> String {
+    match template.find('{') {
+        None => template.to_owned(),
+        Some(i) => format!("{}>", &template[..i]),
+    }
+}
+
+/// Whether `create_stream` can derive its subjects from the template.
+pub fn check_stream_subject(template: &str) -> Result<(), String> {
+    match template.find('{') {
+        Some(i) if i == 0 || !template[..i].ends_with('.') => Err(format!(
+            "subject `{template}`: with create_stream, placeholders must follow a literal prefix ending in `.` (like webhooks.{{provider}})"
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -69,6 +69,8 @@ impl RedisSink {
             .arg(&envelope.provider)
             .arg("event_id")
             .arg(&envelope.event_id)
+            .arg("event_type")
+            .arg(&envelope.event_type)
             .arg("received_at")
             .arg(&envelope.received_at)
             .arg("source_ip")

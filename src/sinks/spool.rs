@@ -90,6 +90,7 @@ pub fn encode_line(envelope: &Envelope) -> Vec<u8> {
     let mut record = json!({
         "provider": envelope.provider,
         "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
         "received_at": envelope.received_at,
         "source_ip": envelope.source_ip,
         "verified": envelope.verified,
@@ -249,6 +250,7 @@ pub fn decode_line(line: &[u8]) -> Option<Envelope> {
     Some(Envelope {
         provider: text("provider")?,
         event_id: text("event_id")?,
+        event_type: text("event_type").unwrap_or_else(|| "unknown".into()),
         received_at: text("received_at")?,
         source_ip: text("source_ip").unwrap_or_default(),
         verified: record
@@ -293,6 +295,7 @@ mod tests {
         Envelope {
             provider: "github".into(),
             event_id: id.into(),
+            event_type: "push".into(),
             received_at: "2026-01-01T00:00:00Z".into(),
             source_ip: "127.0.0.1".into(),
             verified: true,
