@@ -6,9 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use common::*;
 use lapin::options::*;
@@ -217,9 +215,6 @@ impl Drop for Restart {
     }
 }
 
-/// One request of the stream: event id and status.
-type Sent = (String, u16);
-
 #[test]
 fn a_rabbitmq_outage_mid_stream_loses_no_confirmed_event_and_heals_without_restart() {
     if !broker("RabbitMQ", BROKER) {
@@ -231,61 +226,22 @@ fn a_rabbitmq_outage_mid_stream_loses_no_confirmed_event_and_heals_without_resta
     bind_queue(&exchange, &queue, "fault");
     let f = filter("fault");
     let server = Server::start(&[("f.yaml", &f)], &amqp_sink(&exchange));
-    let results: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (results, stop, f, port) = (results.clone(), stop.clone(), f.clone(), server.port);
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) && i < 100_000 {
-                let id = format!("f-{i}");
-                let body = format!("{{\"i\":{i}}}").into_bytes();
-                let r = post(port, "/webhook/fault", &sign(&f, &body, now(), &id), &body);
-                results.lock().unwrap().push((id, r.status));
-                i += 1;
-                if r.status != 202 {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        })
-    };
-    let count = |status: u16| {
-        results
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, s)| *s == status)
-            .count()
-    };
-    let wait_until = |what: &str, cond: &dyn Fn() -> bool| {
-        for _ in 0..6000 {
-            if cond() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("gave up waiting for {what}");
-    };
-    wait_until("20 accepted", &|| count(202) >= 20);
+    let traffic = Traffic::start(server.port, "/webhook/fault", &f);
+    traffic.wait_for(202, 20);
     let restart = Restart;
     rabbitmqctl("stop_app");
-    wait_until("3 refused while RabbitMQ is down", &|| count(503) >= 3);
-    let accepted_before = count(202);
+    traffic.wait_for(503, 3);
+    let accepted_before = traffic.count(202);
     rabbitmqctl("start_app");
     drop(restart);
-    wait_until("20 more accepted after RabbitMQ is back", &|| {
-        count(202) >= accepted_before + 20
-    });
-    stop.store(true, Ordering::SeqCst);
-    sender.join().unwrap();
-
-    let results = results.lock().unwrap();
+    traffic.wait_for(202, accepted_before + 20);
+    let results = traffic.finish();
     assert!(
-        results.iter().all(|(_, s)| *s == 202 || *s == 503),
+        results.iter().all(|(_, s, _)| *s == 202 || *s == 503),
         "only 202 or 503"
     );
     let stored: HashSet<String> = drain(&queue).into_iter().map(|m| m.1).collect();
-    for (id, status) in results.iter() {
+    for (id, status, _) in results.iter() {
         if *status == 202 {
             assert!(stored.contains(id), "{id} got 202 but is not in the queue");
         }

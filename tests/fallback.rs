@@ -3,94 +3,25 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-struct PrivateRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let mut r = PrivateRedis {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if self.connection().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("private redis-server did not start");
-    }
-
-    fn connection(&self) -> Option<redis::Connection> {
-        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
-            .ok()?
-            .get_connection()
-            .ok()?;
-        redis::cmd("PING").query::<String>(&mut c).ok()?;
-        Some(c)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// The event ids in the stream, in stream order.
-    fn event_ids(&self, stream: &str) -> Vec<String> {
-        let mut conn = self.connection().unwrap();
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .unwrap();
-        reply
-            .ids
-            .iter()
-            .map(|e| e.get::<String>("event_id").unwrap())
-            .collect()
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The event ids in a private Redis's stream, in stream order.
+fn event_ids(redis: &PrivateBroker, stream: &str) -> Vec<String> {
+    let mut conn = redis.redis_connection().unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("event_id").unwrap())
+        .collect()
 }
 
 const FILTER: &str = "name: fb\npreset: github\nsecrets: [\"fb\"]\nsink: queue\n";
@@ -108,7 +39,7 @@ fn spooled_events_reach_the_broker_exactly_once_in_order_across_a_gateway_restar
     if !broker("Redis", "127.0.0.1:6379") {
         return;
     }
-    let mut redis = PrivateRedis::start();
+    let mut redis = PrivateBroker::redis();
     let sinks = format!(
         "  queue: {{ type: redis, url: \"redis://127.0.0.1:{}\", stream: \"webhooks:{{provider}}\", timeout: 1s, fallback: backup }}\n  backup: {{ type: spool, dir: backup/ }}",
         redis.port
@@ -119,7 +50,7 @@ fn spooled_events_reach_the_broker_exactly_once_in_order_across_a_gateway_restar
         assert_eq!(send(&server, i), 202);
     }
     assert_eq!(
-        redis.event_ids("webhooks:fb").len(),
+        event_ids(&redis, "webhooks:fb").len(),
         5,
         "straight to Redis while it is up"
     );
@@ -147,7 +78,7 @@ fn spooled_events_reach_the_broker_exactly_once_in_order_across_a_gateway_restar
     let expected: Vec<String> = (0..20).map(|i| format!("e{i:03}")).collect();
     let mut got = Vec::new();
     for _ in 0..1000 {
-        got = redis.event_ids("webhooks:fb");
+        got = event_ids(&redis, "webhooks:fb");
         if got.len() >= expected.len() {
             break;
         }
@@ -157,13 +88,13 @@ fn spooled_events_reach_the_broker_exactly_once_in_order_across_a_gateway_restar
     // New events go straight through again once the backlog is gone.
     for _ in 0..500 {
         if send(&server, 20 + got.len() as u32) == 202
-            && redis.event_ids("webhooks:fb").len() > got.len()
+            && event_ids(&redis, "webhooks:fb").len() > got.len()
         {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let after = redis.event_ids("webhooks:fb");
+    let after = event_ids(&redis, "webhooks:fb");
     assert!(after.len() > expected.len());
     let unique: std::collections::HashSet<&String> = after.iter().collect();
     assert_eq!(unique.len(), after.len(), "nothing replayed twice");

@@ -4,10 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_nats::jetstream;
 use common::*;
@@ -124,119 +120,24 @@ fn n_signed_events_become_exactly_n_jetstream_messages_with_the_envelope() {
     delete_stream(4222, &stream);
 }
 
-struct PrivateNats {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateNats {
-    fn start() -> PrivateNats {
-        let mut n = PrivateNats {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        n.spawn();
-        n
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed");
-        self.child = Some(child);
-        for _ in 0..400 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("private nats-server did not start");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One request of the stream: event id and status.
-type Sent = (String, u16);
-
 #[test]
 fn a_nats_outage_mid_stream_loses_no_acknowledged_event_and_heals_without_restart() {
     if !broker("NATS", SHARED) {
         return;
     }
-    let mut nats = PrivateNats::start();
+    let mut nats = PrivateBroker::nats();
     let f = filter("fault");
     let server = Server::start(&[("f.yaml", &f)], &nats_sink(nats.port, "FAULT", "fault"));
-    let results: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (results, stop, f, port) = (results.clone(), stop.clone(), f.clone(), server.port);
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) && i < 100_000 {
-                let id = format!("f-{i}");
-                let body = format!("{{\"i\":{i}}}").into_bytes();
-                let r = post(port, "/webhook/fault", &sign(&f, &body, now(), &id), &body);
-                results.lock().unwrap().push((id, r.status));
-                i += 1;
-            }
-        })
-    };
-    let count = |status: u16| {
-        results
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, s)| *s == status)
-            .count()
-    };
-    let wait_until = |what: &str, cond: &dyn Fn() -> bool| {
-        for _ in 0..6000 {
-            if cond() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("gave up waiting for {what}");
-    };
-    wait_until("20 accepted", &|| count(202) >= 20);
+    let traffic = Traffic::start(server.port, "/webhook/fault", &f);
+    traffic.wait_for(202, 20);
     nats.kill();
-    wait_until("3 refused while NATS is down", &|| count(503) >= 3);
-    let accepted_before = count(202);
+    traffic.wait_for(503, 3);
+    let accepted_before = traffic.count(202);
     nats.spawn();
-    wait_until("20 more accepted after NATS is back", &|| {
-        count(202) >= accepted_before + 20
-    });
-    stop.store(true, Ordering::SeqCst);
-    sender.join().unwrap();
-
-    let results = results.lock().unwrap();
+    traffic.wait_for(202, accepted_before + 20);
+    let results = traffic.finish();
     assert!(
-        results.iter().all(|(_, s)| *s == 202 || *s == 503),
+        results.iter().all(|(_, s, _)| *s == 202 || *s == 503),
         "only 202 or 503"
     );
     let stored: Vec<String> = messages(nats.port, "FAULT")
@@ -245,7 +146,7 @@ fn a_nats_outage_mid_stream_loses_no_acknowledged_event_and_heals_without_restar
         .collect();
     let unique_stored: HashSet<&String> = stored.iter().collect();
     assert_eq!(unique_stored.len(), stored.len(), "no event stored twice");
-    for (id, status) in results.iter() {
+    for (id, status, _) in results.iter() {
         if *status == 202 {
             assert!(
                 unique_stored.contains(id),

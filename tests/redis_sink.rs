@@ -4,10 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::*;
 
@@ -102,135 +98,27 @@ fn n_signed_events_become_exactly_n_stream_entries_with_the_envelope() {
         .unwrap();
 }
 
-/// One request of the stream: event id, status, Retry-After.
-type Sent = (String, u16, Option<String>);
-
-struct PrivateRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let mut r = PrivateRedis {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.spawn();
-        r
-    }
-
-    /// AOF with fsync on every write: what the server acknowledged survives a kill.
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)) {
-                if let Ok(mut c) = client.get_connection() {
-                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                        return;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("private redis-server did not start");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[test]
 fn a_redis_outage_mid_stream_loses_no_acknowledged_event_and_heals_without_restart() {
     if !broker("Redis", SHARED) {
         return;
     }
-    let mut redis = PrivateRedis::start();
+    let mut redis = PrivateBroker::redis();
     let f = filter("fault");
     let server = Server::start(&[("f.yaml", &f)], &redis_sink(redis.port, ""));
-    let results: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (results, stop, f, port) = (results.clone(), stop.clone(), f.clone(), server.port);
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) && i < 100_000 {
-                let id = format!("f-{i}");
-                let body = format!("{{\"i\":{i}}}").into_bytes();
-                let r = post(port, "/webhook/fault", &sign(&f, &body, now(), &id), &body);
-                results.lock().unwrap().push((
-                    id,
-                    r.status,
-                    r.header("retry-after").map(str::to_owned),
-                ));
-                i += 1;
-            }
-        })
-    };
-    let count = |status: u16| {
-        results
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, s, _)| *s == status)
-            .count()
-    };
-    let wait_until = |what: &str, cond: &dyn Fn() -> bool| {
-        for _ in 0..3000 {
-            if cond() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("gave up waiting for {what}");
-    };
-    wait_until("20 accepted", &|| count(202) >= 20);
+    let traffic = Traffic::start(server.port, "/webhook/fault", &f);
+    traffic.wait_for(202, 20);
     redis.kill();
-    wait_until("10 refused while Redis is down", &|| count(503) >= 10);
+    traffic.wait_for(503, 10);
     assert_eq!(
         server.admin_get("/readyz").status,
         503,
         "not ready while Redis is down"
     );
-    let accepted_before = count(202);
+    let accepted_before = traffic.count(202);
     redis.spawn();
-    wait_until("20 more accepted after Redis is back", &|| {
-        count(202) >= accepted_before + 20
-    });
-    stop.store(true, Ordering::SeqCst);
-    sender.join().unwrap();
-
-    let results = results.lock().unwrap();
+    traffic.wait_for(202, accepted_before + 20);
+    let results = traffic.finish();
     assert!(
         results.iter().all(|(_, s, _)| *s == 202 || *s == 503),
         "only 202 or 503"

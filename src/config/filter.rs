@@ -248,105 +248,16 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
             }
         });
 
+    // A source the filter names is required of every request (for the event id: a 400 when
+    // absent); a preset's default is best effort.
     let event_id = match &raw.event_id {
-        None => match preset.event_id {
-            DefaultEventId::Header(h) => EventIdSource::Header {
-                name: h.into(),
-                required: false,
-            },
-            DefaultEventId::Json(p) => EventIdSource::Json {
-                pointer: p.into(),
-                required: false,
-            },
-            DefaultEventId::BodyHash => EventIdSource::BodyHash,
-        },
-        Some(EventIdSpec {
-            header: Some(h),
-            json: None,
-        }) => {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                report.error(
-                    &["event_id", "header"],
-                    format!("`{h}` is not a valid header name"),
-                );
-            }
-            EventIdSource::Header {
-                name: h.to_ascii_lowercase(),
-                required: true,
-            }
-        }
-        Some(EventIdSpec {
-            header: None,
-            json: Some(p),
-        }) => {
-            if !p.starts_with('/') {
-                report.error(
-                    &["event_id", "json"],
-                    format!("`{p}` is not a JSON pointer: write it like /data/id"),
-                );
-            }
-            EventIdSource::Json {
-                pointer: p.clone(),
-                required: true,
-            }
-        }
-        Some(_) => {
-            report.error(
-                &["event_id"],
-                "event_id takes exactly one of `header:` or `json:`",
-            );
-            EventIdSource::BodyHash
-        }
-    };
+        None => Some(EventIdSource::from(preset.event_id)),
+        Some(spec) => source(spec, "event_id", "/data/id", true, report),
+    }
+    .unwrap_or(EventIdSource::BodyHash);
     let event_type = match &raw.event_type {
-        None => preset.event_type.map(|source| match source {
-            DefaultEventId::Header(h) => EventIdSource::Header {
-                name: h.into(),
-                required: false,
-            },
-            DefaultEventId::Json(p) => EventIdSource::Json {
-                pointer: p.into(),
-                required: false,
-            },
-            DefaultEventId::BodyHash => EventIdSource::BodyHash,
-        }),
-        Some(EventIdSpec {
-            header: Some(h),
-            json: None,
-        }) => {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                report.error(
-                    &["event_type", "header"],
-                    format!("`{h}` is not a valid header name"),
-                );
-            }
-            Some(EventIdSource::Header {
-                name: h.to_ascii_lowercase(),
-                required: false,
-            })
-        }
-        Some(EventIdSpec {
-            header: None,
-            json: Some(p),
-        }) => {
-            if !p.starts_with('/') {
-                report.error(
-                    &["event_type", "json"],
-                    format!("`{p}` is not a JSON pointer: write it like /type"),
-                );
-            }
-            Some(EventIdSource::Json {
-                pointer: p.clone(),
-                required: false,
-            })
-        }
-        Some(_) => {
-            report.error(
-                &["event_type"],
-                "event_type takes exactly one of `header:` or `json:`",
-            );
-            None
-        }
+        None => preset.event_type.map(EventIdSource::from),
+        Some(spec) => source(spec, "event_type", "/type", false, report),
     };
     let id_header = match &event_id {
         EventIdSource::Header { name, .. } => Some(name.as_str()),
@@ -563,6 +474,71 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         body_timeout,
         public_url: raw.public_url,
     })
+}
+
+impl From<DefaultEventId> for EventIdSource {
+    fn from(default: DefaultEventId) -> EventIdSource {
+        match default {
+            DefaultEventId::Header(h) => EventIdSource::Header {
+                name: h.into(),
+                required: false,
+            },
+            DefaultEventId::Json(p) => EventIdSource::Json {
+                pointer: p.into(),
+                required: false,
+            },
+            DefaultEventId::BodyHash => EventIdSource::BodyHash,
+        }
+    }
+}
+
+/// `{ header: X }` or `{ json: /pointer }` under `key`, checked.
+fn source(
+    spec: &EventIdSpec,
+    key: &str,
+    example: &str,
+    required: bool,
+    report: &mut Report<'_>,
+) -> Option<EventIdSource> {
+    match spec {
+        EventIdSpec {
+            header: Some(h),
+            json: None,
+        } => {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                report.error(
+                    &[key, "header"],
+                    format!("`{h}` is not a valid header name"),
+                );
+            }
+            Some(EventIdSource::Header {
+                name: h.to_ascii_lowercase(),
+                required,
+            })
+        }
+        EventIdSpec {
+            header: None,
+            json: Some(p),
+        } => {
+            if !p.starts_with('/') {
+                report.error(
+                    &[key, "json"],
+                    format!("`{p}` is not a JSON pointer: write it like {example}"),
+                );
+            }
+            Some(EventIdSource::Json {
+                pointer: p.clone(),
+                required,
+            })
+        }
+        _ => {
+            report.error(
+                &[key],
+                format!("{key} takes exactly one of `header:` or `json:`"),
+            );
+            None
+        }
+    }
 }
 
 /// An address or CIDR; a bare address is a single-host network.

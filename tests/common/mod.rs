@@ -446,3 +446,192 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A broker process of the test's own, on a free port with its own data directory, that the
+/// test can kill and start again (same port, same data).
+pub struct PrivateBroker {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    kind: BrokerKind,
+    child: Option<Child>,
+}
+
+#[derive(Clone, Copy)]
+enum BrokerKind {
+    Redis,
+    Nats,
+}
+
+impl PrivateBroker {
+    /// redis-server with AOF and fsync on every write: what it acknowledged survives a kill.
+    pub fn redis() -> PrivateBroker {
+        Self::start(BrokerKind::Redis)
+    }
+
+    /// nats-server with JetStream on file storage.
+    pub fn nats() -> PrivateBroker {
+        Self::start(BrokerKind::Nats)
+    }
+
+    fn start(kind: BrokerKind) -> PrivateBroker {
+        let mut b = PrivateBroker {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            kind,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            BrokerKind::Redis => {
+                let mut c = Command::new("redis-server");
+                c.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                ]);
+                c
+            }
+            BrokerKind::Nats => {
+                let mut c = Command::new("nats-server");
+                c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"]);
+                c
+            }
+        };
+        let child = cmd
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the broker's server binary is installed");
+        self.child = Some(child);
+        for _ in 0..400 {
+            let up = match self.kind {
+                BrokerKind::Redis => self.redis_connection().is_some(),
+                BrokerKind::Nats => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if up {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("private broker on {} did not start", self.port);
+    }
+
+    /// A connection that has answered PING (redis only).
+    pub fn redis_connection(&self) -> Option<redis::Connection> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .ok()?
+            .get_connection()
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut c).ok()?;
+        Some(c)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One request of a stream of traffic: event id, status, Retry-After.
+pub type Sent = (String, u16, Option<String>);
+
+/// A thread sending signed events `f-0`, `f-1`, … (body `{"i":N}`) one after another until
+/// stopped, recording every answer: the load a fault test breaks the broker under.
+pub struct Traffic {
+    results: Arc<Mutex<Vec<Sent>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sender: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(port: u16, path: &str, filter: &str) -> Traffic {
+        let results: Arc<Mutex<Vec<Sent>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, s, path, filter) = (
+            results.clone(),
+            stop.clone(),
+            path.to_owned(),
+            filter.to_owned(),
+        );
+        let sender = std::thread::spawn(move || {
+            let mut i = 0;
+            while !s.load(std::sync::atomic::Ordering::SeqCst) && i < 100_000 {
+                let id = format!("f-{i}");
+                let body = format!("{{\"i\":{i}}}").into_bytes();
+                let resp = post(port, &path, &sign(&filter, &body, now(), &id), &body);
+                let refused = resp.status != 202;
+                r.lock().unwrap().push((
+                    id,
+                    resp.status,
+                    resp.header("retry-after").map(str::to_owned),
+                ));
+                i += 1;
+                if refused {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        Traffic {
+            results,
+            stop,
+            sender: Some(sender),
+        }
+    }
+
+    pub fn count(&self, status: u16) -> usize {
+        self.results
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s, _)| *s == status)
+            .count()
+    }
+
+    /// Waits (bounded) until `status` has been answered at least `n` times.
+    pub fn wait_for(&self, status: u16, n: usize) {
+        for _ in 0..6000 {
+            if self.count(status) >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("gave up waiting for {n} answers of {status}");
+    }
+
+    /// Stops sending and returns every answer.
+    pub fn finish(mut self) -> Vec<Sent> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(sender) = self.sender.take() {
+            sender.join().unwrap();
+        }
+        std::mem::take(&mut *self.results.lock().unwrap())
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
