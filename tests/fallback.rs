@@ -10,17 +10,9 @@ use common::*;
 
 /// The event ids in a private Redis's stream, in stream order.
 fn event_ids(redis: &PrivateBroker, stream: &str) -> Vec<String> {
-    let mut conn = redis.redis_connection().unwrap();
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
-    reply
-        .ids
+    entries(redis.port, stream)
         .iter()
-        .map(|e| e.get::<String>("event_id").unwrap())
+        .map(|e| String::from_utf8(e["event_id"].clone()).unwrap())
         .collect()
 }
 

@@ -17,29 +17,6 @@ fn redis_sink(port: u16, extra: &str) -> String {
     format!("  queue: {{ type: redis, url: \"redis://127.0.0.1:{port}\", stream: \"webhooks:{{provider}}\", timeout: 2s{extra} }}")
 }
 
-/// Every entry of a stream as (field → bytes) maps.
-fn entries(port: u16, stream: &str) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let mut conn = client.get_connection().unwrap();
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
-    reply
-        .ids
-        .into_iter()
-        .map(|entry| {
-            entry
-                .map
-                .into_iter()
-                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap()))
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn n_signed_events_become_exactly_n_stream_entries_with_the_envelope() {
     if !broker("Redis", SHARED) {

@@ -635,3 +635,26 @@ impl Drop for Traffic {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Every entry of a Redis stream, in order, as field → bytes maps.
+pub fn entries(port: u16, stream: &str) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            entry
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap()))
+                .collect()
+        })
+        .collect()
+}
