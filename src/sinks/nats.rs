@@ -140,12 +140,13 @@ impl Sink for NatsSink {
         }
     }
 
+    /// Bounded like the other sinks' checks: a first call may still be ensuring the stream.
     async fn ready(&self) -> bool {
-        match self.context().await {
-            Ok((client, _)) => {
+        match tokio::time::timeout(Duration::from_secs(1), self.context()).await {
+            Ok(Ok((client, _))) => {
                 client.connection_state() == async_nats::connection::State::Connected
             }
-            Err(_) => false,
+            _ => false,
         }
     }
 }
