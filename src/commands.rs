@@ -71,23 +71,40 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     let sinks = gateway.sinks();
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portcullis");
+    let mut resolvers = Vec::new();
+    let mut floor = crate::tls::Tls13Floor::default();
     for listener in &listeners {
         match &listener.tls {
             None => proxy.add_tcp(&listener.addr),
-            Some((cert, key)) => {
-                if let Err(e) = proxy.add_tls(
-                    &listener.addr,
-                    &cert.to_string_lossy(),
-                    &key.to_string_lossy(),
-                ) {
+            Some(tls) => match crate::tls::settings(&listener.addr, tls) {
+                Ok((settings, resolver)) => {
+                    proxy.add_tls_with_settings(&listener.addr, None, settings);
+                    resolvers.push(resolver);
+                    if tls.min_version == config::TlsVersion::Tls13 {
+                        floor
+                            .addrs
+                            .extend(listener.addr.parse::<std::net::SocketAddr>());
+                    }
+                }
+                Err(e) => {
                     tracing::error!("not starting: TLS listener {}: {e}", listener.addr);
                     return 1;
                 }
-            }
+            },
         }
         tracing::info!(addr = %listener.addr, tls = listener.tls.is_some(), "listening");
     }
+    if !floor.addrs.is_empty() {
+        proxy
+            .endpoints()
+            .set_pre_tls_callback(std::sync::Arc::new(floor));
+    }
     server.add_service(proxy);
+    // Always present: it also keeps SIGHUP from terminating the process.
+    server.add_service(background_service(
+        "certificate watcher",
+        crate::tls::CertWatcher { resolvers },
+    ));
     for replayer in replayers {
         server.add_service(background_service("fallback replay", replayer));
     }

@@ -16,3 +16,4 @@ pub mod reason;
 pub mod request;
 pub mod schemes;
 pub mod sinks;
+pub mod tls;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use diagnostics::{Problem, Severity};
 pub use filter::{EventIdSource, Filter, Mode, RateLimit};
-pub use server::{Listener, NatsConfig, Server, SinkConfig};
+pub use server::{Listener, NatsConfig, Server, SinkConfig, TlsListener, TlsVersion};
 
 use diagnostics::Report;
 

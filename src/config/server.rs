@@ -51,6 +51,21 @@ struct ListenSpec {
 struct TlsSpec {
     cert: String,
     key: String,
+    /// More certificate/key pairs, chosen when the SNI name is one of theirs.
+    #[serde(default)]
+    certificates: Vec<CertSpec>,
+    /// "1.3" (default) or "1.2"; a number in YAML (`1.2`) is accepted too.
+    #[serde(default)]
+    min_version: Option<serde_yaml::Value>,
+    /// PEM bundle of the CAs whose client certificates are required (mTLS).
+    #[serde(default)]
+    client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CertSpec {
+    cert: String,
+    key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,7 +155,21 @@ const SINK_KEYS: &[(&str, &[&str])] = &[
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub addr: String,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls: Option<TlsListener>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// (cert, key) PEM files; the first pair is the default certificate.
+    pub pairs: Vec<(PathBuf, PathBuf)>,
+    pub min_version: TlsVersion,
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,18 +246,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                 ),
             );
         }
-        let tls = l.tls.as_ref().map(|t| {
-            let (cert, key) = (base.join(&t.cert), base.join(&t.key));
-            for (what, file) in [("cert", &cert), ("key", &key)] {
-                if !file.is_file() {
-                    report.error(
-                        &["listen"],
-                        format!("tls {what} {} does not exist", file.display()),
-                    );
-                }
-            }
-            (cert, key)
-        });
+        let tls = l.tls.as_ref().map(|t| tls_listener(t, base, report));
         listen.push(Listener {
             addr: l.addr.clone(),
             tls,
@@ -489,6 +507,44 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         fallbacks,
         pingora,
     })
+}
+
+fn tls_listener(t: &TlsSpec, base: &Path, report: &mut Report<'_>) -> TlsListener {
+    let at = ["listen", "tls"];
+    let mut pairs = vec![(base.join(&t.cert), base.join(&t.key))];
+    pairs.extend(
+        t.certificates
+            .iter()
+            .map(|c| (base.join(&c.cert), base.join(&c.key))),
+    );
+    let min_version = match t.min_version.as_ref().map(yaml_scalar).as_deref() {
+        None | Some("1.3") => TlsVersion::Tls13,
+        Some("1.2") => TlsVersion::Tls12,
+        Some(other) => {
+            report.error(
+                &["listen", "min_version"],
+                format!("min_version `{other}` is not \"1.2\" or \"1.3\""),
+            );
+            TlsVersion::Tls13
+        }
+    };
+    let tls = TlsListener {
+        pairs,
+        min_version,
+        client_ca: t.client_ca.as_ref().map(|ca| base.join(ca)),
+    };
+    if let Err(e) = crate::tls::validate(&tls) {
+        report.error(&at, format!("tls: {e}"));
+    }
+    tls
+}
+
+fn yaml_scalar(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Pingora's own `ServerConf`, from the `pingora:` block, with keys checked against it.

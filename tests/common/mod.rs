@@ -31,19 +31,39 @@ impl Server {
     }
 
     pub fn start_with(filters: &[(&str, &str)], sinks: &str, extra: &str) -> Server {
+        let dir = Self::prepare(filters);
+        let port = free_port();
+        let listen = format!("  - addr: 127.0.0.1:{port}");
+        Self::start_in(dir, port, &listen, sinks, extra)
+    }
+
+    /// A temp dir holding `filters/` with the given filter files.
+    pub fn prepare(filters: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("filters")).unwrap();
         for (name, yaml) in filters {
             std::fs::write(dir.path().join("filters").join(name), yaml).unwrap();
         }
-        let (port, admin) = (free_port(), free_port());
+        dir
+    }
+
+    /// Writes `portcullis.yaml` into `dir` (with the `listen:` entries given, `port` being the
+    /// one tests talk to) and starts the gateway on it.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        port: u16,
+        listen: &str,
+        sinks: &str,
+        extra: &str,
+    ) -> Server {
+        let admin = free_port();
         let conf = format!(
-            "listen:\n  - addr: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\nfilters: filters/\nsinks:\n{sinks}\npingora: {{ threads: 2, grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1, pid_file: {pid}, upgrade_sock: {sock} }}\n{extra}",
+            "listen:\n{listen}\nadmin: 127.0.0.1:{admin}\nfilters: filters/\nsinks:\n{sinks}\npingora: {{ threads: 2, grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1, pid_file: {pid}, upgrade_sock: {sock} }}\n{extra}",
             pid = dir.path().join("pid").display(),
             sock = dir.path().join("upgrade.sock").display(),
         );
         std::fs::write(dir.path().join("portcullis.yaml"), conf).unwrap();
-        let child = Self::spawn(dir.path());
+        let child = Self::spawn(dir.path(), &[]);
         let server = Server {
             port,
             admin,
@@ -54,7 +74,7 @@ impl Server {
         server
     }
 
-    fn spawn(dir: &Path) -> Child {
+    fn spawn(dir: &Path, extra_args: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -63,6 +83,7 @@ impl Server {
         Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "-c"])
             .arg(dir.join("portcullis.yaml"))
+            .args(extra_args)
             .env("RUST_LOG", "debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -70,16 +91,50 @@ impl Server {
             .unwrap()
     }
 
+    /// Sends a signal (`TERM`, `QUIT`, `HUP`, …) to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded, as a hang detector) for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Starts a second process on the same directory with Pingora's `--upgrade`: it takes the
+    /// listening sockets over from this one once this one gets SIGQUIT. Returns the new process
+    /// (ports and directory shared); the caller sends the SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Child {
+        Self::spawn(self.dir.path(), &["-u"])
+    }
+
+    /// Makes `child` (from [`Self::spawn_upgrade`]) the process this handle manages.
+    pub fn adopt(&mut self, child: Child) -> Child {
+        std::mem::replace(&mut self.child, child)
+    }
+
     /// Kills the process outright (no graceful shutdown) and starts it again on the same
     /// config, ports and state directory.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.dir.path());
+        self.child = Self::spawn(self.dir.path(), &[]);
         self.wait_healthy();
     }
 
-    fn wait_healthy(&self) {
+    pub fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(r) = try_request(
@@ -203,7 +258,7 @@ pub fn try_request(port: u16, raw: &[u8]) -> std::io::Result<Response> {
 }
 
 /// Reads one response; the body by Content-Length, or to EOF.
-pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+pub fn read_response<S: Read>(stream: &mut S) -> std::io::Result<Response> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;

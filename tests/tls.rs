@@ -1,0 +1,444 @@
+//! TLS listeners, through the real binary: the version floor, SNI, certificate renewal
+//! without a restart, ALPN h2 and client certificates. Certificates come from a test CA made
+//! with rcgen; the client is rustls (curl for the HTTP/2 request).
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ProtocolVersion, StreamOwned};
+
+const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"tls-test-secret\"]\n";
+
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            cert,
+            key,
+        }
+    }
+
+    /// A leaf for `names` (server, or client with `client`): (cert PEM, key PEM, cert DER).
+    fn leaf(&self, names: &[&str], client: bool) -> (String, String, Vec<u8>) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+/// Writes `name`.pem / `name`.key into `dir/tls/`.
+fn write_pair(dir: &Path, name: &str, pair: &(String, String, Vec<u8>)) {
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    std::fs::write(dir.join(format!("tls/{name}.pem")), &pair.0).unwrap();
+    std::fs::write(dir.join(format!("tls/{name}.key")), &pair.1).unwrap();
+}
+
+fn start_tls(dir: tempfile::TempDir, tls: &str) -> Server {
+    let port = free_port();
+    let listen = format!("  - addr: 127.0.0.1:{port}\n    tls: {tls}");
+    Server::start_in(dir, port, &listen, spool_sink(), "")
+}
+
+/// Accepts any server certificate (after checking its handshake signature) so a test can see
+/// which one was served, whatever the SNI name.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+struct Client {
+    versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    ca: Option<String>,
+    identity: Option<(String, String)>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client {
+            versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            ca: None,
+            identity: None,
+            alpn: Vec::new(),
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&self.versions)
+            .unwrap();
+        let builder = match &self.ca {
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(pem_cert(pem)).unwrap();
+                builder.with_root_certificates(roots)
+            }
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider()))),
+        };
+        let mut config = match &self.identity {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![pem_cert(cert)],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = self.alpn.clone();
+        config
+    }
+
+    /// Handshakes with SNI `name`, POSTs a signed event, and returns the connection state and
+    /// the response (or the error that ended it).
+    fn post(&self, port: u16, name: &str, id: &str) -> Result<(Session, Response), String> {
+        let conn = ClientConnection::new(
+            Arc::new(self.config()),
+            ServerName::try_from(name.to_owned()).unwrap(),
+        )
+        .unwrap();
+        let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut tls = StreamOwned::new(conn, sock);
+        let body = format!("{{\"id\":\"{id}\"}}");
+        let mut raw = format!(
+            "POST /webhook/github HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in sign(GITHUB, body.as_bytes(), now(), id) {
+            raw += &format!("{k}: {v}\r\n");
+        }
+        raw += "\r\n";
+        raw += &body;
+        tls.write_all(raw.as_bytes()).map_err(|e| e.to_string())?;
+        let response = read_response(&mut tls).map_err(|e| e.to_string())?;
+        let session = Session {
+            version: tls.conn.protocol_version(),
+            leaf: tls
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec()),
+        };
+        Ok((session, response))
+    }
+}
+
+struct Session {
+    version: Option<ProtocolVersion>,
+    leaf: Option<Vec<u8>>,
+}
+
+fn pem_cert(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+#[test]
+fn tls13_is_served_and_tls12_is_refused_by_default() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    let server = start_tls(dir, "{ cert: tls/a.pem, key: tls/a.key }");
+
+    let mut client = Client::new();
+    client.ca = Some(ca.pem.clone());
+    let (session, response) = client.post(server.port, "a.test", "t13-1").unwrap();
+    assert_eq!(response.status, 202, "{:?}", response.json());
+    assert_eq!(session.version, Some(ProtocolVersion::TLSv1_3));
+
+    client.versions = vec![&rustls::version::TLS12];
+    let refused = client.post(server.port, "a.test", "t12-1");
+    assert!(refused.is_err(), "a TLS 1.2-only client must be refused");
+    let err = refused.err().unwrap();
+    assert!(
+        err.contains("ProtocolVersion"),
+        "refused with protocol_version: {err}"
+    );
+    // Plain HTTP and garbage on the TLS port are dropped, not served and not fatal.
+    assert!(try_request(server.port, b"POST /webhook/github HTTP/1.1\r\n\r\n").is_err());
+    assert!(try_request(server.port, &[0x16, 0x03, 0x01, 0x00, 0x00]).is_err());
+    assert_eq!(server.spooled().len(), 1, "only the TLS 1.3 event is kept");
+    assert!(server.admin_get("/healthz").status == 200);
+}
+
+#[test]
+fn min_version_1_2_lets_tls12_clients_in() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    let server = start_tls(
+        dir,
+        "{ cert: tls/a.pem, key: tls/a.key, min_version: \"1.2\" }",
+    );
+    let mut client = Client::new();
+    client.ca = Some(ca.pem.clone());
+    client.versions = vec![&rustls::version::TLS12];
+    let (session, response) = client.post(server.port, "a.test", "t12-ok").unwrap();
+    assert_eq!(response.status, 202);
+    assert_eq!(session.version, Some(ProtocolVersion::TLSv1_2));
+}
+
+#[test]
+fn sni_picks_the_certificate_that_names_the_host() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    let (a, b, wild) = (
+        ca.leaf(&["a.test"], false),
+        ca.leaf(&["b.test", "api.b.test"], false),
+        ca.leaf(&["*.c.test"], false),
+    );
+    write_pair(dir.path(), "a", &a);
+    write_pair(dir.path(), "b", &b);
+    write_pair(dir.path(), "c", &wild);
+    let server = start_tls(
+        dir,
+        "{ cert: tls/a.pem, key: tls/a.key, certificates: [{ cert: tls/b.pem, key: tls/b.key }, { cert: tls/c.pem, key: tls/c.key }] }",
+    );
+
+    let client = Client::new();
+    let served = |name: &str, id: &str| {
+        let (session, response) = client.post(server.port, name, id).unwrap();
+        assert_eq!(response.status, 202);
+        session.leaf.unwrap()
+    };
+    assert_eq!(served("a.test", "s1"), a.2);
+    assert_eq!(served("api.b.test", "s2"), b.2);
+    assert_eq!(served("b.test", "s3"), b.2);
+    assert_eq!(served("x.c.test", "s4"), wild.2, "wildcard names match");
+    assert_eq!(
+        served("unknown.test", "s5"),
+        a.2,
+        "no match: the first pair"
+    );
+
+    // A client that checks names accepts every one of them against the CA.
+    let mut strict = Client::new();
+    strict.ca = Some(ca.pem.clone());
+    for (name, id) in [("a.test", "v1"), ("api.b.test", "v2"), ("y.c.test", "v3")] {
+        assert_eq!(strict.post(server.port, name, id).unwrap().1.status, 202);
+    }
+}
+
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    let old = ca.leaf(&["a.test"], false);
+    write_pair(dir.path(), "a", &old);
+    let server = start_tls(dir, "{ cert: tls/a.pem, key: tls/a.key }");
+    let client = Client::new();
+    let leaf = |id: &str| {
+        client
+            .post(server.port, "a.test", id)
+            .unwrap()
+            .0
+            .leaf
+            .unwrap()
+    };
+    assert_eq!(leaf("r0"), old.2);
+
+    // A broken renewal (key of another certificate) is refused; the old one keeps serving.
+    let other = ca.leaf(&["a.test"], false);
+    std::fs::write(server.dir.path().join("tls/a.pem"), &other.0).unwrap();
+    wait_until(|| server.log().contains("TLS certificates not reloaded"));
+    assert_eq!(leaf("r1"), old.2);
+
+    let new = ca.leaf(&["a.test"], false);
+    write_pair(server.dir.path(), "a", &new);
+    let mut i = 0;
+    wait_until(|| {
+        i += 1;
+        leaf(&format!("r2-{i}")) == new.2
+    });
+    assert!(server.log().contains("TLS certificates reloaded"));
+    let mut server = server;
+    assert!(server.is_alive());
+}
+
+#[test]
+fn alpn_offers_h2_and_an_http2_request_is_accepted() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let server = start_tls(dir, "{ cert: tls/a.pem, key: tls/a.key }");
+
+    let body = "{\"id\":\"h2-1\"}";
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-sS", "--http2", "--cacert"])
+        .arg(server.dir.path().join("ca.pem"))
+        .args(["--resolve", &format!("a.test:{}:127.0.0.1", server.port)])
+        .args([
+            "-w",
+            "\n%{http_version} %{http_code}",
+            "--data-binary",
+            body,
+        ]);
+    for (k, v) in sign(GITHUB, body.as_bytes(), now(), "h2-1") {
+        curl.args(["-H", &format!("{k}: {v}")]);
+    }
+    curl.arg(format!("https://a.test:{}/webhook/github", server.port));
+    let out = curl.output().expect("curl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.trim_end().ends_with("2 202"),
+        "HTTP/2 request: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"accepted\""), "{stdout}");
+    assert_eq!(server.spooled().len(), 1);
+}
+
+#[test]
+fn client_certificates_are_required_when_a_client_ca_is_set() {
+    let (ca, clients, strangers) = (Ca::new("server ca"), Ca::new("client ca"), Ca::new("other"));
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    std::fs::write(dir.path().join("tls/clients.pem"), &clients.pem).unwrap();
+    let server = start_tls(
+        dir,
+        "{ cert: tls/a.pem, key: tls/a.key, client_ca: tls/clients.pem }",
+    );
+
+    let mut client = Client::new();
+    client.ca = Some(ca.pem.clone());
+    assert!(
+        client.post(server.port, "a.test", "m0").is_err(),
+        "no client certificate: refused"
+    );
+    let stranger = strangers.leaf(&["sender"], true);
+    client.identity = Some((stranger.0, stranger.1));
+    assert!(
+        client.post(server.port, "a.test", "m1").is_err(),
+        "a certificate from another CA: refused"
+    );
+    let known = clients.leaf(&["sender"], true);
+    client.identity = Some((known.0, known.1));
+    let (_, response) = client.post(server.port, "a.test", "m2").unwrap();
+    assert_eq!(response.status, 202);
+    assert_eq!(
+        server.spooled().len(),
+        1,
+        "only the authenticated client's event"
+    );
+}
+
+#[test]
+fn check_reports_unloadable_tls_files() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    let a = ca.leaf(&["a.test"], false);
+    let b = ca.leaf(&["b.test"], false);
+    std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+    std::fs::write(dir.path().join("tls/a.pem"), &a.0).unwrap();
+    std::fs::write(dir.path().join("tls/a.key"), &b.1).unwrap();
+    std::fs::write(dir.path().join("tls/empty.pem"), "not a certificate\n").unwrap();
+    let conf = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &conf,
+        "listen:\n  - addr: 127.0.0.1:8443\n    tls: { cert: tls/a.pem, key: tls/a.key, min_version: \"1.1\" }\n  - addr: 127.0.0.1:8444\n    tls: { cert: tls/empty.pem, key: tls/a.key }\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("does the key belong to the certificate?"),
+        "{text}"
+    );
+    assert!(text.contains("no PEM certificate"), "{text}");
+    assert!(text.contains("min_version `1.1`"), "{text}");
+}
+
+fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("condition not reached within a minute");
+}
