@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (every sink can take
-//! events) and `/metrics` (Prometheus text, served by pingora-prometheus).
+//! events, and the node is not shutting down) and `/metrics` (Prometheus text, served by pingora-prometheus).
 //! Bind it to loopback or a private interface: it is not meant for the internet.
 
 use std::sync::Arc;
@@ -30,6 +30,9 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         match session.req_header().uri.path() {
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
+            "/readyz" if crate::lifecycle::draining() => {
+                json(503, serde_json::json!({"status": "draining"}))
+            }
             "/readyz" => {
                 let mut sinks = serde_json::Map::new();
                 let mut ready = true;

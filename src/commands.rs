@@ -6,7 +6,7 @@ use std::path::Path;
 
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::Opt;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -24,6 +24,9 @@ pub struct RunOptions {
 
 /// Loads and validates the config, then serves until told to stop.
 pub fn run(path: &Path, options: RunOptions) -> i32 {
+    // Absolute, so relative paths in the config still hold after a daemon's chdir("/").
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = absolute.as_path();
     let loaded = config::load(path);
     for problem in &loaded.problems {
         match problem.severity {
@@ -36,6 +39,9 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             "not starting: fix the errors above (`portcullis check -c {}` lists them)",
             path.display()
         );
+        if options.upgrade {
+            tracing::error!("upgrade refused: the running gateway keeps serving with its config");
+        }
         return 1;
     };
     crate::metrics::init();
@@ -58,7 +64,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             return 1;
         }
     };
-    let (listeners, admin_addr) = (settings.listen, settings.admin);
+    let (listeners, admin_addr, drain) = (settings.listen, settings.admin, settings.drain);
     let mut conf = settings.pingora;
     conf.daemon |= options.daemon;
     let opt = Opt {
@@ -67,10 +73,18 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // As a service, so a daemon (`-d`) takes the sockets after forking and tells its parent
+    // when it is ready (`daemon_wait_for_ready`, what systemd's ExecReload waits for).
+    let bootstrap = server.bootstrap_as_a_service();
     let sinks = gateway.sinks();
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portcullis");
+    let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
+    app.handle_init_modules();
+    let mut proxy = Service::new(
+        "portcullis".into(),
+        crate::lifecycle::Lingering {
+            inner: std::sync::Arc::new(app),
+        },
+    );
     let mut resolvers = Vec::new();
     let mut floor = crate::tls::Tls13Floor::default();
     for listener in &listeners {
@@ -99,7 +113,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             .endpoints()
             .set_pre_tls_callback(std::sync::Arc::new(floor));
     }
-    server.add_service(proxy);
+    server.add_service(proxy).add_dependency(&bootstrap);
     // Always present: it also keeps SIGHUP from terminating the process.
     server.add_service(background_service(
         "certificate watcher",
@@ -111,10 +125,14 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     if let Some(addr) = admin_addr {
         let mut admin = Service::new("admin".into(), HttpServer::new_app(Admin { sinks }));
         admin.add_tcp(&addr);
-        server.add_service(admin);
+        server.add_service(admin).add_dependency(&bootstrap);
         tracing::info!(%addr, "admin listening (/healthz /readyz /metrics)");
     }
-    server.run_forever()
+    server.add_service(background_service("drainer", crate::lifecycle::Drainer));
+    server.run(RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::Signals { drain }),
+    });
+    0
 }
 
 /// Validates the config and every filter; prints each problem with `file:line`.

@@ -58,6 +58,10 @@ pub struct RequestCtx {
     reason: Option<Reason>,
     shadow_verdict: Option<Reason>,
     status: u16,
+    /// Names this request in the access log and the `X-Request-Id` response header.
+    request_id: String,
+    /// Keeps a shutdown from exiting before this request is answered.
+    _in_flight: Option<crate::lifecycle::InFlight>,
 }
 
 impl Gateway {
@@ -267,6 +271,7 @@ impl Gateway {
         let _ = resp.insert_header("content-type", "application/json");
         let _ = resp.insert_header("content-length", body.len());
         let _ = resp.insert_header("cache-control", "no-store");
+        let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
         if let Some(seconds) = retry_after {
             let _ = resp.insert_header("retry-after", seconds);
         }
@@ -364,6 +369,8 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Some(Instant::now()),
+            _in_flight: Some(crate::lifecycle::InFlight::start()),
+            request_id: format!("{:016x}", rand::random::<u64>()),
             ..RequestCtx::default()
         }
     }
@@ -403,6 +410,7 @@ impl ProxyHttp for Gateway {
                 event_id = ctx.event_id.as_deref().unwrap_or(""),
                 client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = ctx.request_id.as_str(),
                 "request"
             );
         }

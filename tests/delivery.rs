@@ -180,3 +180,59 @@ fn logs_never_contain_a_secret_or_a_signature() {
     let metrics = String::from_utf8_lossy(&server.admin_get("/metrics").body).into_owned();
     assert!(!metrics.contains("topsecret") && !metrics.contains(hex));
 }
+
+#[test]
+fn json_logs_carry_request_id_provider_outcome_reason_and_latency() {
+    let server = Server::start_args(&[("github.yaml", GITHUB)], spool_sink(), &["--json-logs"]);
+    let body = br#"{"action":"opened"}"#;
+    let ok = server.post(
+        "/webhook/github",
+        &sign(GITHUB, body, now(), "json-1"),
+        body,
+    );
+    let bad = server.post(
+        "/webhook/github",
+        &h(&[("X-Hub-Signature-256", "sha256=00")]),
+        body,
+    );
+    assert_eq!((ok.status, bad.status), (202, 401));
+    let log = server.log();
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
+        .filter(|v| v["target"] == "portcullis::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{log}");
+    for (entry, response) in access.iter().zip([&ok, &bad]) {
+        assert_eq!(
+            entry["request_id"].as_str(),
+            response.header("x-request-id"),
+            "the response names its log line"
+        );
+        assert_eq!(entry["provider"], "github");
+        assert!(entry["latency_ms"].as_f64().is_some());
+    }
+    assert_eq!(access[0]["outcome"], "accepted");
+    assert_eq!(access[1]["outcome"], "rejected");
+    assert_eq!(access[1]["reason"], "invalid_signature");
+}
+
+#[test]
+fn no_access_log_turns_the_request_lines_off() {
+    let server = Server::start_args(
+        &[("github.yaml", GITHUB)],
+        spool_sink(),
+        &["--no-access-log"],
+    );
+    let body = br#"{"action":"opened"}"#;
+    let ok = server.post(
+        "/webhook/github",
+        &sign(GITHUB, body, now(), "quiet-1"),
+        body,
+    );
+    assert_eq!(ok.status, 202);
+    assert!(!server.log().contains("portcullis::access"));
+}

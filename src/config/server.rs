@@ -19,6 +19,7 @@ pub const KEYS: &[&str] = &[
     "trusted_proxies",
     "dedup",
     "sinks",
+    "drain",
     "pingora",
 ];
 
@@ -36,6 +37,8 @@ struct ServerFile {
     dedup: Option<DedupSpec>,
     #[serde(default)]
     sinks: BTreeMap<String, SinkSpec>,
+    #[serde(default)]
+    drain: Option<String>,
     #[serde(default)]
     pingora: Option<serde_yaml::Mapping>,
 }
@@ -217,6 +220,8 @@ pub struct Server {
     pub sinks: Vec<(String, SinkConfig)>,
     /// (sink, the spool sink it falls back to).
     pub fallbacks: Vec<(String, String)>,
+    /// On SIGTERM, how long `/readyz` fails before the listeners close.
+    pub drain: Duration,
     pub pingora: ServerConf,
 }
 
@@ -496,6 +501,18 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     }
 
     let pingora = pingora_conf(raw.pingora.as_ref(), report);
+    let drain = match raw.drain.as_deref().map(parse_duration) {
+        None => Duration::ZERO,
+        Some(Ok(d)) if d <= Duration::from_secs(300) => d,
+        Some(Ok(_)) => {
+            report.error(&["drain"], "drain must be at most 5m");
+            Duration::ZERO
+        }
+        Some(Err(e)) => {
+            report.error(&["drain"], e);
+            Duration::ZERO
+        }
+    };
     let filters_dir = base.join(raw.filters.as_deref().unwrap_or("filters/"));
     Some(Server {
         listen,
@@ -505,6 +522,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         dedup_max_entries,
         sinks,
         fallbacks,
+        drain,
         pingora,
     })
 }

@@ -189,10 +189,7 @@ impl Writer {
                 Some(s) => s.seq + 1,
                 None => next_sequence(&self.dir),
             };
-            *segment = Some(
-                self.create(seq)
-                    .map_err(|e| format!("spool segment: {e}"))?,
-            );
+            *segment = Some(self.create_from(seq)?);
         }
         let seg = segment.as_mut().expect("segment just ensured");
         let result = seg.file.write_all(buf).and_then(|()| seg.file.sync_data());
@@ -206,6 +203,21 @@ impl Writer {
                 Err(format!("spool write: {e}"))
             }
         }
+    }
+
+    /// Creates segment `seq`, or the next free one: during a graceful upgrade the old and the
+    /// new process append to the same directory, each to segments of its own.
+    fn create_from(&self, seq: u64) -> Result<Segment, String> {
+        let mut seq = seq;
+        for _ in 0..64 {
+            match self.create(seq) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    seq = next_sequence(&self.dir).max(seq + 1);
+                }
+                other => return other.map_err(|e| format!("spool segment: {e}")),
+            }
+        }
+        Err(format!("spool segment: no free segment number near {seq}"))
     }
 
     fn create(&self, seq: u64) -> std::io::Result<Segment> {
@@ -417,5 +429,30 @@ mod tests {
             .unwrap();
         assert!(segment_path(dir.path(), 1).exists());
         assert!(segment_path(dir.path(), 2).exists());
+    }
+
+    #[tokio::test]
+    async fn two_processes_on_one_directory_never_share_a_segment() {
+        // The old and the new process of a graceful upgrade, rotating past each other.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Spool::open("a", dir.path(), 4096).unwrap(),
+            Spool::open("b", dir.path(), 4096).unwrap(),
+        );
+        for i in 0..60 {
+            let (who, spool) = if i % 3 == 0 { ("a", &a) } else { ("b", &b) };
+            spool
+                .publish(&envelope(&format!("{who}-{i}"), &[b'x'; 200]))
+                .await
+                .unwrap();
+        }
+        let mut ids: Vec<String> = lines(dir.path())
+            .iter()
+            .map(|l| l["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 60, "every event kept once");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 60);
     }
 }

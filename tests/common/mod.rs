@@ -56,14 +56,32 @@ impl Server {
         sinks: &str,
         extra: &str,
     ) -> Server {
+        Self::launch(dir, port, listen, sinks, extra, &[])
+    }
+
+    /// The default listener, with extra `run` arguments (`--json-logs`, `--no-access-log`).
+    pub fn start_args(filters: &[(&str, &str)], sinks: &str, args: &[&str]) -> Server {
+        let port = free_port();
+        let listen = format!("  - addr: 127.0.0.1:{port}");
+        Self::launch(Self::prepare(filters), port, &listen, sinks, "", args)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        listen: &str,
+        sinks: &str,
+        extra: &str,
+        args: &[&str],
+    ) -> Server {
         let admin = free_port();
         let conf = format!(
-            "listen:\n{listen}\nadmin: 127.0.0.1:{admin}\nfilters: filters/\nsinks:\n{sinks}\npingora: {{ threads: 2, grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1, pid_file: {pid}, upgrade_sock: {sock} }}\n{extra}",
+            "listen:\n{listen}\nadmin: 127.0.0.1:{admin}\nfilters: filters/\nsinks:\n{sinks}\npingora: {{ threads: 2, grace_period_seconds: 30, graceful_shutdown_timeout_seconds: 5, pid_file: {pid}, upgrade_sock: {sock} }}\n{extra}",
             pid = dir.path().join("pid").display(),
             sock = dir.path().join("upgrade.sock").display(),
         );
         std::fs::write(dir.path().join("portcullis.yaml"), conf).unwrap();
-        let child = Self::spawn(dir.path(), &[]);
+        let child = Self::spawn(dir.path(), args);
         let server = Server {
             port,
             admin,
@@ -233,6 +251,15 @@ impl Response {
 }
 
 pub fn post(port: u16, path: &str, headers: &[(String, String)], body: &[u8]) -> Response {
+    try_post(port, path, headers, body).unwrap_or_else(|e| panic!("POST to {port} failed: {e}"))
+}
+
+pub fn try_post(
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut raw = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -243,7 +270,7 @@ pub fn post(port: u16, path: &str, headers: &[(String, String)], body: &[u8]) ->
     raw += "\r\n";
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
-    request(port, &bytes)
+    try_request(port, &bytes)
 }
 
 pub fn request(port: u16, raw: &[u8]) -> Response {
@@ -622,6 +649,12 @@ pub struct Traffic {
 
 impl Traffic {
     pub fn start(port: u16, path: &str, filter: &str) -> Traffic {
+        Self::start_named(port, path, filter, "f")
+    }
+
+    /// Like [`Traffic::start`], with ids `prefix-0`, `prefix-1`, … (several streams at once).
+    pub fn start_named(port: u16, path: &str, filter: &str, prefix: &str) -> Traffic {
+        let prefix = prefix.to_owned();
         let results: Arc<Mutex<Vec<Sent>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (r, s, path, filter) = (
@@ -633,15 +666,16 @@ impl Traffic {
         let sender = std::thread::spawn(move || {
             let mut i = 0;
             while !s.load(std::sync::atomic::Ordering::SeqCst) && i < 100_000 {
-                let id = format!("f-{i}");
+                let id = format!("{prefix}-{i}");
                 let body = format!("{{\"i\":{i}}}").into_bytes();
-                let resp = post(port, &path, &sign(&filter, &body, now(), &id), &body);
-                let refused = resp.status != 202;
-                r.lock().unwrap().push((
-                    id,
-                    resp.status,
-                    resp.header("retry-after").map(str::to_owned),
-                ));
+                // A connection that fails (refused, reset) is recorded as status 0.
+                let (status, retry_after) =
+                    match try_post(port, &path, &sign(&filter, &body, now(), &id), &body) {
+                        Ok(resp) => (resp.status, resp.header("retry-after").map(str::to_owned)),
+                        Err(_) => (0, None),
+                    };
+                let refused = status != 202;
+                r.lock().unwrap().push((id, status, retry_after));
                 i += 1;
                 if refused {
                     std::thread::sleep(Duration::from_millis(20));
