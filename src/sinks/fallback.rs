@@ -8,6 +8,10 @@
 //! in the spool directory: a restart resumes where it stopped. Delivery from the spool is
 //! at-least-once (a crash between a publish and its checkpoint repeats that event; NATS's
 //! `Nats-Msg-Id` absorbs such repeats, other consumers see the same `event_id`).
+//!
+//! During a graceful upgrade two processes share the spool directory for a few seconds. Only
+//! one replays at a time (a lock file), and a segment another writer still holds (its
+//! `flock`) is neither deleted nor passed: replay waits there until that writer lets go.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -20,11 +24,12 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::Notify;
 
-use super::spool::{decode_line, segment_path, segments, Spool};
+use super::spool::{decode_line, in_use, segment_path, segments, Spool};
 use super::{Envelope, Sink, SinkError};
 use crate::metrics;
 
 const CHECKPOINT: &str = "replay.checkpoint";
+const REPLAY_LOCK: &str = "replay.lock";
 
 /// What the publishing side and the replayer share.
 struct Backlog {
@@ -191,6 +196,11 @@ impl Replayer {
                         tracing::error!(error = %e, "cannot save the replay checkpoint");
                     }
                 }
+                let live = in_use(&path);
+                if live && seq < newest {
+                    // Another process's live segment: later appends to it come first.
+                    return true;
+                }
                 if seq < newest {
                     // Fully delivered and no longer written to: done with it.
                     let _ = std::fs::remove_file(&path);
@@ -205,6 +215,20 @@ impl Replayer {
                 return true;
             }
             self.backlog.pending.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The replay lock of this spool, if no other process holds it.
+    fn lock(&self) -> std::io::Result<Option<std::fs::File>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.spool.dir().join(REPLAY_LOCK))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
     }
 
@@ -230,6 +254,18 @@ impl Replayer {
 #[async_trait]
 impl BackgroundService for Replayer {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // One replayer per spool, across processes: held until this process exits.
+        let _lock = loop {
+            match self.lock() {
+                Ok(Some(file)) => break file,
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot open the replay lock"),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
         loop {
             if *shutdown.borrow() || !self.drain(&mut shutdown).await {
                 return;
@@ -240,5 +276,81 @@ impl BackgroundService for Replayer {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::spool::tests::envelope;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Sink for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(envelope.event_id.clone());
+            Ok(())
+        }
+        async fn ready(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_waits_at_a_segment_another_process_still_writes() {
+        // The old (a) and new (b) process of an upgrade, both spooling into one directory.
+        let dir = tempfile::tempdir().unwrap();
+        let a = Spool::open("a", dir.path(), 1 << 20).unwrap();
+        a.publish(&envelope("a-1", b"{}")).await.unwrap();
+        let b = Arc::new(Spool::open("b", dir.path(), 1 << 20).unwrap());
+        b.publish(&envelope("b-1", b"{}")).await.unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let (_sink, replayer) = wrap(recorder.clone(), b.clone());
+        let (_tx, mut shutdown) = tokio::sync::watch::channel(false);
+
+        assert!(replayer.drain(&mut shutdown).await);
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            ["a-1"],
+            "stops at a's live segment"
+        );
+        assert!(
+            segment_path(dir.path(), 1).exists(),
+            "a's segment is not deleted"
+        );
+
+        a.publish(&envelope("a-2", b"{}")).await.unwrap();
+        drop(a); // a exits: its writer closes the segment and lets go of the lock
+        for _ in 0..200 {
+            if !in_use(&segment_path(dir.path(), 1)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(replayer.drain(&mut shutdown).await);
+        assert_eq!(*recorder.0.lock().unwrap(), ["a-1", "a-2", "b-1"]);
+        assert!(
+            !segment_path(dir.path(), 1).exists(),
+            "delivered and closed: deleted"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_one_replayer_holds_a_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open("s", dir.path(), 1 << 20).unwrap());
+        let (_, first) = wrap(Arc::new(Recorder::default()), spool.clone());
+        let (_, second) = wrap(Arc::new(Recorder::default()), spool);
+        let held = first.lock().unwrap();
+        assert!(held.is_some());
+        assert!(second.lock().unwrap().is_none(), "the other process waits");
+        drop(held);
+        assert!(second.lock().unwrap().is_some());
     }
 }

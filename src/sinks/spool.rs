@@ -145,6 +145,7 @@ struct Writer {
 }
 
 struct Segment {
+    /// Holds an exclusive `flock` while open: the replayer leaves a locked segment alone.
     file: File,
     len: u64,
     seq: u64,
@@ -228,6 +229,10 @@ impl Writer {
             .open(segment_path(&self.dir, seq))?;
         // The new directory entry must be durable too, or a crash could lose the whole file.
         File::open(&self.dir)?.sync_all()?;
+        // Fresh file, nobody else has it: the lock only fails on filesystems without flock.
+        if let Err(e) = file.try_lock() {
+            tracing::warn!(segment = seq, "cannot lock the spool segment: {e}");
+        }
         Ok(Segment { file, len: 0, seq })
     }
 }
@@ -293,17 +298,22 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.jsonl"))
 }
 
+/// Whether a writer (of this or another process) still has the segment open.
+pub fn in_use(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 /// One past the highest segment number in the directory.
 fn next_sequence(dir: &Path) -> u64 {
     segments(dir).last().map_or(1, |m| m + 1)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn envelope(id: &str, body: &[u8]) -> Envelope {
+    pub(crate) fn envelope(id: &str, body: &[u8]) -> Envelope {
         Envelope {
             provider: "github".into(),
             event_id: id.into(),
