@@ -13,6 +13,7 @@ use crate::sinks::Sink;
 
 pub struct Admin {
     pub sinks: Vec<Arc<dyn Sink>>,
+    pub dedup: Arc<crate::filters::dedup::Dedup>,
 }
 
 fn json(status: u16, body: serde_json::Value) -> http::Response<Vec<u8>> {
@@ -41,10 +42,12 @@ impl ServeHttp for Admin {
                     ready &= ok;
                     sinks.insert(sink.name().to_owned(), serde_json::Value::Bool(ok));
                 }
+                let dedup = self.dedup.ready().await;
+                ready &= dedup;
                 let status = if ready { "ready" } else { "not_ready" };
                 json(
                     if ready { 200 } else { 503 },
-                    serde_json::json!({"status": status, "sinks": sinks}),
+                    serde_json::json!({"status": status, "sinks": sinks, "dedup": dedup}),
                 )
             }
             "/metrics" => PrometheusHttpApp.response(session).await,

@@ -76,7 +76,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     // As a service, so a daemon (`-d`) takes the sockets after forking and tells its parent
     // when it is ready (`daemon_wait_for_ready`, what systemd's ExecReload waits for).
     let bootstrap = server.bootstrap_as_a_service();
-    let sinks = gateway.sinks();
+    let (sinks, dedup) = (gateway.sinks(), gateway.dedup());
     let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     app.handle_init_modules();
     let mut proxy = Service::new(
@@ -123,7 +123,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         server.add_service(background_service("fallback replay", replayer));
     }
     if let Some(addr) = admin_addr {
-        let mut admin = Service::new("admin".into(), HttpServer::new_app(Admin { sinks }));
+        let mut admin = Service::new("admin".into(), HttpServer::new_app(Admin { sinks, dedup }));
         admin.add_tcp(&addr);
         server.add_service(admin).add_dependency(&bootstrap);
         tracing::info!(%addr, "admin listening (/healthz /readyz /metrics)");

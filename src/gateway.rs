@@ -36,7 +36,7 @@ pub struct Gateway {
     providers: Vec<Provider>,
     routes: HashMap<String, usize>,
     trusted_proxies: Vec<IpNet>,
-    dedup: Dedup,
+    dedup: Arc<Dedup>,
     sinks: Vec<Arc<dyn Sink>>,
     access_log: bool,
 }
@@ -90,10 +90,21 @@ impl Gateway {
             providers,
             routes,
             trusted_proxies: server.trusted_proxies.clone(),
-            dedup: Dedup::new(server.dedup_max_entries),
+            dedup: Arc::new(match &server.dedup_shared {
+                None => Dedup::new(server.dedup_max_entries),
+                Some(shared) => Dedup::shared(
+                    server.dedup_max_entries,
+                    dedup::SharedStore::new(&shared.url, &shared.key_prefix, shared.timeout)?,
+                    shared.on_error,
+                ),
+            }),
             sinks: sinks.into_values().collect(),
             access_log,
         })
+    }
+
+    pub fn dedup(&self) -> Arc<Dedup> {
+        self.dedup.clone()
     }
 
     pub fn sinks(&self) -> Vec<Arc<dyn Sink>> {
@@ -192,18 +203,22 @@ impl Gateway {
                 Err(reason) => Outcome::Rejected(reason),
             };
         };
-        let reserved = match self.dedup.reserve(&provider.name, &event_id) {
+        let reserved = match self.dedup.reserve(&provider.name, &event_id).await {
             Reservation::Fresh(reserved) => reserved,
             Reservation::Duplicate => return Outcome::Duplicate { event_id },
             Reservation::InProgress => return Outcome::Rejected(Reason::InProgress),
+            Reservation::Unavailable => return Outcome::Rejected(Reason::DedupUnavailable),
         };
         match publish(provider, &envelope).await {
             Ok(()) => {
-                reserved.commit(ttl);
+                reserved.commit(ttl).await;
                 Outcome::Accepted { event_id }
             }
-            // Dropping the reservation releases it: the sender's retry must pass.
-            Err(reason) => Outcome::Rejected(reason),
+            Err(reason) => {
+                // Released before the answer goes out: the sender's retry must pass.
+                reserved.release().await;
+                Outcome::Rejected(reason)
+            }
         }
     }
 

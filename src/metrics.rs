@@ -4,8 +4,8 @@
 
 use once_cell::sync::Lazy;
 use pingora_prometheus::prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -63,6 +63,22 @@ pub static DEDUP_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
     .expect("register portcullis_dedup_entries")
 });
 
+pub static DEDUP_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "portcullis_dedup_errors_total",
+        "Calls to the shared dedup store (Redis) that failed or timed out."
+    )
+    .expect("register portcullis_dedup_errors_total")
+});
+
+pub static DEDUP_LOCAL_FALLBACKS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "portcullis_dedup_local_fallbacks_total",
+        "Events this node's own cache deduplicated because the shared store was unavailable (on_error: local)."
+    )
+    .expect("register portcullis_dedup_local_fallbacks_total")
+});
+
 pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
     register_int_gauge_vec!(
         "portcullis_build_info",
@@ -80,6 +96,8 @@ pub fn init() {
     Lazy::force(&SINK_PUBLISH_DURATION);
     Lazy::force(&SINK_ERRORS);
     Lazy::force(&DEDUP_ENTRIES);
+    Lazy::force(&DEDUP_ERRORS);
+    Lazy::force(&DEDUP_LOCAL_FALLBACKS);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);

@@ -23,10 +23,11 @@ pub enum Reason {
     InProgress,
     UpstreamError,
     SinkUnavailable,
+    DedupUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::UnknownProvider,
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
@@ -44,6 +45,7 @@ impl Reason {
         Reason::InProgress,
         Reason::UpstreamError,
         Reason::SinkUnavailable,
+        Reason::DedupUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +67,7 @@ impl Reason {
             Reason::InProgress => "in_progress",
             Reason::UpstreamError => "upstream_error",
             Reason::SinkUnavailable => "sink_unavailable",
+            Reason::DedupUnavailable => "dedup_unavailable",
         }
     }
 
@@ -84,7 +87,7 @@ impl Reason {
             Reason::InvalidJson | Reason::MissingField | Reason::InvalidBody => 400,
             Reason::InProgress => 409,
             Reason::UpstreamError => 502,
-            Reason::SinkUnavailable => 503,
+            Reason::SinkUnavailable | Reason::DedupUnavailable => 503,
         }
     }
 
@@ -92,7 +95,7 @@ impl Reason {
     pub fn retry_after(self) -> Option<u32> {
         match self {
             Reason::RateLimited | Reason::InProgress => Some(1),
-            Reason::SinkUnavailable => Some(5),
+            Reason::SinkUnavailable | Reason::DedupUnavailable => Some(5),
             _ => None,
         }
     }

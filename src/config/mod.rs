@@ -16,7 +16,9 @@ use serde::Deserialize;
 
 pub use diagnostics::{Problem, Severity};
 pub use filter::{EventIdSource, Filter, Mode, RateLimit};
-pub use server::{Listener, NatsConfig, Server, SinkConfig, TlsListener, TlsVersion};
+pub use server::{
+    DedupOnError, Listener, NatsConfig, Server, SharedDedup, SinkConfig, TlsListener, TlsVersion,
+};
 
 use diagnostics::Report;
 

@@ -77,6 +77,32 @@ struct DedupSpec {
     backend: Option<String>,
     #[serde(default)]
     max_entries: Option<u64>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    key_prefix: Option<String>,
+    #[serde(default)]
+    on_error: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// What a node does when the shared dedup store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupOnError {
+    /// 503 `dedup_unavailable`: nothing is accepted that the fleet could not deduplicate.
+    Reject,
+    /// This node's own cache decides (copies on other nodes may pass too), counted in a metric.
+    Local,
+}
+
+/// `dedup: { backend: redis, … }`: the fleet's shared store.
+#[derive(Debug, Clone)]
+pub struct SharedDedup {
+    pub url: String,
+    pub key_prefix: String,
+    pub on_error: DedupOnError,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +243,7 @@ pub struct Server {
     pub filters_dir: PathBuf,
     pub trusted_proxies: Vec<IpNet>,
     pub dedup_max_entries: u64,
+    pub dedup_shared: Option<SharedDedup>,
     pub sinks: Vec<(String, SinkConfig)>,
     /// (sink, the spool sink it falls back to).
     pub fallbacks: Vec<(String, String)>,
@@ -278,12 +305,27 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     }
 
     let mut dedup_max_entries = 1_000_000;
+    let mut dedup_shared = None;
     if let Some(d) = &raw.dedup {
+        let redis_only = [
+            ("url", d.url.is_some()),
+            ("key_prefix", d.key_prefix.is_some()),
+            ("on_error", d.on_error.is_some()),
+            ("timeout", d.timeout.is_some()),
+        ];
         match d.backend.as_deref() {
-            None | Some("memory") => {}
+            None | Some("memory") => {
+                for (key, _) in redis_only.iter().filter(|(_, set)| *set) {
+                    report.error(
+                        &["dedup", key],
+                        format!("dedup `{key}` only applies to `backend: redis`"),
+                    );
+                }
+            }
+            Some("redis") => dedup_shared = shared_dedup(d, report),
             Some(other) => report.error(
                 &["dedup", "backend"],
-                format!("dedup backend `{other}` is not available in this version: use memory"),
+                format!("dedup backend `{other}` is not one of memory, redis"),
             ),
         }
         if let Some(n) = d.max_entries {
@@ -520,10 +562,59 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         filters_dir,
         trusted_proxies,
         dedup_max_entries,
+        dedup_shared,
         sinks,
         fallbacks,
         drain,
         pingora,
+    })
+}
+
+fn shared_dedup(d: &DedupSpec, report: &mut Report<'_>) -> Option<SharedDedup> {
+    let Some(url) = &d.url else {
+        report.error(
+            &["dedup", "backend"],
+            "dedup backend redis needs url: redis://127.0.0.1:6379",
+        );
+        return None;
+    };
+    if let Err(e) = redis::Client::open(url.as_str()) {
+        report.error(&["dedup", "url"], format!("dedup url `{url}`: {e}"));
+    }
+    let on_error = match d.on_error.as_deref() {
+        None | Some("reject") => DedupOnError::Reject,
+        Some("local") => DedupOnError::Local,
+        Some(other) => {
+            report.error(
+                &["dedup", "on_error"],
+                format!("dedup on_error `{other}` is not reject or local"),
+            );
+            DedupOnError::Reject
+        }
+    };
+    let timeout = match d.timeout.as_deref().map(parse_duration) {
+        None => Duration::from_secs(1),
+        Some(Ok(t)) if !t.is_zero() && t <= Duration::from_secs(10) => t,
+        Some(Ok(_)) => {
+            report.error(
+                &["dedup", "timeout"],
+                "dedup timeout must be more than zero and at most 10s",
+            );
+            Duration::from_secs(1)
+        }
+        Some(Err(e)) => {
+            report.error(&["dedup", "timeout"], e);
+            Duration::from_secs(1)
+        }
+    };
+    Some(SharedDedup {
+        url: url.clone(),
+        key_prefix: d
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| "portcullis:dedup:".into()),
+        on_error,
+        timeout,
     })
 }
 

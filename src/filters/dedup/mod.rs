@@ -5,6 +5,14 @@
 //! A moka cache holds the entries with a per-entry lifetime: an in-flight reservation lives
 //! only as long as a publish can take, a committed id for the filter's TTL, and the cache is
 //! bounded (`max_entries`), evicting the least useful ids first under pressure.
+//!
+//! With `backend: redis` ([`shared`]) the fleet shares the protocol in Redis, and the moka
+//! cache only remembers ids this node committed, answering their retries without a round
+//! trip. When Redis cannot answer, `on_error` decides: refuse with 503 `dedup_unavailable`
+//! (the sender retries later) or fall back to this node's cache alone.
+
+mod shared;
+pub use shared::SharedStore;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +22,7 @@ use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use crate::config::EventIdSource;
+use crate::config::{DedupOnError, EventIdSource};
 use crate::reason::Reason;
 use crate::request::Inbound;
 
@@ -58,16 +66,26 @@ impl Expiry<(Arc<str>, String), Entry> for EntryExpiry {
 pub struct Dedup {
     cache: Cache<(Arc<str>, String), Entry>,
     tokens: AtomicU64,
+    shared: Option<(Arc<SharedStore>, DedupOnError)>,
+    /// Makes this node's reservation tokens unique in the fleet.
+    node: String,
 }
 
 pub enum Reservation<'a> {
-    /// This request owns the event now: `commit` it once the sink has it; dropping it
-    /// unresolved (a failed publish, a cancelled request) releases it.
+    /// This request owns the event now: `commit` it once the sink has it, `release` it if the
+    /// sink failed; dropping it unresolved (a cancelled request) releases it too.
     Fresh(Reserved<'a>),
     /// Already accepted within the TTL.
     Duplicate,
     /// Another copy is being published right now.
     InProgress,
+    /// The shared store did not answer and `on_error: reject`.
+    Unavailable,
+}
+
+enum Hold {
+    Local(u64),
+    Shared { key: String, token: String },
 }
 
 impl Dedup {
@@ -78,10 +96,67 @@ impl Dedup {
                 .expire_after(EntryExpiry)
                 .build(),
             tokens: AtomicU64::new(1),
+            shared: None,
+            node: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
-    pub fn reserve<'a>(&'a self, provider: &Arc<str>, id: &str) -> Reservation<'a> {
+    /// The fleet's store in Redis, with this node's cache of committed ids in front.
+    pub fn shared(max_entries: u64, store: SharedStore, on_error: DedupOnError) -> Dedup {
+        Dedup {
+            shared: Some((Arc::new(store), on_error)),
+            ..Dedup::new(max_entries)
+        }
+    }
+
+    pub async fn reserve<'a>(&'a self, provider: &Arc<str>, id: &str) -> Reservation<'a> {
+        let Some((store, on_error)) = &self.shared else {
+            return self.reserve_local(provider, id);
+        };
+        let key = (provider.clone(), id.to_owned());
+        if self
+            .cache
+            .get(&key)
+            .is_some_and(|e| e.state == State::Committed)
+        {
+            return Reservation::Duplicate;
+        }
+        let shared_key = store.key(provider, id);
+        let token = format!(
+            "inflight:{}:{}",
+            self.node,
+            self.tokens.fetch_add(1, Ordering::Relaxed)
+        );
+        match store.reserve(&shared_key, &token, IN_FLIGHT_TTL).await {
+            Ok(shared::Claim::Fresh) => Reservation::Fresh(Reserved {
+                dedup: self,
+                key,
+                hold: Hold::Shared {
+                    key: shared_key,
+                    token,
+                },
+                resolved: false,
+            }),
+            Ok(shared::Claim::Duplicate) => Reservation::Duplicate,
+            Ok(shared::Claim::InProgress) => Reservation::InProgress,
+            Err(e) => {
+                crate::metrics::DEDUP_ERRORS.inc();
+                match on_error {
+                    DedupOnError::Reject => {
+                        tracing::warn!(error = %e, "dedup store unavailable: refusing (on_error: reject)");
+                        Reservation::Unavailable
+                    }
+                    DedupOnError::Local => {
+                        tracing::warn!(error = %e, "dedup store unavailable: this node's cache decides (on_error: local)");
+                        crate::metrics::DEDUP_LOCAL_FALLBACKS.inc();
+                        self.reserve_local(provider, id)
+                    }
+                }
+            }
+        }
+    }
+
+    fn reserve_local<'a>(&'a self, provider: &Arc<str>, id: &str) -> Reservation<'a> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
         let key = (provider.clone(), id.to_owned());
         let mut fresh = true;
@@ -107,7 +182,7 @@ impl Dedup {
             outcome = Reservation::Fresh(Reserved {
                 dedup: self,
                 key,
-                token,
+                hold: Hold::Local(token),
                 resolved: false,
             });
         }
@@ -127,34 +202,89 @@ impl Dedup {
     pub fn entries(&self) -> u64 {
         self.cache.entry_count()
     }
+
+    /// For `/readyz`: whether the shared store answers (always true without one).
+    pub async fn ready(&self) -> bool {
+        match &self.shared {
+            Some((store, _)) => store.ready().await,
+            None => true,
+        }
+    }
 }
 
 /// An event this request owns until it commits it or lets it go.
 pub struct Reserved<'a> {
     dedup: &'a Dedup,
     key: (Arc<str>, String),
-    token: u64,
+    hold: Hold,
     resolved: bool,
 }
 
 impl Reserved<'_> {
     /// Marks the event accepted for `ttl`.
-    pub fn commit(mut self, ttl: Duration) {
+    pub async fn commit(mut self, ttl: Duration) {
+        self.resolved = true;
         let committed = Entry {
             state: State::Committed,
             ttl,
         };
-        self.dedup
-            .resolve(&self.key, self.token, Op::Put(committed));
+        match &self.hold {
+            Hold::Local(token) => self.dedup.resolve(&self.key, *token, Op::Put(committed)),
+            Hold::Shared { key, token } => {
+                self.dedup.cache.insert(self.key.clone(), committed);
+                let Some((store, _)) = &self.dedup.shared else {
+                    return;
+                };
+                match store.commit(key, token, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        "dedup reservation expired before its commit: another node may publish a copy"
+                    ),
+                    Err(e) => {
+                        crate::metrics::DEDUP_ERRORS.inc();
+                        tracing::error!(error = %e, "event accepted but not recorded in the dedup store: another node may accept a retry")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets the event go after a failed publish, so the sender's retry passes.
+    pub async fn release(mut self) {
         self.resolved = true;
+        match &self.hold {
+            Hold::Local(token) => self.dedup.resolve(&self.key, *token, Op::Remove),
+            Hold::Shared { key, token } => {
+                if let Some((store, _)) = &self.dedup.shared {
+                    if let Err(e) = store.release(key, token).await {
+                        crate::metrics::DEDUP_ERRORS.inc();
+                        tracing::warn!(error = %e, "dedup reservation not released: retries get 409 until it expires");
+                    }
+                }
+            }
+        }
     }
 }
 
 impl Drop for Reserved<'_> {
-    /// Forgets the reservation so the sender's retry passes.
+    /// An unresolved reservation (a cancelled request) is released.
     fn drop(&mut self) {
-        if !self.resolved {
-            self.dedup.resolve(&self.key, self.token, Op::Remove);
+        if self.resolved {
+            return;
+        }
+        match &self.hold {
+            Hold::Local(token) => self.dedup.resolve(&self.key, *token, Op::Remove),
+            Hold::Shared { key, token } => {
+                let (Some((store, _)), Ok(runtime)) =
+                    (&self.dedup.shared, tokio::runtime::Handle::try_current())
+                else {
+                    return;
+                };
+                let (store, key, token) = (store.clone(), key.clone(), token.clone());
+                runtime.spawn(async move {
+                    let _ = store.release(&key, &token).await;
+                });
+            }
         }
     }
 }
@@ -236,42 +366,51 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    #[test]
-    fn reserve_commit_and_release_follow_the_protocol() {
+    #[tokio::test]
+    async fn reserve_commit_and_release_follow_the_protocol() {
         let dedup = Dedup::new(100);
         let p: Arc<str> = Arc::from("github");
-        let Reservation::Fresh(first) = dedup.reserve(&p, "a") else {
+        let Reservation::Fresh(first) = dedup.reserve(&p, "a").await else {
             panic!("a new id is fresh")
         };
-        assert!(matches!(dedup.reserve(&p, "a"), Reservation::InProgress));
+        assert!(matches!(
+            dedup.reserve(&p, "a").await,
+            Reservation::InProgress
+        ));
         drop(first);
-        let Reservation::Fresh(second) = dedup.reserve(&p, "a") else {
+        let Reservation::Fresh(second) = dedup.reserve(&p, "a").await else {
             panic!("a released id passes again")
         };
-        second.commit(Duration::from_secs(60));
-        assert!(matches!(dedup.reserve(&p, "a"), Reservation::Duplicate));
+        second.commit(Duration::from_secs(60)).await;
+        assert!(matches!(
+            dedup.reserve(&p, "a").await,
+            Reservation::Duplicate
+        ));
         // Another provider's id space is separate.
         assert!(matches!(
-            dedup.reserve(&Arc::from("stripe"), "a"),
+            dedup.reserve(&Arc::from("stripe"), "a").await,
             Reservation::Fresh(_)
         ));
     }
 
-    #[test]
-    fn a_stale_reservation_cannot_undo_a_commit() {
+    #[tokio::test]
+    async fn a_stale_reservation_cannot_undo_a_commit() {
         let dedup = Dedup::new(100);
         let p: Arc<str> = Arc::from("x");
-        let Reservation::Fresh(stale) = dedup.reserve(&p, "id") else {
+        let Reservation::Fresh(stale) = dedup.reserve(&p, "id").await else {
             panic!()
         };
         // Simulate expiry of the in-flight entry and a new owner committing meanwhile.
         dedup.cache.invalidate(&(p.clone(), "id".to_string()));
-        let Reservation::Fresh(owner) = dedup.reserve(&p, "id") else {
+        let Reservation::Fresh(owner) = dedup.reserve(&p, "id").await else {
             panic!()
         };
-        owner.commit(Duration::from_secs(60));
+        owner.commit(Duration::from_secs(60)).await;
         drop(stale);
-        assert!(matches!(dedup.reserve(&p, "id"), Reservation::Duplicate));
+        assert!(matches!(
+            dedup.reserve(&p, "id").await,
+            Reservation::Duplicate
+        ));
     }
 
     #[test]

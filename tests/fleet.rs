@@ -1,0 +1,242 @@
+//! A fleet: three gateway processes behind haproxy (round robin, Debian's package), sharing
+//! the machine's Redis for dedup and as the sink. Copies of one event land on different nodes
+//! and still yield exactly one 202 and one stream entry; a node killed mid-stream loses no
+//! acknowledged event; a Redis outage follows `on_error`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+
+const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"fleet-secret\"]\n";
+
+/// haproxy on a free port, round robin over `backends`, retrying a refused connection on
+/// another node, passing the client address in X-Forwarded-For.
+struct Haproxy {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(backends: &[u16]) -> Option<Haproxy> {
+        if Command::new("haproxy").arg("-v").output().is_err() {
+            if std::env::var("PORTCULLIS_REQUIRE_BROKERS").as_deref() == Ok("1") {
+                panic!("no haproxy on this machine, and PORTCULLIS_REQUIRE_BROKERS=1");
+            }
+            eprintln!("skipped: no haproxy (apt-get install haproxy)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut conf = format!(
+            "global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch 1\n  option forwardfor\nfrontend edge\n  bind 127.0.0.1:{port}\n  default_backend gateways\nbackend gateways\n  balance roundrobin\n"
+        );
+        for (i, backend) in backends.iter().enumerate() {
+            conf +=
+                &format!("  server node{i} 127.0.0.1:{backend} check inter 200ms fall 1 rise 2\n");
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, conf).unwrap();
+        let mut child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Haproxy {
+                    port,
+                    child,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("haproxy did not start");
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fleet(dedup: &str, sinks: &str) -> Vec<Server> {
+    let extra = format!("trusted_proxies: [\"127.0.0.1\"]\ndedup: {dedup}\n");
+    (0..3)
+        .map(|_| Server::start_with(&[("github.yaml", GITHUB)], sinks, &extra))
+        .collect()
+}
+
+fn send(port: u16, id: &str) -> u16 {
+    let body = format!("{{\"id\":\"{id}\"}}");
+    try_post(
+        port,
+        "/webhook/github",
+        &sign(GITHUB, body.as_bytes(), now(), id),
+        body.as_bytes(),
+    )
+    .map(|r| r.status)
+    .unwrap_or(0)
+}
+
+#[test]
+fn three_nodes_behind_haproxy_accept_each_event_exactly_once() {
+    if !broker("Redis", "127.0.0.1:6379") {
+        return;
+    }
+    let (stream, prefix) = (unique("fleet:"), unique("fleetdedup:"));
+    let sinks = format!(
+        "  redis: {{ type: redis, url: \"redis://127.0.0.1:6379\", stream: \"{stream}\" }}"
+    );
+    let dedup =
+        format!("{{ backend: redis, url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}:\" }}");
+    let mut nodes = fleet(&dedup, &sinks);
+    let Some(lb) = Haproxy::start(&nodes.iter().map(|n| n.port).collect::<Vec<_>>()) else {
+        return;
+    };
+
+    // Every id three times at once: round robin puts the copies on different nodes.
+    let mut statuses: HashMap<String, Vec<u16>> = HashMap::new();
+    for batch in 0..10 {
+        let copies: Vec<_> = (0..5)
+            .flat_map(|i| {
+                let id = format!("dup-{batch}-{i}");
+                (0..3).map(move |_| id.clone())
+            })
+            .map(|id| {
+                let port = lb.port;
+                std::thread::spawn(move || (id.clone(), send(port, &id)))
+            })
+            .collect();
+        for copy in copies {
+            let (id, status) = copy.join().unwrap();
+            statuses.entry(id).or_default().push(status);
+        }
+    }
+    for (id, got) in &statuses {
+        assert_eq!(
+            got.iter().filter(|s| **s == 202).count(),
+            1,
+            "{id}: {got:?}"
+        );
+        assert!(
+            got.iter().all(|s| [200, 202, 409].contains(s)),
+            "{id}: {got:?}"
+        );
+    }
+    let served: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.log().matches("portcullis::access").count())
+        .collect();
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "every node took copies: {served:?}"
+    );
+
+    // A node dies in the middle of a stream: nothing it acknowledged is lost.
+    let traffic = Traffic::start_named(lb.port, "/webhook/github", GITHUB, "kill");
+    traffic.wait_for(202, 30);
+    let victim = nodes.remove(1);
+    drop(victim); // SIGKILL
+    let seen = traffic.count(202);
+    traffic.wait_for(202, seen + 30);
+    let sent = traffic.finish();
+
+    let kept: Vec<String> = entries(6379, &stream)
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e["event_id"]).into_owned())
+        .collect();
+    let mut unique_kept = kept.clone();
+    unique_kept.sort();
+    unique_kept.dedup();
+    assert_eq!(unique_kept.len(), kept.len(), "no event stored twice");
+    for id in statuses.keys() {
+        assert!(kept.contains(id), "{id} accepted but not in the stream");
+    }
+    for (id, status, _) in &sent {
+        if *status == 202 {
+            assert!(
+                kept.contains(id),
+                "{id} acknowledged, then lost with its node"
+            );
+        }
+    }
+    let known: Vec<&String> = statuses.keys().chain(sent.iter().map(|s| &s.0)).collect();
+    assert!(
+        kept.iter().all(|id| known.contains(&id)),
+        "only events that were sent"
+    );
+}
+
+#[test]
+fn a_redis_outage_follows_on_error() {
+    let mut redis = PrivateBroker::redis();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let reject = Server::start_with(
+        &[("github.yaml", GITHUB)],
+        spool_sink(),
+        &format!("dedup: {{ backend: redis, url: \"{url}\", timeout: 300ms }}\n"),
+    );
+    let local = Server::start_with(
+        &[("github.yaml", GITHUB)],
+        spool_sink(),
+        &format!("dedup: {{ backend: redis, url: \"{url}\", timeout: 300ms, on_error: local }}\n"),
+    );
+    assert_eq!(send(reject.port, "up-1"), 202);
+    assert_eq!(send(reject.port, "up-1"), 200);
+    assert_eq!(reject.admin_get("/readyz").status, 200);
+
+    redis.kill();
+    let refused = {
+        let body = b"{\"id\":\"down-1\"}";
+        reject.post(
+            "/webhook/github",
+            &sign(GITHUB, body, now(), "down-1"),
+            body,
+        )
+    };
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.reason(), "dedup_unavailable");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(reject.admin_get("/readyz").status, 503);
+    assert_eq!(reject.spooled().len(), 1, "nothing kept while refusing");
+
+    assert_eq!(
+        send(local.port, "down-2"),
+        202,
+        "on_error: local keeps accepting"
+    );
+    assert_eq!(
+        send(local.port, "down-2"),
+        200,
+        "…deduplicated by the node's own cache (no Redis call)"
+    );
+    let metrics = String::from_utf8_lossy(&local.admin_get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains("portcullis_dedup_local_fallbacks_total 1"),
+        "{metrics}"
+    );
+
+    redis.spawn();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = send(reject.port, "back-1");
+        if status == 202 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status, 202, "accepting again once Redis is back");
+}
