@@ -19,6 +19,7 @@ use pingora::ErrorType;
 
 use crate::config::{Filter as FilterConfig, Mode, Server};
 use crate::filters::dedup::{self, Dedup, Reservation};
+use crate::filters::rate_limit::FleetLimit;
 use crate::filters::{self, allowlist, Chain};
 use crate::metrics;
 use crate::reason::Reason;
@@ -30,6 +31,8 @@ pub struct Provider {
     pub config: FilterConfig,
     chain: Chain,
     sink: Arc<dyn Sink>,
+    /// `rate_limit: { scope: fleet }`: counted in Redis once the local limit passed.
+    fleet_limit: Option<FleetLimit>,
 }
 
 pub struct Gateway {
@@ -71,6 +74,14 @@ impl Gateway {
         sinks: Sinks,
         access_log: bool,
     ) -> Result<Gateway, String> {
+        let dedup = Arc::new(match &server.dedup_shared {
+            None => Dedup::new(server.dedup_max_entries),
+            Some(shared) => Dedup::shared(
+                server.dedup_max_entries,
+                dedup::SharedStore::new(&shared.url, &shared.key_prefix, shared.timeout)?,
+                shared.on_error,
+            ),
+        });
         let mut providers = Vec::new();
         let mut routes = HashMap::new();
         for filter in filters {
@@ -78,26 +89,32 @@ impl Gateway {
                 .get(&filter.sink)
                 .cloned()
                 .ok_or_else(|| format!("filter `{}`: no sink `{}`", filter.name, filter.sink))?;
+            let fleet_limit = match (filter.rate_limit, dedup.store()) {
+                (Some(limit), Some(store)) if limit.fleet => {
+                    Some(FleetLimit::new(store, &filter.name, limit))
+                }
+                (Some(limit), None) if limit.fleet => {
+                    return Err(format!(
+                        "filter `{}`: rate_limit scope fleet needs dedup backend redis",
+                        filter.name
+                    ))
+                }
+                _ => None,
+            };
             routes.insert(filter.route.clone(), providers.len());
             providers.push(Provider {
                 name: Arc::from(filter.name.as_str()),
                 chain: filters::chain(&filter),
                 config: filter,
                 sink,
+                fleet_limit,
             });
         }
         Ok(Gateway {
             providers,
             routes,
             trusted_proxies: server.trusted_proxies.clone(),
-            dedup: Arc::new(match &server.dedup_shared {
-                None => Dedup::new(server.dedup_max_entries),
-                Some(shared) => Dedup::shared(
-                    server.dedup_max_entries,
-                    dedup::SharedStore::new(&shared.url, &shared.key_prefix, shared.timeout)?,
-                    shared.on_error,
-                ),
-            }),
+            dedup,
             sinks: sinks.into_values().collect(),
             access_log,
         })
@@ -148,6 +165,11 @@ impl Gateway {
         let req = inbound(session, client_ip, b"");
         if let Err(reason) = filters::check_head(&provider.chain, &req) {
             return Outcome::Rejected(reason);
+        }
+        if let Some(fleet) = &provider.fleet_limit {
+            if let Err(reason) = fleet.check(client_ip).await {
+                return Outcome::Rejected(reason);
+            }
         }
 
         if expects_continue(session) {

@@ -196,6 +196,13 @@ fn json_logs_carry_request_id_provider_outcome_reason_and_latency() {
         body,
     );
     assert_eq!((ok.status, bad.status), (202, 401));
+    // The access line is written after the response: wait (bounded) for both.
+    for _ in 0..200 {
+        if server.log().matches("portcullis::access").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let log = server.log();
     let access: Vec<serde_json::Value> = log
         .lines()
@@ -234,5 +241,7 @@ fn no_access_log_turns_the_request_lines_off() {
         body,
     );
     assert_eq!(ok.status, 202);
+    // A line would follow the response within microseconds; give it ample time to show.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(!server.log().contains("portcullis::access"));
 }

@@ -240,3 +240,62 @@ fn a_redis_outage_follows_on_error() {
     }
     assert_eq!(status, 202, "accepting again once Redis is back");
 }
+
+#[test]
+fn a_fleet_rate_limit_admits_about_n_per_second_across_three_nodes() {
+    if !broker("Redis", "127.0.0.1:6379") {
+        return;
+    }
+    const N: f64 = 20.0;
+    let name = unique("rl").replace(['x'], "");
+    let filter =
+        format!("name: {name}\npreset: none\nrate_limit: {{ per_second: 20, scope: fleet }}\n");
+    let dedup = format!(
+        "{{ backend: redis, url: \"redis://127.0.0.1:6379\", key_prefix: \"{}:\" }}",
+        unique("rldedup")
+    );
+    let extra = format!("dedup: {dedup}\n");
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| Server::start_with(&[("rl.yaml", filter.as_str())], spool_sink(), &extra))
+        .collect();
+    let path = format!("/webhook/{name}");
+    let started = std::time::Instant::now();
+    let senders: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let (port, path) = (node.port, path.clone());
+            std::thread::spawn(move || {
+                let (mut admitted, mut limited, mut i) = (0u32, 0u32, 0u32);
+                let begin = std::time::Instant::now();
+                while begin.elapsed() < Duration::from_secs(5) {
+                    let body = format!("{{\"node\":{n},\"i\":{i}}}");
+                    match post(port, &path, &[], body.as_bytes()).status {
+                        202 => admitted += 1,
+                        429 => limited += 1,
+                        other => panic!("unexpected {other}"),
+                    }
+                    i += 1;
+                }
+                (admitted, limited)
+            })
+        })
+        .collect();
+    let counts: Vec<(u32, u32)> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted: u32 = counts.iter().map(|c| c.0).sum();
+    let limited: u32 = counts.iter().map(|c| c.1).sum();
+    // Within one second's worth either way: GCRA's burst (N) on one side, the local
+    // one-second windows in front (which pass requests at each window's start) on the other.
+    let expected = N * elapsed;
+    let ratio = f64::from(admitted) / expected;
+    eprintln!(
+        "fleet rate limit {N}/s over {elapsed:.2}s on 3 nodes: {admitted} admitted (expected {expected:.1}, ratio {ratio:.3}), {limited} limited, per node {counts:?}"
+    );
+    assert!(limited > 0, "the senders went over the limit");
+    assert!(
+        (N * (elapsed - 1.0)..=N * (elapsed + 1.0) + 1.0).contains(&f64::from(admitted)),
+        "admitted {admitted}, expected about {expected:.1} (a node-local limit would admit ~3x)"
+    );
+    assert!(counts.iter().all(|c| c.0 > 0), "every node admitted some");
+}

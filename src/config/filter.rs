@@ -103,6 +103,9 @@ pub struct RateLimitSpec {
     pub per_second: Option<u32>,
     #[serde(default)]
     pub per_ip_per_second: Option<u32>,
+    /// `node` (default): each node counts alone; `fleet`: counted across nodes in Redis.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -125,6 +128,8 @@ pub enum EventIdSource {
 pub struct RateLimit {
     pub per_second: Option<u32>,
     pub per_ip_per_second: Option<u32>,
+    /// Limits hold across the fleet (Redis), with the node's own limit still in front.
+    pub fleet: bool,
 }
 
 /// A validated filter, ready for the gateway.
@@ -310,9 +315,21 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
                 );
             }
         }
+        let fleet = match r.scope.as_deref() {
+            None | Some("node") => false,
+            Some("fleet") => true,
+            Some(other) => {
+                report.error(
+                    &["rate_limit", "scope"],
+                    format!("rate_limit.scope `{other}` is not node or fleet"),
+                );
+                false
+            }
+        };
         RateLimit {
             per_second: r.per_second,
             per_ip_per_second: r.per_ip_per_second,
+            fleet,
         }
     });
 

@@ -101,6 +101,11 @@ pub fn load(path: &Path) -> Loaded {
                     &["sink"],
                     format!("sink `{}` is the fallback spool of `{primary}`: its events are replayed there, so a filter cannot use it directly", f.sink),
                 );
+            } else if f.rate_limit.is_some_and(|r| r.fleet) && server.dedup_shared.is_none() {
+                report.error(
+                    &["rate_limit", "scope"],
+                    "rate_limit scope: fleet counts in the fleet's Redis: set dedup: { backend: redis, url: … } in the server config",
+                );
             } else if let Some(other) = filters.iter().find(|o| o.route == f.route) {
                 report.error(&["path"], format!("route {} is already served by filter `{}`: give one of them another `path:`", f.route, other.name));
             } else if let Some(other) = filters.iter().find(|o| o.name == f.name) {

@@ -1,10 +1,20 @@
 //! Per-filter and per-source-IP rate limits, counted with pingora-limits' `Rate` estimator
 //! (fixed one-second windows over a compact count-min sketch: no per-IP allocation, so a
 //! flood from many addresses cannot grow memory).
+//!
+//! With `scope: fleet` the same limits also hold across every node: [`FleetLimit`] runs GCRA
+//! (the generic cell rate algorithm, one Lua script, one round trip, Redis's own clock) on
+//! the fleet's Redis after the node's local check has passed, so a flood is still cut by the
+//! local check without touching Redis. If Redis does not answer, the local limit alone
+//! applies (a rate limit protects; it must not take the gateway down with Redis).
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_limits::rate::Rate;
+
+use crate::filters::dedup::SharedStore;
 
 use super::Filter;
 use crate::config::RateLimit;
@@ -43,6 +53,78 @@ impl Filter for RateLimiter {
     }
 }
 
+/// GCRA: `ARGV[1]` the emission interval and `ARGV[2]` the burst tolerance, in microseconds.
+/// Returns 1 when admitted, 0 when over the rate.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tonumber(ARGV[2]) then return 0 end
+local next = tat + interval
+redis.call('SET', KEYS[1], next, 'PX', math.floor((next - now) / 1000) + 1)
+return 1";
+
+/// Key prefix of the fleet's rate-limit cells in Redis.
+const KEY_PREFIX: &str = "portcullis:rate:";
+
+pub struct FleetLimit {
+    store: Arc<SharedStore>,
+    provider: String,
+    limit: RateLimit,
+    script: redis::Script,
+}
+
+impl FleetLimit {
+    pub fn new(store: Arc<SharedStore>, provider: &str, limit: RateLimit) -> FleetLimit {
+        FleetLimit {
+            store,
+            provider: provider.to_owned(),
+            limit,
+            script: redis::Script::new(GCRA),
+        }
+    }
+
+    pub async fn check(&self, client_ip: IpAddr) -> Result<(), Reason> {
+        if let Some(n) = self.limit.per_ip_per_second {
+            let key = format!("{KEY_PREFIX}{}:{client_ip}", self.provider);
+            if !self.admit(&key, n).await {
+                return Err(Reason::RateLimited);
+            }
+        }
+        if let Some(n) = self.limit.per_second {
+            let key = format!("{KEY_PREFIX}{}", self.provider);
+            if !self.admit(&key, n).await {
+                return Err(Reason::RateLimited);
+            }
+        }
+        Ok(())
+    }
+
+    /// One GCRA cell at `per_second` with a burst of one second's worth, like the local
+    /// one-second windows: over any interval T the fleet admits at most N×(T+1).
+    async fn admit(&self, key: &str, per_second: u32) -> bool {
+        let burst = u64::from(per_second.max(1));
+        let interval = 1_000_000 / burst;
+        let tolerance = interval * (burst - 1);
+        let Ok(mut conn) = self.store.connection().await else {
+            return true;
+        };
+        let mut call = self.script.key(key);
+        call.arg(interval).arg(tolerance);
+        match tokio::time::timeout(self.store.timeout(), call.invoke_async::<i64>(&mut conn)).await
+        {
+            Ok(Ok(admitted)) => admitted == 1,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "fleet rate limit unavailable: the local limit applies");
+                true
+            }
+            Err(_) => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +135,7 @@ mod tests {
         let limiter = RateLimiter::new(RateLimit {
             per_second: Some(1000),
             per_ip_per_second: Some(3),
+            fleet: false,
         });
         let h = http::HeaderMap::new();
         let a: IpAddr = "192.0.2.1".parse().unwrap();

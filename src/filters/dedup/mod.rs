@@ -203,6 +203,11 @@ impl Dedup {
         self.cache.entry_count()
     }
 
+    /// The fleet's Redis store, if there is one (fleet-scope rate limits count there too).
+    pub fn store(&self) -> Option<Arc<SharedStore>> {
+        self.shared.as_ref().map(|(store, _)| store.clone())
+    }
+
     /// For `/readyz`: whether the shared store answers (always true without one).
     pub async fn ready(&self) -> bool {
         match &self.shared {

@@ -61,6 +61,10 @@ impl SharedStore {
         })
     }
 
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn key(&self, provider: &str, id: &str) -> String {
         format!("{}{provider}:{id}", self.prefix)
     }
