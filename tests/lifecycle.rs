@@ -23,16 +23,6 @@ fn wait_child(child: &mut Child) -> Option<i32> {
     None
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("gave up waiting: {what}");
-}
-
 /// Pingora's graceful upgrade: a new process with `--upgrade` takes the listening sockets
 /// over when the old one gets SIGQUIT; the old one finishes its requests and exits.
 fn upgrade(server: &mut Server) {

@@ -319,13 +319,15 @@ fn a_renewed_certificate_is_served_without_a_restart() {
     // A broken renewal (key of another certificate) is refused; the old one keeps serving.
     let other = ca.leaf(&["a.test"], false);
     std::fs::write(server.dir.path().join("tls/a.pem"), &other.0).unwrap();
-    wait_until(|| server.log().contains("TLS certificates not reloaded"));
+    wait_until("the bad renewal is refused", || {
+        server.log().contains("TLS certificates not reloaded")
+    });
     assert_eq!(leaf("r1"), old.2);
 
     let new = ca.leaf(&["a.test"], false);
     write_pair(server.dir.path(), "a", &new);
     let mut i = 0;
-    wait_until(|| {
+    wait_until("the new certificate is served", || {
         i += 1;
         leaf(&format!("r2-{i}")) == new.2
     });
@@ -431,14 +433,4 @@ fn check_reports_unloadable_tls_files() {
     );
     assert!(text.contains("no PEM certificate"), "{text}");
     assert!(text.contains("min_version `1.1`"), "{text}");
-}
-
-fn wait_until(mut done: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("condition not reached within a minute");
 }

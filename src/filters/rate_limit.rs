@@ -72,6 +72,8 @@ const KEY_PREFIX: &str = "portcullis:rate:";
 pub struct FleetLimit {
     store: Arc<SharedStore>,
     provider: String,
+    /// The filter-wide cell's key, built once.
+    total_key: String,
     limit: RateLimit,
     script: redis::Script,
 }
@@ -81,6 +83,7 @@ impl FleetLimit {
         FleetLimit {
             store,
             provider: provider.to_owned(),
+            total_key: format!("{KEY_PREFIX}{provider}"),
             limit,
             script: redis::Script::new(GCRA),
         }
@@ -94,8 +97,7 @@ impl FleetLimit {
             }
         }
         if let Some(n) = self.limit.per_second {
-            let key = format!("{KEY_PREFIX}{}", self.provider);
-            if !self.admit(&key, n).await {
+            if !self.admit(&self.total_key, n).await {
                 return Err(Reason::RateLimited);
             }
         }

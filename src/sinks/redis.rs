@@ -14,14 +14,57 @@ use tokio::sync::OnceCell;
 
 use super::{render, Envelope, Sink, SinkError};
 
+/// One multiplexed redis-rs `ConnectionManager`, connected on first use inside the server's
+/// runtime (Pingora may fork before that). The sink and the fleet's dedup store use it.
+pub struct LazyRedis {
+    client: redis::Client,
+    timeout: Duration,
+    connection: OnceCell<ConnectionManager>,
+}
+
+impl LazyRedis {
+    pub fn open(url: &str, timeout: Duration) -> redis::RedisResult<LazyRedis> {
+        Ok(LazyRedis {
+            client: redis::Client::open(url)?,
+            timeout,
+            connection: OnceCell::new(),
+        })
+    }
+
+    pub async fn get(&self) -> redis::RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.min(Duration::from_secs(2))))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        self.connection
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+    }
+
+    /// Whether the server answers a PING within a second (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        let ping = async {
+            let mut conn = self.get().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Some(_))
+        )
+    }
+}
+
 pub struct RedisSink {
     name: String,
-    client: redis::Client,
     stream: String,
     maxlen: Option<u64>,
     timeout: Duration,
-    /// Connected on first use, inside the server's runtime (Pingora may fork before that).
-    connection: OnceCell<ConnectionManager>,
+    connection: LazyRedis,
 }
 
 impl RedisSink {
@@ -32,29 +75,15 @@ impl RedisSink {
         maxlen: Option<u64>,
         timeout: Duration,
     ) -> Result<RedisSink, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("redis sink `{name}`: url: {e}"))?;
+        let connection =
+            LazyRedis::open(url, timeout).map_err(|e| format!("redis sink `{name}`: url: {e}"))?;
         Ok(RedisSink {
             name: name.to_owned(),
-            client,
             stream: stream.to_owned(),
             maxlen,
             timeout,
-            connection: OnceCell::new(),
+            connection,
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, SinkError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.min(Duration::from_secs(2))))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .cloned()
-            .map_err(|e| SinkError::Unavailable(format!("redis connect: {e}")))
     }
 
     /// `XADD stream [MAXLEN ~ n] * field value …`
@@ -102,7 +131,11 @@ impl Sink for RedisSink {
     async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
         let cmd = self.command(envelope);
         let attempt = async {
-            let mut conn = self.connection().await?;
+            let mut conn = self
+                .connection
+                .get()
+                .await
+                .map_err(|e| SinkError::Unavailable(format!("redis connect: {e}")))?;
             cmd.query_async::<String>(&mut conn)
                 .await
                 .map_err(|e| SinkError::Unavailable(format!("redis XADD: {e}")))
@@ -118,16 +151,6 @@ impl Sink for RedisSink {
     }
 
     async fn ready(&self) -> bool {
-        let ping = async {
-            let mut conn = self.connection().await.ok()?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .ok()
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), ping).await,
-            Ok(Some(_))
-        )
+        self.connection.ping().await
     }
 }

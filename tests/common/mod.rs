@@ -361,6 +361,17 @@ pub fn sign(filter_yaml: &str, body: &[u8], timestamp: i64, id: &str) -> Vec<(St
     headers
 }
 
+/// Polls `done` (bounded: a hang detector, not a timing assertion) until it holds.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gave up waiting: {what}");
+}
+
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

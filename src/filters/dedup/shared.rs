@@ -12,8 +12,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use redis::aio::ConnectionManager;
+
+use crate::sinks::redis::LazyRedis;
 
 const RESERVE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
@@ -39,10 +40,9 @@ pub enum Claim {
 }
 
 pub struct SharedStore {
-    client: redis::Client,
     prefix: String,
     timeout: Duration,
-    connection: OnceCell<ConnectionManager>,
+    connection: LazyRedis,
     reserve: redis::Script,
     commit: redis::Script,
     release: redis::Script,
@@ -51,10 +51,10 @@ pub struct SharedStore {
 impl SharedStore {
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<SharedStore, String> {
         Ok(SharedStore {
-            client: redis::Client::open(url).map_err(|e| format!("dedup redis url: {e}"))?,
+            connection: LazyRedis::open(url, timeout)
+                .map_err(|e| format!("dedup redis url: {e}"))?,
             prefix: prefix.to_owned(),
             timeout,
-            connection: OnceCell::new(),
             reserve: redis::Script::new(RESERVE),
             commit: redis::Script::new(COMMIT),
             release: redis::Script::new(RELEASE),
@@ -69,17 +69,11 @@ impl SharedStore {
         format!("{}{provider}:{id}", self.prefix)
     }
 
-    /// The multiplexed connection, made on first use inside the server's runtime.
+    /// The multiplexed connection (fleet-scope rate limits use it too).
     pub async fn connection(&self) -> Result<ConnectionManager, String> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
         self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .get()
             .await
-            .cloned()
             .map_err(|e| format!("dedup redis connect: {e}"))
     }
 
@@ -126,15 +120,7 @@ impl SharedStore {
     }
 
     pub async fn ready(&self) -> bool {
-        let Ok(mut conn) = self.connection().await else {
-            return false;
-        };
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        matches!(
-            tokio::time::timeout(self.timeout.min(Duration::from_secs(1)), ping).await,
-            Ok(Ok(_))
-        )
+        self.connection.ping().await
     }
 }
 
