@@ -31,9 +31,10 @@ struct Args {
     /// Corrupt every signature (the flood path).
     #[arg(long)]
     invalid: bool,
-    /// Process whose CPU time and peak RSS to report.
-    #[arg(long)]
-    pid: Option<u32>,
+    /// Processes whose CPU time and peak RSS to report, summed (repeat or comma-separate:
+    /// a fleet's nodes, nginx's workers).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
     /// A label for the result line.
     #[arg(long, default_value = "target")]
     label: String,
@@ -182,7 +183,8 @@ async fn main() {
     let path = if path.is_empty() { "/" } else { path };
     let requests = Arc::new(requests(&args, host, path));
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu_before = args.pid.map(cpu_seconds);
+    let cpu_total = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+    let cpu_before = cpu_total(&args.pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
@@ -237,17 +239,13 @@ async fn main() {
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     let rps = latencies.len() as f64 / elapsed.as_secs_f64();
-    let cpu = match (args.pid, cpu_before) {
-        (Some(pid), Some(before)) => format!(
-            "{:.2}",
-            (cpu_seconds(pid) - before) * 10_000.0 / latencies.len() as f64
-        ),
-        _ => "-".into(),
+    let (cpu, rss) = if args.pid.is_empty() {
+        ("-".to_string(), "-".to_string())
+    } else {
+        let cpu = (cpu_total(&args.pid) - cpu_before) * 10_000.0 / latencies.len() as f64;
+        let rss: u64 = args.pid.iter().map(|&p| peak_rss_kib(p)).sum();
+        (format!("{cpu:.2}"), format!("{}", rss / 1024))
     };
-    let rss = args
-        .pid
-        .map(|p| format!("{}", peak_rss_kib(p) / 1024))
-        .unwrap_or_else(|| "-".into());
     let statuses: Vec<String> = statuses.iter().map(|(k, v)| format!("{k}:{v}")).collect();
     println!(
         "{label}\trps={rps:.0}\tp50_ms={:.2}\tp99_ms={:.2}\tp999_ms={:.2}\tcpu_s_per_10k={cpu}\tpeak_rss_mib={rss}\tstatuses={}\telapsed_s={:.2}",

@@ -299,3 +299,53 @@ fn a_fleet_rate_limit_admits_about_n_per_second_across_three_nodes() {
     );
     assert!(counts.iter().all(|c| c.0 > 0), "every node admitted some");
 }
+
+#[test]
+fn a_fleet_per_source_limit_follows_the_sender_across_nodes() {
+    if !broker("Redis", "127.0.0.1:6379") {
+        return;
+    }
+    const PER_IP: f64 = 2.0;
+    let name = unique("ip").replace(['x'], "");
+    let filter = format!(
+        "name: {name}\npreset: none\nrate_limit: {{ per_second: 100000, per_ip_per_second: 2, scope: fleet }}\n"
+    );
+    let extra = format!(
+        "trusted_proxies: [127.0.0.1/32]\ndedup: {{ backend: redis, url: \"redis://127.0.0.1:6379\", key_prefix: \"{}:\" }}\n",
+        unique("ipdedup")
+    );
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| Server::start_with(&[("ip.yaml", filter.as_str())], spool_sink(), &extra))
+        .collect();
+    let path = format!("/webhook/{name}");
+    let from = |ip: &str| vec![("x-forwarded-for".to_string(), ip.to_string())];
+    // One sender spread over the three nodes, as a balancer would spread it.
+    let started = std::time::Instant::now();
+    let mut admitted = 0;
+    for i in 0..30 {
+        let node = &nodes[i % 3];
+        let body = format!("{{\"i\":{i}}}");
+        match node
+            .post(&path, &from("198.51.100.7"), body.as_bytes())
+            .status
+        {
+            202 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // A node-local limit would admit 2 per node per second (6 in the first second).
+    assert!(admitted >= 2, "the sender's first requests pass");
+    assert!(
+        f64::from(admitted) <= PER_IP * (elapsed + 1.0),
+        "admitted {admitted} in {elapsed:.2}s from one source, fleet limit {PER_IP}/s"
+    );
+    // Another sender is not charged for the first one's excess.
+    assert_eq!(
+        nodes[1]
+            .post(&path, &from("203.0.113.9"), b"{\"other\":1}")
+            .status,
+        202
+    );
+}

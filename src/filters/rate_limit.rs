@@ -53,17 +53,23 @@ impl Filter for RateLimiter {
     }
 }
 
-/// GCRA: `ARGV[1]` the emission interval and `ARGV[2]` the burst tolerance, in microseconds.
-/// Returns 1 when admitted, 0 when over the rate.
+/// GCRA over every cell in `KEYS`: cell i has emission interval `ARGV[2i-1]` and burst
+/// tolerance `ARGV[2i]`, in microseconds. A request is charged to every cell only when every
+/// cell admits it (a source over its own share does not use up the filter-wide budget).
+/// Returns 1 when admitted, 0 when over a rate.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-if tat - now > tonumber(ARGV[2]) then return 0 end
-local next = tat + interval
-redis.call('SET', KEYS[1], next, 'PX', math.floor((next - now) / 1000) + 1)
+local next = {}
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  if tat - now > tonumber(ARGV[2 * i]) then return 0 end
+  next[i] = tat + tonumber(ARGV[2 * i - 1])
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, next[i], 'PX', math.floor((next[i] - now) / 1000) + 1)
+end
 return 1";
 
 /// Key prefix of the fleet's rate-limit cells in Redis.
@@ -89,42 +95,48 @@ impl FleetLimit {
         }
     }
 
+    /// Both cells (the source's and the filter's) in one round trip.
     pub async fn check(&self, client_ip: IpAddr) -> Result<(), Reason> {
+        let mut call = self.script.prepare_invoke();
+        let mut cells = 0;
         if let Some(n) = self.limit.per_ip_per_second {
-            let key = format!("{KEY_PREFIX}{}:{client_ip}", self.provider);
-            if !self.admit(&key, n).await {
-                return Err(Reason::RateLimited);
-            }
+            call.key(format!("{KEY_PREFIX}{}:{client_ip}", self.provider));
+            let (interval, tolerance) = cell(n);
+            call.arg(interval).arg(tolerance);
+            cells += 1;
         }
         if let Some(n) = self.limit.per_second {
-            if !self.admit(&self.total_key, n).await {
-                return Err(Reason::RateLimited);
-            }
+            call.key(&self.total_key);
+            let (interval, tolerance) = cell(n);
+            call.arg(interval).arg(tolerance);
+            cells += 1;
         }
-        Ok(())
-    }
-
-    /// One GCRA cell at `per_second` with a burst of one second's worth, like the local
-    /// one-second windows: over any interval T the fleet admits at most N×(T+1).
-    async fn admit(&self, key: &str, per_second: u32) -> bool {
-        let burst = u64::from(per_second.max(1));
-        let interval = 1_000_000 / burst;
-        let tolerance = interval * (burst - 1);
+        if cells == 0 {
+            return Ok(());
+        }
         let Ok(mut conn) = self.store.connection().await else {
-            return true;
+            return Ok(());
         };
-        let mut call = self.script.key(key);
-        call.arg(interval).arg(tolerance);
         match tokio::time::timeout(self.store.timeout(), call.invoke_async::<i64>(&mut conn)).await
         {
-            Ok(Ok(admitted)) => admitted == 1,
+            Ok(Ok(0)) => Err(Reason::RateLimited),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "fleet rate limit unavailable: the local limit applies");
-                true
+                Ok(())
             }
-            Err(_) => true,
+            Err(_) => Ok(()),
         }
     }
+}
+
+/// One GCRA cell at `per_second` with a burst of one second's worth, like the local
+/// one-second windows: over any interval T the fleet admits at most N×(T+1).
+/// Returns (emission interval, burst tolerance) in microseconds.
+fn cell(per_second: u32) -> (u64, u64) {
+    let burst = u64::from(per_second.max(1));
+    let interval = 1_000_000 / burst;
+    (interval, interval * (burst - 1))
 }
 
 #[cfg(test)]
