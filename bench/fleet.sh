@@ -28,6 +28,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { for _ in $(seq 200); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 redis_pid=$(redis-cli INFO server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')
+box_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
 redis_calls() { redis-cli INFO stats | awk -F: '/^total_commands_processed/ {print $2}' | tr -d '\r'; }
 
 filter() { # $1 = node|fleet
@@ -101,22 +102,27 @@ CFG
   PORT=$port PID=$pid
 }
 
-# Runs one target; $1 label, $2 url, $3 = comma-separated gateway pids, $4 haproxy pid or "-".
+# Runs one target; $1 label, $2 url, $3 = comma-separated gateway pids, $4 haproxy pid or "-",
+# $5 requests, $6 concurrency. Adds Redis's and haproxy's CPU per 10k requests, Redis commands
+# per request (those run inside scripts included) and how busy the whole box was.
 measure() {
-  local redis_cpu0 calls0 lb_cpu0=0 line
+  local redis_cpu0 calls0 lb_cpu0=0 line busy0 total0
   redis_cpu0=$(cpu_of "$redis_pid"); calls0=$(redis_calls)
   [ "$4" != - ] && lb_cpu0=$(cpu_of "$4")
-  line=$("$load" --url "$2" --filter "$work/filters-node/github.yaml" --requests "$N" \
-    --concurrency "$C" --pid "$3" --label "$1")
-  local redis_cpu calls lb_cpu=0
+  read -r busy0 total0 < <(box_ticks)
+  line=$("$load" --url "$2" --filter "$work/filters-node/github.yaml" --requests "$5" \
+    --concurrency "$6" --pid "$3" --label "$1 (C=$6)")
+  local redis_cpu calls lb_cpu=0 busy total
+  read -r busy total < <(box_ticks)
   redis_cpu=$(( $(cpu_of "$redis_pid") - redis_cpu0 ))
   calls=$(( $(redis_calls) - calls0 ))
   [ "$4" != - ] && lb_cpu=$(( $(cpu_of "$4") - lb_cpu0 ))
-  # CPU ticks are 1/100 s: per 10k requests = ticks / 100 * 10000 / N.
-  printf '%s\tredis_cpu_s_per_10k=%s\tredis_cmds_per_req=%s\thaproxy_cpu_s_per_10k=%s\n' "$line" \
-    "$(awk -v t="$redis_cpu" -v n="$N" 'BEGIN {printf "%.2f", t * 100 / n}')" \
-    "$(awk -v c="$calls" -v n="$N" 'BEGIN {printf "%.1f", c / n}')" \
-    "$(awk -v t="$lb_cpu" -v n="$N" 'BEGIN {printf "%.2f", t * 100 / n}')"
+  # CPU ticks are 1/100 s: per 10k requests = ticks / 100 * 10000 / requests.
+  printf '%s\tredis_cpu_s_per_10k=%s\tredis_cmds_per_req=%s\thaproxy_cpu_s_per_10k=%s\tbox_busy=%s%%\n' "$line" \
+    "$(awk -v t="$redis_cpu" -v n="$5" 'BEGIN {printf "%.2f", t * 100 / n}')" \
+    "$(awk -v c="$calls" -v n="$5" 'BEGIN {printf "%.1f", c / n}')" \
+    "$(awk -v t="$lb_cpu" -v n="$5" 'BEGIN {printf "%.2f", t * 100 / n}')" \
+    "$(awk -v b="$((busy - busy0))" -v t="$((total - total0))" 'BEGIN {printf "%.0f", 100 * b / t}')"
 }
 
 start_node mem memory 2; mem_port=$PORT mem_pid=$PID
@@ -130,11 +136,17 @@ done
 start_haproxy "${nodes[@]}"; lb3_port=$PORT lb3_pid=$PID
 three=$(IFS=,; echo "${node_pids[*]}")
 
+targets() { # $1 requests, $2 concurrency
+  measure "1 node, memory dedup, direct" "http://127.0.0.1:$mem_port/webhook/github" "$mem_pid" - "$1" "$2"
+  measure "1 node, redis dedup + fleet limit, direct" "http://127.0.0.1:$one_port/webhook/github" "$one_pid" - "$1" "$2"
+  measure "1 node, redis dedup + fleet limit, haproxy" "http://127.0.0.1:$lb1_port/webhook/github" "$one_pid" "$lb1_pid" "$1" "$2"
+  measure "3 nodes, redis dedup + fleet limit, haproxy" "http://127.0.0.1:$lb3_port/webhook/github" "$three" "$lb3_pid" "$1" "$2"
+}
+
 printf 'requests=%s concurrency=%s body=1KiB rounds=%s sink=redis\n' "$N" "$C" "$R"
+echo "# one request at a time: what the Redis round trips add to a request's latency"
+targets 3000 1
 for round in $(seq "$R"); do
-  echo "# round $round"
-  measure "1 node, memory dedup, direct" "http://127.0.0.1:$mem_port/webhook/github" "$mem_pid" -
-  measure "1 node, redis dedup + fleet limit, direct" "http://127.0.0.1:$one_port/webhook/github" "$one_pid" -
-  measure "1 node, redis dedup + fleet limit, haproxy" "http://127.0.0.1:$lb1_port/webhook/github" "$one_pid" "$lb1_pid"
-  measure "3 nodes, redis dedup + fleet limit, haproxy" "http://127.0.0.1:$lb3_port/webhook/github" "$three" "$lb3_pid"
+  echo "# round $round, saturated"
+  targets "$N" "$C"
 done
