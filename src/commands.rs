@@ -65,6 +65,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         }
     };
     let (listeners, admin_addr, drain) = (settings.listen, settings.admin, settings.drain);
+    let trusted_proxies = settings.trusted_proxies;
     let mut conf = settings.pingora;
     conf.daemon |= options.daemon;
     let opt = Opt {
@@ -87,6 +88,10 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     );
     let mut resolvers = Vec::new();
     let mut floor = crate::tls::Tls13Floor::default();
+    let mut proxy_protocol = crate::tls::ProxyProtocol {
+        addrs: Vec::new(),
+        trusted: trusted_proxies,
+    };
     for listener in &listeners {
         match &listener.tls {
             None => proxy.add_tcp(&listener.addr),
@@ -94,6 +99,11 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
                 Ok((settings, resolver)) => {
                     proxy.add_tls_with_settings(&listener.addr, None, settings);
                     resolvers.push(resolver);
+                    if listener.proxy_protocol {
+                        proxy_protocol
+                            .addrs
+                            .extend(listener.addr.parse::<std::net::SocketAddr>());
+                    }
                     if tls.min_version == config::TlsVersion::Tls13 {
                         floor
                             .addrs
@@ -106,12 +116,25 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
                 }
             },
         }
-        tracing::info!(addr = %listener.addr, tls = listener.tls.is_some(), "listening");
+        tracing::info!(
+            addr = %listener.addr,
+            tls = listener.tls.is_some(),
+            proxy_protocol = listener.proxy_protocol,
+            "listening"
+        );
+    }
+    // The PROXY header comes first on the wire, then the ClientHello the floor reads.
+    let mut pre_tls: Vec<std::sync::Arc<dyn pingora::listeners::PreTlsProcess>> = Vec::new();
+    if !proxy_protocol.addrs.is_empty() {
+        pre_tls.push(std::sync::Arc::new(proxy_protocol));
     }
     if !floor.addrs.is_empty() {
+        pre_tls.push(std::sync::Arc::new(floor));
+    }
+    if !pre_tls.is_empty() {
         proxy
             .endpoints()
-            .set_pre_tls_callback(std::sync::Arc::new(floor));
+            .set_pre_tls_callback(std::sync::Arc::new(crate::tls::PreTlsChain(pre_tls)));
     }
     server.add_service(proxy).add_dependency(&bootstrap);
     // Always present: it also keeps SIGHUP from terminating the process.

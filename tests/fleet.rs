@@ -13,63 +13,19 @@ use common::*;
 
 const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"fleet-secret\"]\n";
 
-/// haproxy on a free port, round robin over `backends`, retrying a refused connection on
-/// another node, passing the client address in X-Forwarded-For.
-struct Haproxy {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(backends: &[u16]) -> Option<Haproxy> {
-        if Command::new("haproxy").arg("-v").output().is_err() {
-            if std::env::var("PORTCULLIS_REQUIRE_BROKERS").as_deref() == Ok("1") {
-                panic!("no haproxy on this machine, and PORTCULLIS_REQUIRE_BROKERS=1");
-            }
-            eprintln!("skipped: no haproxy (apt-get install haproxy)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+/// haproxy round robin over `backends`, retrying a refused connection on another node,
+/// passing the client address in X-Forwarded-For.
+fn haproxy(backends: &[u16]) -> Option<Haproxy> {
+    Haproxy::start(|port| {
         let mut conf = format!(
-            "global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch 1\n  option forwardfor\nfrontend edge\n  bind 127.0.0.1:{port}\n  default_backend gateways\nbackend gateways\n  balance roundrobin\n"
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch 1\n  option forwardfor\nfrontend edge\n  bind 127.0.0.1:{port}\n  default_backend gateways\nbackend gateways\n  balance roundrobin\n"
         );
         for (i, backend) in backends.iter().enumerate() {
             conf +=
                 &format!("  server node{i} 127.0.0.1:{backend} check inter 200ms fall 1 rise 2\n");
         }
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, conf).unwrap();
-        let mut child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Haproxy {
-                    port,
-                    child,
-                    _dir: dir,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("haproxy did not start");
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        conf
+    })
 }
 
 fn fleet(dedup: &str, sinks: &str) -> Vec<Server> {
@@ -103,7 +59,7 @@ fn three_nodes_behind_haproxy_accept_each_event_exactly_once() {
     let dedup =
         format!("{{ backend: redis, url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}:\" }}");
     let mut nodes = fleet(&dedup, &sinks);
-    let Some(lb) = Haproxy::start(&nodes.iter().map(|n| n.port).collect::<Vec<_>>()) else {
+    let Some(lb) = haproxy(&nodes.iter().map(|n| n.port).collect::<Vec<_>>()) else {
         return;
     };
 

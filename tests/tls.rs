@@ -128,6 +128,8 @@ struct Client {
     ca: Option<String>,
     identity: Option<(String, String)>,
     alpn: Vec<Vec<u8>>,
+    /// Bytes sent before the handshake (a PROXY protocol header).
+    preamble: Vec<u8>,
 }
 
 impl Client {
@@ -137,6 +139,7 @@ impl Client {
             ca: None,
             identity: None,
             alpn: Vec::new(),
+            preamble: Vec::new(),
         }
     }
 
@@ -175,9 +178,10 @@ impl Client {
             ServerName::try_from(name.to_owned()).unwrap(),
         )
         .unwrap();
-        let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
+        sock.write_all(&self.preamble).map_err(|e| e.to_string())?;
         let mut tls = StreamOwned::new(conn, sock);
         let body = format!("{{\"id\":\"{id}\"}}");
         let mut raw = format!(
@@ -433,4 +437,163 @@ fn check_reports_unloadable_tls_files() {
     );
     assert!(text.contains("no PEM certificate"), "{text}");
     assert!(text.contains("min_version `1.1`"), "{text}");
+}
+
+fn proxy_v2(source: &str, destination: &str) -> Vec<u8> {
+    use ppp::v2;
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Stream,
+        (
+            source.parse::<std::net::SocketAddr>().unwrap(),
+            destination.parse::<std::net::SocketAddr>().unwrap(),
+        ),
+    )
+    .build()
+    .unwrap()
+}
+
+#[test]
+fn the_proxy_protocol_gives_the_sender_address_from_a_trusted_balancer() {
+    let ca = Ca::new("test ca");
+    let filter = format!("{GITHUB}allow: [\"198.51.100.0/24\", \"2001:db8::/32\"]\n");
+    let dir = Server::prepare(&[("github.yaml", filter.as_str())]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    let port = free_port();
+    let listen = format!(
+        "  - addr: 127.0.0.1:{port}\n    proxy_protocol: true\n    tls: {{ cert: tls/a.pem, key: tls/a.key }}"
+    );
+    let server = Server::start_in(
+        dir,
+        port,
+        &listen,
+        spool_sink(),
+        "trusted_proxies: [127.0.0.1/32]\n",
+    );
+    let mut client = Client::new();
+    client.ca = Some(ca.pem.clone());
+
+    client.preamble = b"PROXY TCP4 198.51.100.7 10.0.0.1 5555 443\r\n".to_vec();
+    let (_, response) = client.post(port, "a.test", "pp-v1").unwrap();
+    assert_eq!(response.status, 202, "v1 header: {:?}", response.json());
+
+    client.preamble = proxy_v2("[2001:db8::7]:4000", "[2001:db8::1]:443");
+    let (_, response) = client.post(port, "a.test", "pp-v2").unwrap();
+    assert_eq!(response.status, 202, "v2 header: {:?}", response.json());
+
+    // The sender, not the balancer, is what the allowlist judges.
+    client.preamble = b"PROXY TCP4 203.0.113.1 10.0.0.1 5555 443\r\n".to_vec();
+    let (_, response) = client.post(port, "a.test", "pp-outside").unwrap();
+    assert_eq!(response.status, 403);
+    assert_eq!(response.json()["error"], "ip_not_allowed");
+
+    // Without the header, or with something else in its place, there is no handshake.
+    for preamble in [
+        Vec::new(),
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        b"PROXY TCP4 999.0.0.1 10.0.0.1 1 2\r\n".to_vec(),
+        vec![b'P'; 8192],
+    ] {
+        client.preamble = preamble;
+        assert!(client.post(port, "a.test", "pp-none").is_err());
+    }
+
+    let sources: Vec<String> = server
+        .spooled()
+        .iter()
+        .map(|e| e["source_ip"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sources, ["198.51.100.7", "2001:db8::7"]);
+    assert_eq!(server.admin_get("/healthz").status, 200);
+}
+
+#[test]
+fn a_proxy_header_from_outside_trusted_proxies_is_refused() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    let port = free_port();
+    let listen = format!(
+        "  - addr: 127.0.0.1:{port}\n    proxy_protocol: true\n    tls: {{ cert: tls/a.pem, key: tls/a.key }}"
+    );
+    let server = Server::start_in(
+        dir,
+        port,
+        &listen,
+        spool_sink(),
+        "trusted_proxies: [10.0.0.0/8]\n",
+    );
+    let mut client = Client::new();
+    client.ca = Some(ca.pem.clone());
+    client.preamble = b"PROXY TCP4 198.51.100.7 10.0.0.1 5555 443\r\n".to_vec();
+    assert!(client.post(port, "a.test", "pp-untrusted").is_err());
+    assert!(server.spooled().is_empty());
+}
+
+#[test]
+fn haproxy_send_proxy_v2_passes_the_client_address() {
+    let ca = Ca::new("test ca");
+    let filter = format!("{GITHUB}allow: [\"127.0.0.2/32\"]\n");
+    let dir = Server::prepare(&[("github.yaml", filter.as_str())]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let port = free_port();
+    let listen = format!(
+        "  - addr: 127.0.0.1:{port}\n    proxy_protocol: true\n    tls: {{ cert: tls/a.pem, key: tls/a.key }}"
+    );
+    let server = Server::start_in(
+        dir,
+        port,
+        &listen,
+        spool_sink(),
+        "trusted_proxies: [127.0.0.1/32]\n",
+    );
+    // TCP mode: haproxy passes the TLS stream through and prepends a v2 header.
+    let Some(lb) = Haproxy::start(|lb| {
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nfrontend edge\n  bind 127.0.0.1:{lb}\n  default_backend gateway\nbackend gateway\n  server node 127.0.0.1:{port} send-proxy-v2\n"
+        )
+    }) else {
+        return;
+    };
+    let post_from = |source: &str, id: &str| {
+        let body = format!("{{\"id\":\"{id}\"}}");
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--interface", source, "--cacert"])
+            .arg(server.dir.path().join("ca.pem"))
+            .args(["--resolve", &format!("a.test:{}:127.0.0.1", lb.port)])
+            .args(["--data-binary", &body]);
+        for (k, v) in sign(GITHUB, body.as_bytes(), now(), id) {
+            curl.args(["-H", &format!("{k}: {v}")]);
+        }
+        curl.arg(format!("https://a.test:{}/webhook/github", lb.port));
+        let out = curl.output().expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(post_from("127.0.0.2", "hp-1"), "202");
+    assert_eq!(post_from("127.0.0.3", "hp-2"), "403");
+    let spooled = server.spooled();
+    assert_eq!(spooled.len(), 1);
+    assert_eq!(spooled[0]["source_ip"], "127.0.0.2");
+}
+
+#[test]
+fn check_refuses_the_proxy_protocol_where_it_cannot_be_trusted() {
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    let conf = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &conf,
+        "listen:\n  - addr: 127.0.0.1:8080\n    proxy_protocol: true\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("proxy_protocol needs a tls listener"), "{text}");
+    assert!(text.contains("list the balancer's addresses"), "{text}");
 }

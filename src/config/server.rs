@@ -48,6 +48,8 @@ struct ListenSpec {
     addr: String,
     #[serde(default)]
     tls: Option<TlsSpec>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +187,8 @@ const SINK_KEYS: &[(&str, &[&str])] = &[
 pub struct Listener {
     pub addr: String,
     pub tls: Option<TlsListener>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a trusted proxy.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,9 +283,28 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
             );
         }
         let tls = l.tls.as_ref().map(|t| tls_listener(t, base, report));
+        if l.proxy_protocol && tls.is_none() {
+            report.error(
+                &["listen", "proxy_protocol"],
+                format!(
+                    "listener {}: proxy_protocol needs a tls listener (Pingora reads the header before the TLS handshake); behind an HTTP balancer use X-Forwarded-For with trusted_proxies",
+                    l.addr
+                ),
+            );
+        }
+        if l.proxy_protocol && raw.trusted_proxies.is_empty() {
+            report.error(
+                &["listen", "proxy_protocol"],
+                format!(
+                    "listener {}: proxy_protocol is believed only from trusted_proxies: list the balancer's addresses there",
+                    l.addr
+                ),
+            );
+        }
         listen.push(Listener {
             addr: l.addr.clone(),
             tls,
+            proxy_protocol: l.proxy_protocol,
         });
     }
     if let Some(admin) = &raw.admin {

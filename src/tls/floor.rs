@@ -34,21 +34,13 @@ pub struct Tls13Floor {
     pub addrs: Vec<SocketAddr>,
 }
 
-impl Tls13Floor {
-    fn applies_to(&self, local: SocketAddr) -> bool {
-        self.addrs
-            .iter()
-            .any(|a| a.port() == local.port() && (a.ip().is_unspecified() || a.ip() == local.ip()))
-    }
-}
-
 #[async_trait]
 impl PreTlsProcess for Tls13Floor {
     async fn process(&self, stream: &mut L4Stream) -> Result<()> {
         let local = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
-        if !local.is_some_and(|l| self.applies_to(l)) {
+        if !local.is_some_and(|l| super::listener_matches(&self.addrs, l)) {
             return Ok(());
         }
         let read = tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(stream)).await;

@@ -6,8 +6,8 @@
 //! resolver picks the certificate whose names cover the SNI name (the first pair is the
 //! default) from an `ArcSwap` that [`CertWatcher`] replaces when the files change on disk
 //! (certbot, cert-manager) or on SIGHUP; a renewal that does not load (half-written file, key
-//! that does not match) is logged and the running certificates stay. The version floor is
-//! the pre-TLS hook in [`floor`].
+//! that does not match) is logged and the running certificates stay. The pre-TLS hook runs
+//! the PROXY protocol reader ([`proxy_protocol`]) and then the version floor ([`floor`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +26,33 @@ use rustls::sign::CertifiedKey;
 use crate::config::TlsListener;
 
 mod floor;
+mod proxy_protocol;
 pub use floor::Tls13Floor;
+pub use proxy_protocol::ProxyProtocol;
+
+/// Pingora takes one pre-TLS hook per service: this runs each in turn.
+pub struct PreTlsChain(pub Vec<Arc<dyn pingora::listeners::PreTlsProcess>>);
+
+#[async_trait]
+impl pingora::listeners::PreTlsProcess for PreTlsChain {
+    async fn process(
+        &self,
+        stream: &mut pingora::protocols::l4::stream::Stream,
+    ) -> pingora::Result<()> {
+        for step in &self.0 {
+            step.process(stream).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a connection's local address belongs to one of `listeners` (an unspecified IP in
+/// the listener matches any).
+fn listener_matches(listeners: &[std::net::SocketAddr], local: std::net::SocketAddr) -> bool {
+    listeners
+        .iter()
+        .any(|a| a.port() == local.port() && (a.ip().is_unspecified() || a.ip() == local.ip()))
+}
 
 /// How often certificate files are checked for a renewal.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);

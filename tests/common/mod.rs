@@ -758,3 +758,56 @@ pub fn entries(port: u16, stream: &str) -> Vec<std::collections::HashMap<String,
         })
         .collect()
 }
+
+/// haproxy (Debian's package) in the foreground on a free port, with the config `conf` builds
+/// for that port (a `global` section is added). `None`, with a "skipped" line, when haproxy is
+/// not installed, unless PORTCULLIS_REQUIRE_BROKERS=1.
+pub struct Haproxy {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub fn start(conf: impl FnOnce(u16) -> String) -> Option<Haproxy> {
+        if Command::new("haproxy").arg("-v").output().is_err() {
+            if std::env::var("PORTCULLIS_REQUIRE_BROKERS").as_deref() == Ok("1") {
+                panic!("no haproxy on this machine, and PORTCULLIS_REQUIRE_BROKERS=1");
+            }
+            eprintln!("skipped: no haproxy (apt-get install haproxy)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, format!("global\n  maxconn 4096\n{}", conf(port))).unwrap();
+        let mut child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Haproxy {
+                    port,
+                    child,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("haproxy did not start");
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
