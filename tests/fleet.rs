@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;

@@ -594,6 +594,9 @@ fn check_refuses_the_proxy_protocol_where_it_cannot_be_trusted() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("proxy_protocol needs a tls listener"), "{text}");
+    assert!(
+        text.contains("proxy_protocol needs a tls listener"),
+        "{text}"
+    );
     assert!(text.contains("list the balancer's addresses"), "{text}");
 }
