@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Portcullis against nginx, in one run on one machine: the same load generator, the same
+# pre-signed 1 KiB JSON GitHub requests with distinct event ids, the same concurrency, targets
+# alternated within each round so drift hits them alike; medians over the rounds and ratios.
+#
+#   1 nginx-202      nginx (Debian) answering 202 itself: the ceiling of HTTP on this box
+#   2 nginx-proxy    nginx proxy_pass (keep-alive) to a do-nothing upstream answering 202
+#   3 bare-pingora   bench/bare.rs: Pingora reading the body and answering 202, no checks
+#   4 chain-spool    Portcullis full chain (allowlist, rate limit sized not to trigger, type,
+#                    size, signature, require_fields, dedup) -> spool (fsync, group commit)
+#   5 chain-redis    the same -> Redis Streams
+#   6 chain-http     the same -> http sink to the upstream of (2)
+#   7 flood          invalid signatures into (4): refused with 401, nothing kept
+#
+#   bench/compare.sh                 # N=50000 requests, C=64, R=3 rounds
+#   N=100000 R=5 bench/compare.sh
+# Needs nginx (apt-get install nginx) and the local Redis.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-50000}
+C=${C:-64}
+R=${R:-3}
+THREADS=${THREADS:-2}
+cargo build --release --bins --quiet
+bin=target/release/portcullis
+load=target/release/portcullis-loadgen
+bare=target/release/portcullis-bare
+work=$(mktemp -d)
+pids=()
+nginx_dirs=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for d in "${nginx_dirs[@]}"; do kill "$(cat "$d/nginx.pid" 2>/dev/null)" 2>/dev/null || true; done
+  redis-cli DEL "bench:compare:$$" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
+
+# $1 name, $2 workers, $3 server block body; sets NGINX_PORT and NGINX_PIDS (workers, comma-separated)
+start_nginx() {
+  local dir="$work/nginx-$1" port
+  port=$(free_port)
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<NGINX
+worker_processes $2;
+error_log $dir/error.log;
+pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir;
+  proxy_temp_path $dir;
+  client_max_body_size 1m;
+  client_body_buffer_size 64k;
+  upstream sink { server 127.0.0.1:${UPSTREAM_PORT:-1}; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port reuseport;
+    $3
+  }
+}
+NGINX
+  nginx -c "$dir/nginx.conf"
+  nginx_dirs+=("$dir")
+  wait_port "$port"
+  NGINX_PORT=$port
+  NGINX_PIDS=$(pgrep -P "$(cat "$dir/nginx.pid")" | paste -sd, -)
+}
+
+mkdir -p "$work/filters"
+cat > "$work/filters/github.yaml" <<YAML
+name: github
+preset: github
+secrets: ["bench-secret"]
+allow: ["127.0.0.0/8"]
+rate_limit: { per_second: 10000000, per_ip_per_second: 10000000 }
+max_body: 64KiB
+content_types: [application/json]
+require_fields: [action]
+YAML
+
+# $1 name, $2 sink line; sets GW_PORT and GW_PID
+start_gateway() {
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  cat > "$work/$1.yaml" <<YAML
+listen: [{ addr: "127.0.0.1:$port" }]
+admin: 127.0.0.1:$admin
+filters: filters/
+sinks:
+  $2
+pingora: { threads: $THREADS, pid_file: $work/$1.pid, upgrade_sock: $work/$1.sock }
+YAML
+  "$bin" run -c "$work/$1.yaml" --no-access-log 2>"$work/$1.log" &
+  GW_PID=$!
+  pids+=("$GW_PID")
+  wait_port "$admin"
+  GW_PORT=$port
+}
+
+start_nginx upstream 1 "location / { return 202; }"
+UPSTREAM_PORT=$NGINX_PORT
+start_nginx ceiling "$THREADS" "location / { default_type application/json; return 202 '{\"status\":\"accepted\"}'; }"
+ceiling_port=$NGINX_PORT ceiling_pids=$NGINX_PIDS
+start_nginx proxy "$THREADS" "location / { proxy_pass http://sink; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+proxy_port=$NGINX_PORT proxy_pids=$NGINX_PIDS
+
+bare_port=$(free_port)
+"$bare" --listen "127.0.0.1:$bare_port" --threads "$THREADS" 2>"$work/bare.log" &
+bare_pid=$!
+pids+=("$bare_pid")
+wait_port "$bare_port"
+
+start_gateway spool "out: { type: spool, dir: $work/spool/ }"
+spool_port=$GW_PORT spool_pid=$GW_PID
+start_gateway redis "out: { type: redis, url: \"redis://127.0.0.1:6379\", stream: \"bench:compare:$$\", timeout: 5s }"
+redis_port=$GW_PORT redis_pid=$GW_PID
+start_gateway http "out: { type: http, url: \"http://127.0.0.1:$UPSTREAM_PORT/ingest\", timeout: 5s }"
+http_port=$GW_PORT http_pid=$GW_PID
+
+results="$work/results.tsv"
+# $1 label, $2 port, $3 pids, extra loadgen args after
+measure() {
+  local label=$1 port=$2 pid=$3
+  shift 3
+  "$load" --url "http://127.0.0.1:$port/webhook/github" --filter "$work/filters/github.yaml" \
+    --requests "$N" --concurrency "$C" --pid "$pid" --label "$label" "$@" | tee -a "$results"
+}
+
+printf 'requests=%s concurrency=%s rounds=%s body=1KiB threads/workers=%s\n' "$N" "$C" "$R" "$THREADS"
+for round in $(seq "$R"); do
+  echo "# round $round"
+  measure 1-nginx-202 "$ceiling_port" "$ceiling_pids"
+  measure 2-nginx-proxy "$proxy_port" "$proxy_pids"
+  measure 3-bare-pingora "$bare_port" "$bare_pid"
+  measure 4-chain-spool "$spool_port" "$spool_pid"
+  measure 5-chain-redis "$redis_port" "$redis_pid"
+  measure 6-chain-http "$http_port" "$http_pid"
+  measure 7-flood "$spool_port" "$spool_pid" --invalid
+done
+
+python3 - "$results" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    rows[f[0]].append(dict(kv.split("=", 1) for kv in f[1:]))
+med = {}
+print("\nmedians over rounds")
+print("| target | requests/s | p50 ms | p99 ms | p99.9 ms | CPU s/10k | peak RSS MiB | statuses (last round) |")
+print("|---|---|---|---|---|---|---|---|")
+for label in sorted(rows):
+    rs = rows[label]
+    m = {k: statistics.median(float(r[k]) for r in rs) for k in ("rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_10k", "peak_rss_mib")}
+    med[label] = m
+    print(f"| {label} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['p999_ms']:.2f} | {m['cpu_s_per_10k']:.2f} | {m['peak_rss_mib']:.0f} | {rs[-1]['statuses']} |")
+def ratio(a, b, target):
+    r = med[a]["rps"] / med[b]["rps"]
+    print(f"{a} / {b}: {r:.2f} (target >= {target}){'' if r >= target else '  MISSED'}")
+print("\nratios of median requests/s")
+ratio("3-bare-pingora", "1-nginx-202", 0)
+ratio("3-bare-pingora", "2-nginx-proxy", 0)
+ratio("7-flood", "3-bare-pingora", 0.9)
+ratio("4-chain-spool", "3-bare-pingora", 0.85)
+ratio("5-chain-redis", "2-nginx-proxy", 1.0)
+ratio("6-chain-http", "2-nginx-proxy", 0.8)
+p = med["5-chain-redis"]["p99_ms"] / med["2-nginx-proxy"]["p99_ms"]
+print(f"p99 5-chain-redis / 2-nginx-proxy: {p:.2f} (target <= 1.0){'' if p <= 1.0 else '  MISSED'}")
+PY
