@@ -213,18 +213,27 @@ fn json_logs_carry_request_id_provider_outcome_reason_and_latency() {
         .filter(|v| v["target"] == "portcullis::access")
         .collect();
     assert_eq!(access.len(), 2, "{log}");
-    for (entry, response) in access.iter().zip([&ok, &bad]) {
-        assert_eq!(
-            entry["request_id"].as_str(),
-            response.header("x-request-id"),
-            "the response names its log line"
-        );
+    // Each request writes its line after its response, on its own connection: the two lines
+    // may come in either order. The response's X-Request-Id names its line.
+    let line_of = |response: &Response| {
+        access
+            .iter()
+            .find(|entry| entry["request_id"].as_str() == response.header("x-request-id"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no access line names {:?}: {log}",
+                    response.header("x-request-id")
+                )
+            })
+    };
+    let (accepted, rejected) = (line_of(&ok), line_of(&bad));
+    for entry in [accepted, rejected] {
         assert_eq!(entry["provider"], "github");
         assert!(entry["latency_ms"].as_f64().is_some());
     }
-    assert_eq!(access[0]["outcome"], "accepted");
-    assert_eq!(access[1]["outcome"], "rejected");
-    assert_eq!(access[1]["reason"], "invalid_signature");
+    assert_eq!(accepted["outcome"], "accepted");
+    assert_eq!(rejected["outcome"], "rejected");
+    assert_eq!(rejected["reason"], "invalid_signature");
 }
 
 #[test]
