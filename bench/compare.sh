@@ -17,6 +17,7 @@
 # Needs nginx (apt-get install nginx) and the local Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 N=${N:-50000}
 C=${C:-64}
 R=${R:-3}
@@ -36,8 +37,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
 
 # $1 name, $2 workers, $3 server block body; sets NGINX_PORT and NGINX_PIDS (workers, comma-separated)
 start_nginx() {

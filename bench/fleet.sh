@@ -9,6 +9,7 @@
 #   N=100000 R=3 bench/fleet.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 N=${N:-50000}
 C=${C:-64}
 R=${R:-2}
@@ -24,8 +25,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 redis_pid=$(redis-cli INFO server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')
 box_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
@@ -98,7 +97,7 @@ CFG
   haproxy -db -f "$conf" >/dev/null 2>&1 &
   local pid=$!
   pids+=("$pid")
-  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+  wait_port "$port"
   PORT=$port PID=$pid
 }
 

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -106,13 +105,8 @@ fn a_fallback_must_be_a_spool_no_filter_uses() {
         "listen: [{ addr: \"127.0.0.1:1\" }]\nfilters: filters/\nsinks:\n  q: { type: redis, url: \"redis://127.0.0.1:6379\", fallback: backup }\n  r: { type: redis, url: \"redis://127.0.0.1:6379\", fallback: q }\n  backup: { type: spool, dir: b/ }\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(dir.path().join("p.yaml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check(&dir.path().join("p.yaml"));
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("fallback `q` must be a sink of type spool"),
         "{text}"

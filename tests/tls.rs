@@ -424,19 +424,24 @@ fn check_reports_unloadable_tls_files() {
         "listen:\n  - addr: 127.0.0.1:8443\n    tls: { cert: tls/a.pem, key: tls/a.key, min_version: \"1.1\" }\n  - addr: 127.0.0.1:8444\n    tls: { cert: tls/empty.pem, key: tls/a.key }\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check(&conf);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("does the key belong to the certificate?"),
         "{text}"
     );
     assert!(text.contains("no PEM certificate"), "{text}");
     assert!(text.contains("min_version `1.1`"), "{text}");
+}
+
+/// A TLS listener (cert `tls/a.*`) that requires a PROXY header from `trusted`.
+fn start_proxied(dir: tempfile::TempDir, trusted: &str) -> Server {
+    let port = free_port();
+    let listen = format!(
+        "  - addr: 127.0.0.1:{port}\n    proxy_protocol: true\n    tls: {{ cert: tls/a.pem, key: tls/a.key }}"
+    );
+    let extra = format!("trusted_proxies: [{trusted}]\n");
+    Server::start_in(dir, port, &listen, spool_sink(), &extra)
 }
 
 fn proxy_v2(source: &str, destination: &str) -> Vec<u8> {
@@ -459,17 +464,8 @@ fn the_proxy_protocol_gives_the_sender_address_from_a_trusted_balancer() {
     let filter = format!("{GITHUB}allow: [\"198.51.100.0/24\", \"2001:db8::/32\"]\n");
     let dir = Server::prepare(&[("github.yaml", filter.as_str())]);
     write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
-    let port = free_port();
-    let listen = format!(
-        "  - addr: 127.0.0.1:{port}\n    proxy_protocol: true\n    tls: {{ cert: tls/a.pem, key: tls/a.key }}"
-    );
-    let server = Server::start_in(
-        dir,
-        port,
-        &listen,
-        spool_sink(),
-        "trusted_proxies: [127.0.0.1/32]\n",
-    );
+    let server = start_proxied(dir, "127.0.0.1/32");
+    let port = server.port;
     let mut client = Client::new();
     client.ca = Some(ca.pem.clone());
 
@@ -512,17 +508,8 @@ fn a_proxy_header_from_outside_trusted_proxies_is_refused() {
     let ca = Ca::new("test ca");
     let dir = Server::prepare(&[("github.yaml", GITHUB)]);
     write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
-    let port = free_port();
-    let listen = format!(
-        "  - addr: 127.0.0.1:{port}\n    proxy_protocol: true\n    tls: {{ cert: tls/a.pem, key: tls/a.key }}"
-    );
-    let server = Server::start_in(
-        dir,
-        port,
-        &listen,
-        spool_sink(),
-        "trusted_proxies: [10.0.0.0/8]\n",
-    );
+    let server = start_proxied(dir, "10.0.0.0/8");
+    let port = server.port;
     let mut client = Client::new();
     client.ca = Some(ca.pem.clone());
     client.preamble = b"PROXY TCP4 198.51.100.7 10.0.0.1 5555 443\r\n".to_vec();
@@ -537,17 +524,8 @@ fn haproxy_send_proxy_v2_passes_the_client_address() {
     let dir = Server::prepare(&[("github.yaml", filter.as_str())]);
     write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
     std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
-    let port = free_port();
-    let listen = format!(
-        "  - addr: 127.0.0.1:{port}\n    proxy_protocol: true\n    tls: {{ cert: tls/a.pem, key: tls/a.key }}"
-    );
-    let server = Server::start_in(
-        dir,
-        port,
-        &listen,
-        spool_sink(),
-        "trusted_proxies: [127.0.0.1/32]\n",
-    );
+    let server = start_proxied(dir, "127.0.0.1/32");
+    let port = server.port;
     // TCP mode: haproxy passes the TLS stream through and prepends a v2 header.
     let Some(lb) = Haproxy::start(|lb| {
         format!(
@@ -587,13 +565,8 @@ fn check_refuses_the_proxy_protocol_where_it_cannot_be_trusted() {
         "listen:\n  - addr: 127.0.0.1:8080\n    proxy_protocol: true\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check(&conf);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("proxy_protocol needs a tls listener"),
         "{text}"

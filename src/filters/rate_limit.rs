@@ -78,9 +78,10 @@ const KEY_PREFIX: &str = "portcullis:rate:";
 pub struct FleetLimit {
     store: Arc<SharedStore>,
     provider: String,
-    /// The filter-wide cell's key, built once.
-    total_key: String,
-    limit: RateLimit,
+    /// The per-source cell's (emission interval, burst tolerance), if there is one.
+    per_ip: Option<(u64, u64)>,
+    /// The filter-wide cell's key (built once) and parameters.
+    total: Option<(String, (u64, u64))>,
     script: redis::Script,
 }
 
@@ -89,30 +90,27 @@ impl FleetLimit {
         FleetLimit {
             store,
             provider: provider.to_owned(),
-            total_key: format!("{KEY_PREFIX}{provider}"),
-            limit,
+            per_ip: limit.per_ip_per_second.map(cell),
+            total: limit
+                .per_second
+                .map(|n| (format!("{KEY_PREFIX}{provider}"), cell(n))),
             script: redis::Script::new(GCRA),
         }
     }
 
     /// Both cells (the source's and the filter's) in one round trip.
     pub async fn check(&self, client_ip: IpAddr) -> Result<(), Reason> {
-        let mut call = self.script.prepare_invoke();
-        let mut cells = 0;
-        if let Some(n) = self.limit.per_ip_per_second {
-            call.key(format!("{KEY_PREFIX}{}:{client_ip}", self.provider));
-            let (interval, tolerance) = cell(n);
-            call.arg(interval).arg(tolerance);
-            cells += 1;
-        }
-        if let Some(n) = self.limit.per_second {
-            call.key(&self.total_key);
-            let (interval, tolerance) = cell(n);
-            call.arg(interval).arg(tolerance);
-            cells += 1;
-        }
-        if cells == 0 {
+        if self.per_ip.is_none() && self.total.is_none() {
             return Ok(());
+        }
+        let mut call = self.script.prepare_invoke();
+        if let Some((interval, tolerance)) = self.per_ip {
+            call.key(format!("{KEY_PREFIX}{}:{client_ip}", self.provider));
+            call.arg(interval).arg(tolerance);
+        }
+        if let Some((key, (interval, tolerance))) = &self.total {
+            call.key(key);
+            call.arg(interval).arg(tolerance);
         }
         let Ok(mut conn) = self.store.connection().await else {
             return Ok(());

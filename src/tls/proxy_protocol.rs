@@ -9,7 +9,7 @@
 //! The sender's address replaces the socket's peer address, so allowlists, per-IP limits, the
 //! envelope's `source_ip` and the access log all see it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -97,9 +97,11 @@ async fn read_header(
     }
 }
 
-/// `Ok(None)` while more bytes are needed; `Ok(Some((sender, header length)))` once complete.
-#[allow(clippy::type_complexity)]
-fn parse(buf: &[u8]) -> std::result::Result<Option<(Option<SocketAddr>, usize)>, &'static str> {
+/// A complete header: the sender's address (if it carries one) and the header's length.
+type Parsed = (Option<SocketAddr>, usize);
+
+/// `Ok(None)` while more bytes are needed.
+fn parse(buf: &[u8]) -> std::result::Result<Option<Parsed>, &'static str> {
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
         return Ok(None);
@@ -108,10 +110,10 @@ fn parse(buf: &[u8]) -> std::result::Result<Option<(Option<SocketAddr>, usize)>,
         HeaderResult::V2(Ok(header)) => {
             let sender = match (header.command, header.addresses) {
                 (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
-                    Some(inet(a.source_address.into(), a.source_port))
+                    Some(SocketAddr::new(a.source_address.into(), a.source_port))
                 }
                 (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
-                    Some(inet(a.source_address.into(), a.source_port))
+                    Some(SocketAddr::new(a.source_address.into(), a.source_port))
                 }
                 _ => None,
             };
@@ -119,18 +121,18 @@ fn parse(buf: &[u8]) -> std::result::Result<Option<(Option<SocketAddr>, usize)>,
         }
         HeaderResult::V1(Ok(header)) => {
             let sender = match header.addresses {
-                v1::Addresses::Tcp4(a) => Some(inet(a.source_address.into(), a.source_port)),
-                v1::Addresses::Tcp6(a) => Some(inet(a.source_address.into(), a.source_port)),
+                v1::Addresses::Tcp4(a) => {
+                    Some(SocketAddr::new(a.source_address.into(), a.source_port))
+                }
+                v1::Addresses::Tcp6(a) => {
+                    Some(SocketAddr::new(a.source_address.into(), a.source_port))
+                }
                 v1::Addresses::Unknown => None,
             };
             Ok(Some((sender, header.header.len())))
         }
         _ => Err("not a PROXY protocol header"),
     }
-}
-
-fn inet(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
 }
 
 fn refuse(why: &'static str) -> Box<Error> {

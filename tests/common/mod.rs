@@ -811,3 +811,16 @@ impl Drop for Haproxy {
         let _ = self.child.wait();
     }
 }
+
+/// `portcullis check -c conf`: its exit code and what it printed on stdout.
+pub fn check(conf: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(conf)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
