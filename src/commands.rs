@@ -65,6 +65,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         }
     };
     let (listeners, admin_addr, drain) = (settings.listen, settings.admin, settings.drain);
+    let header_timeout = settings.header_timeout;
     let trusted_proxies = settings.trusted_proxies;
     let mut conf = settings.pingora;
     conf.daemon |= options.daemon;
@@ -80,10 +81,16 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     let (sinks, dedup) = (gateway.sinks(), gateway.dedup());
     let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     app.handle_init_modules();
+    let mut http_options = pingora::apps::HttpServerOptions::default();
+    http_options.h2_idle_timeout = Some(header_timeout);
+    app.server_options = Some(http_options);
     let mut proxy = Service::new(
         "portcullis".into(),
         crate::lifecycle::Lingering {
-            inner: std::sync::Arc::new(app),
+            inner: std::sync::Arc::new(crate::header_deadline::HeaderDeadline {
+                inner: std::sync::Arc::new(app),
+                timeout: header_timeout,
+            }),
         },
     );
     let mut resolvers = Vec::new();

@@ -296,9 +296,14 @@ impl Gateway {
         ctx.status = status;
         // Counted before answering, so a client that reads its answer sees it in /metrics.
         self.record(ctx);
-        // A request turned away before its body was read must not have that body drained
-        // (it may be huge or never come): close the connection after answering.
-        if !session.is_body_done() {
+        // A request turned away before its body was read, or whose body broke off, must not
+        // have that body drained (it may be huge, never come or be unframeable): close the
+        // connection after answering.
+        let body_broken = matches!(
+            ctx.reason,
+            Some(Reason::InvalidBody | Reason::BodyTimeout | Reason::PayloadTooLarge)
+        );
+        if body_broken || !session.is_body_done() {
             session.set_keepalive(None);
         }
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
@@ -413,6 +418,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        crate::header_deadline::head_received();
         let outcome = self.handle(session, ctx).await;
         self.respond(session, ctx, outcome).await;
         Ok(true)
@@ -433,6 +439,7 @@ impl ProxyHttp for Gateway {
         _e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
+        crate::header_deadline::response_sent();
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
         let provider = self.provider_label(ctx);
         let outcome = ctx.outcome;

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod filters;
 pub mod gateway;
+pub mod header_deadline;
 pub mod lifecycle;
 pub mod metrics;
 pub mod rawhttp;

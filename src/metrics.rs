@@ -89,6 +89,14 @@ pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
 });
 
 /// Registers every metric up front, so `/metrics` lists them before the first request.
+pub static HEADER_TIMEOUTS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "portcullis_header_timeouts_total",
+        "Connections closed because no complete request head arrived within header_timeout (slow or idle clients)."
+    )
+    .expect("register portcullis_header_timeouts_total")
+});
+
 pub fn init() {
     Lazy::force(&REQUESTS);
     Lazy::force(&REJECTIONS);
@@ -98,6 +106,7 @@ pub fn init() {
     Lazy::force(&DEDUP_ENTRIES);
     Lazy::force(&DEDUP_ERRORS);
     Lazy::force(&DEDUP_LOCAL_FALLBACKS);
+    Lazy::force(&HEADER_TIMEOUTS);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);

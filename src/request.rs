@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
+use crate::reason::Reason;
+
 pub struct Inbound<'a> {
     pub method: &'a str,
     pub path: &'a str,
@@ -36,10 +38,31 @@ impl<'a> Inbound<'a> {
         }
     }
 
-    /// The header's value as text; `None` when absent, empty or not visible ASCII.
+    /// The header's value as text; `None` when absent, empty, not visible ASCII or sent more
+    /// than once (two timestamps or ids are ambiguous, and a hop behind us might pick the other).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        let value = self.headers.get(name)?.to_str().ok()?.trim();
+        let mut values = self.headers.get_all(name).iter();
+        let value = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        let value = value.to_str().ok()?.trim();
         (!value.is_empty()).then_some(value)
+    }
+
+    /// The signature header: `missing_signature` when absent or empty, `invalid_signature` when
+    /// sent more than once or not visible ASCII.
+    pub fn signature(&self, name: &str) -> Result<&'a str, Reason> {
+        let mut values = self.headers.get_all(name).iter();
+        let value = values.next().ok_or(Reason::MissingSignature)?;
+        if values.next().is_some() {
+            return Err(Reason::InvalidSignature);
+        }
+        let value = value.to_str().map_err(|_| Reason::InvalidSignature)?.trim();
+        if value.is_empty() {
+            return Err(Reason::MissingSignature);
+        }
+        Ok(value)
     }
 
     /// The body parsed as JSON, or `None` when it is not JSON. serde_json's recursion limit

@@ -573,3 +573,113 @@ fn check_refuses_the_proxy_protocol_where_it_cannot_be_trusted() {
     );
     assert!(text.contains("list the balancer's addresses"), "{text}");
 }
+
+#[test]
+fn http2_clients_get_the_same_answers_and_reasons_on_one_connection() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 2 * 1024 * 1024]).unwrap();
+    let mut server = start_tls(dir, "{ cert: tls/a.pem, key: tls/a.key }");
+    let url = |path: &str| format!("https://a.test:{}{path}", server.port);
+
+    let body = "{\"id\":\"h2-adv\"}";
+    let signed = sign(GITHUB, body.as_bytes(), now(), "h2-adv");
+    let mut tampered = signed.clone();
+    for (k, v) in tampered.iter_mut() {
+        if k == "x-hub-signature-256" {
+            *v = format!("sha256={}", "0".repeat(64));
+        }
+    }
+    let mut curl = std::process::Command::new("curl");
+    let ca_file = server.dir.path().join("ca.pem");
+    let resolve = format!("a.test:{}:127.0.0.1", server.port);
+    // One curl, one connection: each `--next` is another stream on it (options reset there).
+    let mut first = true;
+    let mut request = |curl: &mut std::process::Command,
+                       headers: &[(String, String)],
+                       data: Option<String>,
+                       path: &str| {
+        if !first {
+            curl.arg("--next");
+        }
+        first = false;
+        curl.args(["-sS", "--http2", "--resolve", &resolve, "--cacert"])
+            .arg(&ca_file);
+        curl.args(["-w", "\n%{http_version} %{http_code}\n"]);
+        for (k, v) in headers {
+            curl.args(["-H", &format!("{k}: {v}")]);
+        }
+        if let Some(data) = data {
+            curl.args(["--data-binary", &data]);
+        }
+        curl.arg(url(path));
+    };
+    request(&mut curl, &signed, Some(body.into()), "/webhook/github");
+    request(&mut curl, &signed, Some(body.into()), "/webhook/github");
+    request(&mut curl, &tampered, Some(body.into()), "/webhook/github");
+    request(&mut curl, &[], None, "/webhook/github");
+    request(&mut curl, &signed, Some(body.into()), "/webhook/gitlab");
+    let out = curl.output().expect("curl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<(String, String)> = stdout
+        .lines()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|pair| {
+            (
+                pair[0].to_owned(),
+                pair.get(1).copied().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("accepted", "2 202"),
+        ("duplicate", "2 200"),
+        ("invalid_signature", "2 401"),
+        ("method_not_allowed", "2 405"),
+        ("unknown_provider", "2 404"),
+    ];
+    assert_eq!(
+        answers.len(),
+        expected.len(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ((body, status), (word, want)) in answers.iter().zip(expected) {
+        assert_eq!(
+            status,
+            want,
+            "{body} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(body.contains(word), "{body} should say {word}");
+    }
+
+    // Too large, answered before the body is read: the complete 413, then RST_STREAM(NO_ERROR)
+    // asks the client to stop uploading (RFC 9113 §8.1). nghttp, because curl 7.88 reports that
+    // reset as an error even after a complete response.
+    let mut nghttp = std::process::Command::new("nghttp");
+    nghttp.args(["-v", "-d"]).arg(&big);
+    for (k, v) in &signed {
+        nghttp.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = nghttp
+        .arg(format!("https://127.0.0.1:{}/webhook/github", server.port))
+        .output()
+        .expect("nghttp runs (Debian package nghttp2-client)");
+    let trace = String::from_utf8_lossy(&out.stdout);
+    assert!(trace.contains(":status: 413"), "{trace}");
+    assert!(
+        trace.contains("{\"error\":\"payload_too_large\"}"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("error_code=NO_ERROR"),
+        "the upload is stopped without error: {trace}"
+    );
+    assert_eq!(server.spooled().len(), 1);
+    assert!(server.is_alive());
+}

@@ -49,16 +49,38 @@ pub fn load_filter(path: &Path) -> (Option<Filter>, Vec<Problem>) {
     let Some(text) = diagnostics::read(path, &mut problems) else {
         return (None, problems);
     };
+    let (filter, mut more) = load_filter_text(path, &text);
+    problems.append(&mut more);
+    (filter, problems)
+}
+
+/// [`load_filter`] of text already read (`path` names it and anchors relative paths).
+pub fn load_filter_text(path: &Path, text: &str) -> (Option<Filter>, Vec<Problem>) {
+    let mut problems = Vec::new();
     let filter = filter::load(
         path,
         None,
         &mut Report {
             file: path,
-            text: &text,
+            text,
             problems: &mut problems,
         },
     );
     (filter, problems)
+}
+
+/// The server file alone, from text already read: what `load` checks before the filters.
+pub fn load_server_text(path: &Path, text: &str) -> (Option<server::Server>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let server = server::load(
+        path,
+        &mut Report {
+            file: path,
+            text,
+            problems: &mut problems,
+        },
+    );
+    (server, problems)
 }
 
 pub fn load(path: &Path) -> Loaded {

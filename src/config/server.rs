@@ -20,6 +20,7 @@ pub const KEYS: &[&str] = &[
     "dedup",
     "sinks",
     "drain",
+    "header_timeout",
     "pingora",
 ];
 
@@ -39,6 +40,8 @@ struct ServerFile {
     sinks: BTreeMap<String, SinkSpec>,
     #[serde(default)]
     drain: Option<String>,
+    #[serde(default)]
+    header_timeout: Option<String>,
     #[serde(default)]
     pingora: Option<serde_yaml::Mapping>,
 }
@@ -253,8 +256,13 @@ pub struct Server {
     pub fallbacks: Vec<(String, String)>,
     /// On SIGTERM, how long `/readyz` fails before the listeners close.
     pub drain: Duration,
+    /// How long a connection has to send a complete request head, counted from accept or from
+    /// its previous response (so it is also the keep-alive idle limit).
+    pub header_timeout: Duration,
     pub pingora: ServerConf,
 }
+
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -578,6 +586,21 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
             Duration::ZERO
         }
     };
+    let header_timeout = match raw.header_timeout.as_deref().map(parse_duration) {
+        None => DEFAULT_HEADER_TIMEOUT,
+        Some(Ok(d)) if !d.is_zero() && d <= Duration::from_secs(300) => d,
+        Some(Ok(_)) => {
+            report.error(
+                &["header_timeout"],
+                "header_timeout must be more than zero and at most 5m",
+            );
+            DEFAULT_HEADER_TIMEOUT
+        }
+        Some(Err(e)) => {
+            report.error(&["header_timeout"], e);
+            DEFAULT_HEADER_TIMEOUT
+        }
+    };
     let filters_dir = base.join(raw.filters.as_deref().unwrap_or("filters/"));
     Some(Server {
         listen,
@@ -589,6 +612,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         sinks,
         fallbacks,
         drain,
+        header_timeout,
         pingora,
     })
 }

@@ -341,7 +341,7 @@ impl HmacScheme {
 
 impl Scheme for HmacScheme {
     fn verify(&self, req: &Inbound<'_>, now: i64) -> Result<(), Reason> {
-        let value = req.header(&self.header).ok_or(Reason::MissingSignature)?;
+        let value = req.signature(&self.header)?;
         let timestamp = self.timestamp_of(req)?;
         let (index, encoded) = self.split(value).ok_or(Reason::InvalidSignature)?;
         let signature = self

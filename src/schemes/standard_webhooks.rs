@@ -69,9 +69,7 @@ impl StandardWebhooks {
 
 impl Scheme for StandardWebhooks {
     fn verify(&self, req: &Inbound<'_>, now: i64) -> Result<(), Reason> {
-        let value = req
-            .header(self.headers.signature)
-            .ok_or(Reason::MissingSignature)?;
+        let value = req.signature(self.headers.signature)?;
         let id = req
             .header(self.headers.id)
             .ok_or(Reason::MissingSignature)?;

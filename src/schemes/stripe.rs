@@ -40,7 +40,7 @@ impl PairScheme {
 
 impl Scheme for PairScheme {
     fn verify(&self, req: &Inbound<'_>, now: i64) -> Result<(), Reason> {
-        let value = req.header(self.header).ok_or(Reason::MissingSignature)?;
+        let value = req.signature(self.header)?;
         let mut timestamp = None;
         let mut candidates = Vec::new();
         for (key, val) in pairs(value, self.separator) {

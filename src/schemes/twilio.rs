@@ -87,7 +87,7 @@ fn body_hash_matches(query: &str, body: &[u8]) -> Option<bool> {
 
 impl Scheme for Twilio {
     fn verify(&self, req: &Inbound<'_>, _now: i64) -> Result<(), Reason> {
-        let value = req.header(HEADER).ok_or(Reason::MissingSignature)?;
+        let value = req.signature(HEADER)?;
         let signature = Encoding::Base64
             .decode(value)
             .ok_or(Reason::InvalidSignature)?;
