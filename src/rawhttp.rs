@@ -71,10 +71,13 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
                 return Ok(body);
             }
             Ok(httparse::Status::Complete((offset, size))) => {
-                let size = usize::try_from(size).map_err(|_| "chunk too large")?;
-                let chunk = data.get(offset..offset + size).ok_or("truncated chunk")?;
+                let end = usize::try_from(size)
+                    .ok()
+                    .and_then(|size| offset.checked_add(size))
+                    .ok_or("chunk too large")?;
+                let chunk = data.get(offset..end).ok_or("truncated chunk")?;
                 body.extend_from_slice(chunk);
-                data = data.get(offset + size + 2..).ok_or("truncated chunk")?;
+                data = data.get(end.saturating_add(2)..).ok_or("truncated chunk")?;
             }
             _ => return Err("malformed chunked body".into()),
         }
@@ -103,6 +106,8 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n{}",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"\x00\x01\r\n\r\n",
+            // A chunk size near u64::MAX: an overflow in debug builds before.
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff0\r\nab\r\n",
         ] {
             assert!(parse(bad).is_err());
         }

@@ -40,7 +40,7 @@ fn check_accepts_the_shipped_config() {
 #[test]
 fn check_reports_every_problem_with_file_line_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let conf = write(dir.path(), "portcullis.yaml", "listen:\n  - addr: 127.0.0.1:8080\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\nlisten_backlog: 5\n");
+    let conf = write(dir.path(), "portcullis.yaml", "listen:\n  - addr: 127.0.0.1:8080\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\nlisten_backlog: 5\nheader_timeout: 0s\n");
     write(dir.path(), "filters/a.yaml", "name: a\npreset: github\nsecrets: [env:PORTCULLIS_SURELY_UNSET_VAR]\ntolerence: 5m\nallow: [\"10.0.0.0/33\"]\n");
     write(
         dir.path(),
@@ -61,6 +61,10 @@ fn check_reports_every_problem_with_file_line_and_the_fix() {
     assert_eq!(code, 1, "{out}");
     let expect = [
         ("portcullis.yaml:6:", "unknown key `listen_backlog`"),
+        (
+            "portcullis.yaml:7:",
+            "header_timeout must be more than zero",
+        ),
         ("a.yaml:3:", "PORTCULLIS_SURELY_UNSET_VAR is not set"),
         ("a.yaml:4:", "did you mean `tolerance`?"),
         ("a.yaml:5:", "10.0.0.0/33"),
