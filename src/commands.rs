@@ -13,7 +13,6 @@ use pingora::services::listening::Service;
 use crate::admin::Admin;
 use crate::config::{self, Severity};
 use crate::gateway::Gateway;
-use crate::request::Inbound;
 use crate::schemes::Outbound;
 
 pub struct RunOptions {
@@ -303,14 +302,7 @@ pub fn verify(filter: &Path, request: &Path, now: Option<i64>) -> i32 {
         }
     };
     let now = now.unwrap_or_else(|| chrono::Utc::now().timestamp());
-    let req = Inbound::new(
-        &parsed.method,
-        &parsed.path,
-        parsed.query.as_deref(),
-        &parsed.headers,
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        &parsed.body,
-    );
+    let req = parsed.inbound();
     let verdict = filter.scheme.verify(&req, now);
     let (accepted, reason) = match verdict {
         Ok(()) => (true, None),

@@ -11,6 +11,20 @@ pub struct RawRequest {
     pub body: Vec<u8>,
 }
 
+impl RawRequest {
+    /// The request as the filter chain sees it (from loopback: a capture has no peer).
+    pub fn inbound(&self) -> crate::request::Inbound<'_> {
+        crate::request::Inbound::new(
+            &self.method,
+            &self.path,
+            self.query.as_deref(),
+            &self.headers,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            &self.body,
+        )
+    }
+}
+
 pub fn parse(raw: &[u8]) -> Result<RawRequest, String> {
     let mut slots = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut slots);

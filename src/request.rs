@@ -41,28 +41,34 @@ impl<'a> Inbound<'a> {
     /// The header's value as text; `None` when absent, empty, not visible ASCII or sent more
     /// than once (two timestamps or ids are ambiguous, and a hop behind us might pick the other).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        let mut values = self.headers.get_all(name).iter();
-        let value = values.next()?;
-        if values.next().is_some() {
-            return None;
-        }
-        let value = value.to_str().ok()?.trim();
+        let value = self.single(name)?.ok()?.to_str().ok()?.trim();
         (!value.is_empty()).then_some(value)
     }
 
     /// The signature header: `missing_signature` when absent or empty, `invalid_signature` when
     /// sent more than once or not visible ASCII.
     pub fn signature(&self, name: &str) -> Result<&'a str, Reason> {
-        let mut values = self.headers.get_all(name).iter();
-        let value = values.next().ok_or(Reason::MissingSignature)?;
-        if values.next().is_some() {
-            return Err(Reason::InvalidSignature);
-        }
-        let value = value.to_str().map_err(|_| Reason::InvalidSignature)?.trim();
+        let value = self.single(name).ok_or(Reason::MissingSignature)?;
+        let value = value
+            .ok()
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Reason::InvalidSignature)?
+            .trim();
         if value.is_empty() {
             return Err(Reason::MissingSignature);
         }
         Ok(value)
+    }
+
+    /// `None` when absent, `Some(Err(()))` when sent more than once.
+    fn single(&self, name: &str) -> Option<Result<&'a http::HeaderValue, ()>> {
+        let mut values = self.headers.get_all(name).iter();
+        let first = values.next()?;
+        Some(if values.next().is_some() {
+            Err(())
+        } else {
+            Ok(first)
+        })
     }
 
     /// The body parsed as JSON, or `None` when it is not JSON. serde_json's recursion limit

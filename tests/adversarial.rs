@@ -58,13 +58,18 @@ fn still_serving(server: &mut Server, id: &str) {
 
 /// `headers` with `name` (any case) replaced by `value`.
 fn with(headers: &[(String, String)], name: &str, value: &str) -> Vec<(String, String)> {
-    let mut out: Vec<_> = headers
+    let mut out = without(headers, name);
+    out.push((name.to_owned(), value.to_owned()));
+    out
+}
+
+/// `headers` without `name` (any case).
+fn without(headers: &[(String, String)], name: &str) -> Vec<(String, String)> {
+    headers
         .iter()
         .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
         .cloned()
-        .collect();
-    out.push((name.to_owned(), value.to_owned()));
-    out
+        .collect()
 }
 
 fn value_of<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
@@ -86,6 +91,20 @@ fn raw_post(port: u16, path: &str, head_lines: &[u8], body: &[u8]) -> Response {
     raw.extend_from_slice(b"\r\n");
     raw.extend_from_slice(body);
     request(port, &raw)
+}
+
+/// The head of a signed keep-alive POST of `body` to the github filter (the body not included).
+fn keep_alive_head(body: &[u8], id: &str) -> Vec<u8> {
+    [
+        format!(
+            "POST /webhook/github HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+        .into_bytes(),
+        head_lines(&sign(GITHUB, body, now(), id)),
+        b"\r\n".to_vec(),
+    ]
+    .concat()
 }
 
 fn head_lines(headers: &[(String, String)]) -> Vec<u8> {
@@ -219,11 +238,7 @@ fn signatures_of_the_wrong_length_encoding_case_or_count_are_401() {
     }
     // Bytes that are not text at all.
     let binary = [&b"X-Hub-Signature-256: sha256=\xff\xfe"[..], b"\r\n"].concat();
-    let headers: Vec<_> = signed
-        .iter()
-        .filter(|(k, _)| k != "x-hub-signature-256")
-        .cloned()
-        .collect();
+    let headers = without(&signed, "x-hub-signature-256");
     let r = raw_post(
         server.port,
         "/webhook/github",
@@ -236,11 +251,7 @@ fn signatures_of_the_wrong_length_encoding_case_or_count_are_401() {
     // hop behind us believe? Refused.
     let garbage = format!("sha256={}", "0".repeat(64));
     for pair in [[&good, &garbage], [&garbage, &good], [&good, &good]] {
-        let mut headers: Vec<_> = signed
-            .iter()
-            .filter(|(k, _)| k != "x-hub-signature-256")
-            .cloned()
-            .collect();
+        let mut headers = without(&signed, "x-hub-signature-256");
         for value in pair {
             headers.push(("X-Hub-Signature-256".into(), value.to_string()));
         }
@@ -310,10 +321,7 @@ fn header_values_with_cr_lf_or_nul_are_refused_by_the_parser_before_any_filter()
     assert!(server.spooled().is_empty());
 
     // Bytes beyond ASCII (obs-text) pass the parser but are never an id: the body's hash is.
-    let headers: Vec<_> = sign(GITHUB, body, now(), "unused")
-        .into_iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("x-github-delivery"))
-        .collect();
+    let headers = without(&sign(GITHUB, body, now(), "unused"), "x-github-delivery");
     let r = raw_post(
         server.port,
         "/webhook/github",
@@ -613,19 +621,12 @@ fn slow_loris_clients_are_cut_off_while_others_are_served() {
     });
     let body_trickler = std::thread::spawn(move || {
         let body = br#"{"action":"opened","pad":"....................................."}"#;
-        let mut raw = format!(
-            "POST /webhook/github HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in sign(GITHUB, body, now(), "loris-body") {
-            raw += &format!("{k}: {v}\r\n");
-        }
-        raw += "\r\n";
+        let head = keep_alive_head(body, "loris-body");
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
-        stream.write_all(raw.as_bytes()).unwrap();
+        stream.write_all(&head).unwrap();
         for byte in body {
             if stream.write_all(&[*byte]).is_err() {
                 break;
@@ -677,17 +678,10 @@ fn thousands_of_idle_connections_neither_block_others_nor_stay_open() {
         .collect();
     // One more finishes a request with keep-alive, then idles too.
     let body = br#"{"action":"opened"}"#;
-    let mut raw = format!(
-        "POST /webhook/github HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in sign(GITHUB, body, now(), "idle-keepalive") {
-        raw += &format!("{k}: {v}\r\n");
-    }
     let mut keepalive = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    keepalive.write_all(raw.as_bytes()).unwrap();
-    keepalive.write_all(b"\r\n").unwrap();
-    keepalive.write_all(body).unwrap();
+    keepalive
+        .write_all(&[keep_alive_head(body, "idle-keepalive"), body.to_vec()].concat())
+        .unwrap();
     keepalive
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();

@@ -6,7 +6,6 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::config::Filter;
-use portcullis::request::Inbound;
 
 fn github() -> &'static Filter {
     static FILTER: OnceLock<Filter> = OnceLock::new();
@@ -23,14 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(parsed) = portcullis::rawhttp::parse(data) else {
         return;
     };
-    let req = Inbound::new(
-        &parsed.method,
-        &parsed.path,
-        parsed.query.as_deref(),
-        &parsed.headers,
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        &parsed.body,
-    );
+    let req = parsed.inbound();
     let filter = github();
     let _ = filter.scheme.verify(&req, 1_700_000_000);
     let chain = portcullis::filters::chain(filter);
