@@ -426,7 +426,7 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         .iter()
         .map(|t| t.trim().to_ascii_lowercase())
         .collect();
-    let forward_headers = raw
+    let mut forward_headers: Vec<String> = raw
         .forward_headers
         .clone()
         .map(|list| list.into_iter().map(|h| h.to_ascii_lowercase()).collect())
@@ -435,6 +435,9 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
             list.extend(preset.forward_headers.iter().map(|h| h.to_string()));
             list
         });
+    // Named twice, forwarded once: sinks carry the headers as a map.
+    let mut seen = std::collections::HashSet::new();
+    forward_headers.retain(|h| seen.insert(h.clone()));
     for header in &forward_headers {
         if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             report.error(

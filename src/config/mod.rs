@@ -235,4 +235,13 @@ mod tests {
         assert_eq!(parse_size(&SizeValue::Bytes(10)).unwrap(), 10);
         assert!(parse_size(&SizeValue::Text("big".into())).is_err());
     }
+
+    #[test]
+    fn a_header_named_twice_is_forwarded_once() {
+        let yaml =
+            "name: f\npreset: github\nsecrets: [s]\nforward_headers: [X-A, x-a, User-Agent, x-A]\n";
+        let (filter, problems) = load_filter_text(Path::new("f.yaml"), yaml);
+        let filter = filter.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(filter.forward_headers, ["x-a", "user-agent"]);
+    }
 }

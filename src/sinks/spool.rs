@@ -13,7 +13,8 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use base64::Engine;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Envelope, Sink, SinkError};
@@ -80,35 +81,50 @@ impl Spool {
 }
 
 /// One spool line: the envelope as JSON, the body as text when it is UTF-8 (escaping is
-/// lossless) and as `body_base64` otherwise.
+/// lossless) and as `body_base64` otherwise. Serialized straight from borrowed fields: no
+/// intermediate JSON tree, no copy of the body besides the escaped output.
 pub fn encode_line(envelope: &Envelope) -> Vec<u8> {
-    let headers: Map<String, Value> = envelope
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    let mut record = json!({
-        "provider": envelope.provider,
-        "event_id": envelope.event_id,
-        "event_type": envelope.event_type,
-        "received_at": envelope.received_at,
-        "source_ip": envelope.source_ip,
-        "verified": envelope.verified,
-        "headers": headers,
-    });
-    if let Some(reason) = envelope.reason {
-        record["reason"] = Value::String(reason.into());
+    #[derive(Serialize)]
+    struct Line<'a> {
+        provider: &'a str,
+        event_id: &'a str,
+        event_type: &'a str,
+        received_at: &'a str,
+        source_ip: &'a str,
+        verified: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        headers: Headers<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body_base64: Option<String>,
     }
-    match std::str::from_utf8(&envelope.body) {
-        Ok(text) => record["body"] = Value::String(text.into()),
-        Err(_) => {
-            record["body_base64"] =
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&envelope.body))
+    struct Headers<'a>(&'a [(String, String)]);
+    impl Serialize for Headers<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
         }
     }
-    let mut line = serde_json::to_vec(&record).unwrap_or_default();
-    line.push(b'\n');
-    line
+    let text = std::str::from_utf8(&envelope.body).ok();
+    let line = Line {
+        provider: &envelope.provider,
+        event_id: &envelope.event_id,
+        event_type: &envelope.event_type,
+        received_at: &envelope.received_at,
+        source_ip: &envelope.source_ip,
+        verified: envelope.verified,
+        reason: envelope.reason,
+        headers: Headers(&envelope.headers),
+        body: text,
+        body_base64: text
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&envelope.body)),
+    };
+    let mut out = Vec::with_capacity(envelope.body.len() + 256);
+    serde_json::to_writer(&mut out, &line).expect("a string-only record serializes");
+    out.push(b'\n');
+    out
 }
 
 #[async_trait]
