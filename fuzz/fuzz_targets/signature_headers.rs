@@ -1,5 +1,6 @@
 //! Every preset's `verify` against arbitrary signature, timestamp and id header values and
-//! bodies: a rejection is fine, a panic is the bug. One filter per preset, built once.
+//! bodies: a rejection is fine, a panic is the bug, and what `sign` made (undamaged) must verify.
+//! One filter per preset, built once.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -35,20 +36,27 @@ fn filters() -> &'static Vec<Filter> {
             .iter()
             .filter(|p| p.needs_secret)
             .map(|p| {
-                let secret = if p.name.contains("standard") || p.name == "svix" {
-                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+                // Two secrets in each preset's own format (rotation: either verifies).
+                let (secret, second) = if p.name.contains("standard") || p.name == "svix" {
+                    (
+                        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                        "whsec_c2Vjb25kLXNlY3JldC1mb3ItZnV6emluZw==",
+                    )
                 } else if p.name == "url-key" {
-                    "wh_0123456789abcdefghijklmnopqrstuv"
+                    (
+                        "wh_0123456789abcdefghijklmnopqrstuv",
+                        "wh_vutsrqponmlkjihgfedcba9876543210",
+                    )
                 } else {
-                    "secret"
+                    ("secret", "second")
                 };
                 let extra = match p.name {
                     "hmac" => WSS,
-                    _ if p.needs_public_url => "public_url: https://h.example/webhook/f?x=1\n",
+                    _ if p.needs_public_url => "public_url: https://h.example/webhook/f\n",
                     _ => "",
                 };
                 let yaml = format!(
-                    "name: f\npreset: {}\nsecrets: [\"{secret}\", \"second\"]\n{extra}",
+                    "name: f\npreset: {}\nsecrets: [\"{secret}\", \"{second}\"]\n{extra}",
                     p.name
                 );
                 let path = dir.join(format!("{}.yaml", p.name));
@@ -131,5 +139,14 @@ fuzz_target!(|input: Input<'_>| {
         std::net::Ipv4Addr::LOCALHOST.into(),
         input.body,
     );
-    let _ = filter.scheme.verify(&req, input.now);
+    let verdict = filter.scheme.verify(&req, input.now);
+    // `sign` and `verify` share their code: an undamaged genuine request must verify. (Not for
+    // linear, whose timestamp is inside the body, nor url-key, whose key is in the path.)
+    let undamaged = input.mutate_genuine && input.signature.is_empty() && input.query.is_none();
+    if undamaged
+        && (0..=4_102_444_800).contains(&input.now)
+        && !matches!(filter.preset, "linear" | "url-key")
+    {
+        assert_eq!(verdict, Ok(()), "{}: genuine signature refused", filter.preset);
+    }
 });
