@@ -147,6 +147,11 @@ fuzz_target!(|input: Input<'_>| {
         && (0..=4_102_444_800).contains(&input.now)
         && !matches!(filter.preset, "linear" | "url-key")
     {
-        assert_eq!(verdict, Ok(()), "{}: genuine signature refused", filter.preset);
+        assert_eq!(
+            verdict,
+            Ok(()),
+            "{}: genuine signature refused",
+            filter.preset
+        );
     }
 });
