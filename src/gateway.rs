@@ -338,7 +338,9 @@ async fn publish(provider: &Provider, envelope: &Envelope) -> Result<(), Reason>
     let result = provider.sink.publish(envelope).await;
     timer.observe_duration();
     result.map_err(|e| {
-        metrics::SINK_ERRORS.with_label_values(&[sink]).inc();
+        if !provider.sink.counts_own_errors() {
+            metrics::SINK_ERRORS.with_label_values(&[sink]).inc();
+        }
         tracing::warn!(sink, provider = %provider.name, error = %e, "publish failed");
         match e {
             SinkError::Unavailable(_) => Reason::SinkUnavailable,

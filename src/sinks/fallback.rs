@@ -86,7 +86,12 @@ impl Sink for WithFallback {
                 }
             }
         }
-        self.spool.publish(envelope).await?;
+        if let Err(e) = self.spool.publish(envelope).await {
+            metrics::SINK_ERRORS
+                .with_label_values(&[self.spool.name()])
+                .inc();
+            return Err(e);
+        }
         self.backlog.pending.store(true, Ordering::SeqCst);
         self.backlog.wake.notify_one();
         Ok(())
@@ -95,6 +100,11 @@ impl Sink for WithFallback {
     /// Events are still taken (into the spool) while the primary is down.
     async fn ready(&self) -> bool {
         self.primary.ready().await || self.spool.ready().await
+    }
+
+    /// The primary's failures and the spool's, each under its own name, each once.
+    fn counts_own_errors(&self) -> bool {
+        true
     }
 }
 
@@ -300,6 +310,39 @@ mod tests {
         async fn ready(&self) -> bool {
             true
         }
+    }
+
+    struct Down;
+
+    #[async_trait]
+    impl Sink for Down {
+        fn name(&self) -> &str {
+            "down-primary"
+        }
+        async fn publish(&self, _: &Envelope) -> Result<(), SinkError> {
+            Err(SinkError::Unavailable("connection refused".into()))
+        }
+        async fn ready(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn when_primary_and_spool_both_fail_each_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open("gone-spool", &dir.path().join("s"), 1 << 20).unwrap());
+        // A file where the spool's directory was: no segment can be created.
+        std::fs::remove_dir_all(dir.path().join("s")).unwrap();
+        std::fs::write(dir.path().join("s"), b"").unwrap();
+        let (sink, _replayer) = wrap(Arc::new(Down), spool);
+        let errors = |name: &str| metrics::SINK_ERRORS.with_label_values(&[name]).get();
+
+        assert!(sink.publish(&envelope("e-1", b"{}")).await.is_err());
+        assert!(
+            sink.counts_own_errors(),
+            "the gateway must not count it again"
+        );
+        assert_eq!((errors("down-primary"), errors("gone-spool")), (1, 1));
     }
 
     #[tokio::test]

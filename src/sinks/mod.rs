@@ -53,6 +53,11 @@ pub trait Sink: Send + Sync {
     async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError>;
     /// Whether the sink can take events now (for `/readyz`).
     async fn ready(&self) -> bool;
+    /// Whether `publish` counts its own failures in `portcullis_sink_errors_total`: a sink
+    /// wrapping others knows which of them failed; for the rest the gateway counts.
+    fn counts_own_errors(&self) -> bool {
+        false
+    }
 }
 
 /// Every sink of a server by name, with fallbacks wrapped around their primaries.
