@@ -62,24 +62,25 @@ fn filter(dir: &Path, preset: &str, extra: &str) -> Filter {
 
 /// The headers of a request with `body` that `filter` accepts at `NOW`.
 fn signed(filter: &Filter, body: &[u8], id: &str) -> http::HeaderMap {
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in filter.scheme.sign(&Outbound {
-        body,
-        timestamp: NOW,
-        id,
-        url: filter.public_url.as_deref(),
-    }) {
-        headers.append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
     let form = filter.preset == "twilio";
     let content_type = if form {
         "application/x-www-form-urlencoded"
     } else {
         "application/json"
     };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in filter.scheme.sign(&Outbound {
+        body,
+        timestamp: NOW,
+        id,
+        url: filter.public_url.as_deref(),
+        content_type: Some(content_type),
+    }) {
+        headers.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
     headers.insert("content-type", content_type.parse().unwrap());
     headers
 }

@@ -72,6 +72,7 @@ fn requests(args: &Args, host: &str, path: &str) -> Vec<Vec<u8>> {
                     timestamp: now,
                     id: &id,
                     url: None,
+                    content_type: None,
                 }));
                 if let portcullis::config::EventIdSource::Header { name, .. } = &f.event_id {
                     if !headers.iter().any(|(k, _)| k == name) {

@@ -130,14 +130,18 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         );
     }
     // The PROXY header comes first on the wire, then the ClientHello the floor reads.
-    let mut pre_tls: Vec<std::sync::Arc<dyn pingora::listeners::PreTlsProcess>> = Vec::new();
+    // The accept clock first: it bounds the PROXY header and the handshake as well.
+    let mut pre_tls: Vec<std::sync::Arc<dyn pingora::listeners::PreTlsProcess>> =
+        vec![std::sync::Arc::new(crate::header_deadline::AcceptClock {
+            timeout: header_timeout,
+        })];
     if !proxy_protocol.addrs.is_empty() {
         pre_tls.push(std::sync::Arc::new(proxy_protocol));
     }
     if !floor.addrs.is_empty() {
         pre_tls.push(std::sync::Arc::new(floor));
     }
-    if !pre_tls.is_empty() {
+    if listeners.iter().any(|l| l.tls.is_some()) {
         proxy
             .endpoints()
             .set_pre_tls_callback(std::sync::Arc::new(crate::tls::PreTlsChain(pre_tls)));
@@ -164,17 +168,20 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     0
 }
 
-/// Validates the config and every filter; prints each problem with `file:line`.
+/// Validates the config and every filter; prints each problem with `file:line`. A closed
+/// stdout (`check | head`) ends the listing quietly; the exit code still tells.
 pub fn check(path: &Path) -> i32 {
     let loaded = config::load(path);
+    let mut out = std::io::stdout().lock();
     for problem in &loaded.problems {
-        println!("{problem}");
+        let _ = writeln!(out, "{problem}");
     }
     let errors = loaded.errors().count();
     let warnings = loaded.problems.len() - errors;
     match &loaded.config {
         Some(c) => {
-            println!(
+            let _ = writeln!(
+                out,
                 "{}: ok ({} filters, {} sinks, {warnings} warnings)",
                 path.display(),
                 c.filters.len(),
@@ -183,7 +190,11 @@ pub fn check(path: &Path) -> i32 {
             0
         }
         None => {
-            println!("{}: {errors} errors, {warnings} warnings", path.display());
+            let _ = writeln!(
+                out,
+                "{}: {errors} errors, {warnings} warnings",
+                path.display()
+            );
             1
         }
     }
@@ -220,22 +231,31 @@ pub fn sign(opts: SignOptions<'_>) -> i32 {
             crate::schemes::url_key_generate().trim_start_matches("wh_")
         )
     });
-    let mut headers = filter.scheme.sign(&Outbound {
-        body: &opts.body,
-        timestamp,
-        id: &id,
-        url: filter.public_url.as_deref(),
-    });
-    if let crate::config::EventIdSource::Header { name, .. } = &filter.event_id {
-        if !headers.iter().any(|(k, _)| k == name) {
-            headers.push((name.clone(), id.clone()));
-        }
-    }
     let content_type = filter
         .content_types
         .first()
         .cloned()
         .unwrap_or_else(|| "application/json".into());
+    let msg = Outbound {
+        body: &opts.body,
+        timestamp,
+        id: &id,
+        url: filter.public_url.as_deref(),
+        content_type: Some(&content_type),
+    };
+    let mut headers = filter.scheme.sign(&msg);
+    if let crate::config::EventIdSource::Header { name, .. } = &filter.event_id {
+        if !headers.iter().any(|(k, _)| k == name) {
+            headers.push((name.clone(), id.clone()));
+        }
+    }
+    let mut target = filter.route.clone();
+    if let Some(suffix) = filter.scheme.path_suffix() {
+        target = format!("{target}/{suffix}");
+    }
+    if let Some(query) = filter.scheme.sign_query(&msg) {
+        target = format!("{target}?{query}");
+    }
     let mut out = std::io::stdout().lock();
     match opts.curl {
         None => {
@@ -243,15 +263,12 @@ pub fn sign(opts: SignOptions<'_>) -> i32 {
             for (k, v) in &headers {
                 let _ = writeln!(out, "{k}: {v}");
             }
-            if let Some(suffix) = filter.scheme.path_suffix() {
-                let _ = writeln!(out, "path: {}/{suffix}", filter.route);
+            if target != filter.route {
+                let _ = writeln!(out, "path: {target}");
             }
         }
         Some(base) => {
-            let mut url = format!("{}{}", base.trim_end_matches('/'), filter.route);
-            if let Some(suffix) = filter.scheme.path_suffix() {
-                url = format!("{url}/{suffix}");
-            }
+            let url = format!("{}{target}", base.trim_end_matches('/'));
             let mut cmd = format!("curl -sS -X POST {}", shell_quote(&url));
             cmd += &format!(
                 " -H {}",

@@ -142,6 +142,9 @@ impl Gateway {
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         let head = session.req_header();
+        if let Err(reason) = filters::framing::check(head.version, &head.headers) {
+            return Outcome::Rejected(reason);
+        }
         let Some(index) = self.route(head.uri.path()) else {
             return Outcome::Rejected(Reason::UnknownProvider);
         };
@@ -269,6 +272,13 @@ impl Gateway {
 
     async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, outcome: Outcome) {
         let provider = ctx.provider.map(|i| self.providers[i].name.to_string());
+        // Requests pipelined behind an accepted one are answered in order (RFC 9112 §9.3.2).
+        // Behind a rejected one they are not: bytes past what it declared may be a request
+        // smuggled inside its body, so the connection closes after the answer, as before.
+        session.set_pipelining_enabled(matches!(
+            outcome,
+            Outcome::Accepted { .. } | Outcome::Duplicate { .. }
+        ));
         let (status, body, retry_after) = match outcome {
             Outcome::Accepted { event_id } => {
                 ctx.outcome = "accepted";
@@ -301,7 +311,13 @@ impl Gateway {
         // connection after answering.
         let body_broken = matches!(
             ctx.reason,
-            Some(Reason::InvalidBody | Reason::BodyTimeout | Reason::PayloadTooLarge)
+            Some(
+                Reason::InvalidBody
+                    | Reason::BodyTimeout
+                    | Reason::PayloadTooLarge
+                    | Reason::InvalidRequest
+                    | Reason::UnsupportedTransferEncoding
+            )
         );
         if body_broken || !session.is_body_done() {
             session.set_keepalive(None);
@@ -361,12 +377,14 @@ fn inbound<'a>(session: &'a Session, client_ip: IpAddr, body: &'a [u8]) -> Inbou
     )
 }
 
+/// `Expect: 100-continue` from an HTTP/1.1 client (RFC 9110 §10.1.1: ignored from HTTP/1.0).
 fn expects_continue(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    let head = session.req_header();
+    head.version == http::Version::HTTP_11
+        && head
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Reads the whole body, refusing it once it grows past `max` and when it does not arrive
@@ -421,6 +439,11 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         crate::header_deadline::head_received();
+        if session.is_http2() {
+            crate::header_deadline::h2_request_seen(
+                session.digest().and_then(|d| d.socket_digest.as_deref()),
+            );
+        }
         let outcome = self.handle(session, ctx).await;
         self.respond(session, ctx, outcome).await;
         Ok(true)

@@ -9,16 +9,119 @@
 //! the request is served; the body has the filter's `body_timeout`) and [`response_sent`] when it
 //! is done, which starts the clock for the next head.
 //!
-//! HTTP/2 connections multiplex many requests and are left to Pingora's `h2_idle_timeout`.
+//! TLS listeners start the clock at accept too: Pingora gives a handshake 60 s and then waits
+//! for an HTTP/2 preface forever, so a silent TCP peer, a ClientHello followed by silence, or a
+//! finished handshake with ALPN h2 and no request would each hold a socket. [`AcceptClock`] runs
+//! as the first pre-TLS step, remembers the accept time under the socket's kernel cookie
+//! (`SO_COOKIE`, never reused) and arms a watchdog that shuts the socket down if no request head
+//! arrived within `header_timeout`; HTTP/1 connections hand over to the per-connection clock
+//! above, HTTP/2 ones disarm it with their first HEADERS frame ([`h2_request_seen`]). After
+//! that, an HTTP/2 connection is left to Pingora's `h2_idle_timeout` (the same value).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use once_cell::sync::Lazy;
 use pingora::apps::ServerApp;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
+
+/// A TLS connection accepted and still without a request head, by socket cookie.
+struct Waiting {
+    accepted: Instant,
+    /// Set once a head arrived or the HTTP/1 clock took over: the watchdog then leaves it be.
+    done: Arc<AtomicBool>,
+}
+
+static WAITING: Lazy<Mutex<HashMap<u64, Waiting>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+fn waiting() -> std::sync::MutexGuard<'static, HashMap<u64, Waiting>> {
+    WAITING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The kernel's id of the socket behind `fd` (`SO_COOKIE`): unique for the system's uptime,
+/// so a closed connection's reused descriptor is never mistaken for it.
+fn cookie_of(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
+}
+
+/// The first pre-TLS step of every TLS listener: see the module docs.
+pub struct AcceptClock {
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl pingora::listeners::PreTlsProcess for AcceptClock {
+    async fn process(
+        &self,
+        stream: &mut pingora::protocols::l4::stream::Stream,
+    ) -> pingora::Result<()> {
+        let fd = stream.as_raw_fd();
+        let Some(cookie) = cookie_of(fd) else {
+            return Ok(());
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        waiting().insert(
+            cookie,
+            Waiting {
+                accepted: Instant::now(),
+                done: done.clone(),
+            },
+        );
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            waiting().remove(&cookie);
+            if !done.load(Ordering::Acquire) && cookie_of(fd) == Some(cookie) {
+                tracing::debug!("no request head within {timeout:?} of accept: closing");
+                crate::metrics::HEADER_TIMEOUTS.inc();
+                // SAFETY: the cookie check above proves `fd` is still this connection's socket;
+                // shutdown only ends its traffic, the owner still closes the descriptor.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+        });
+        Ok(())
+    }
+}
+
+/// When the connection behind `stream` was accepted, if [`AcceptClock`] saw it; the HTTP/1
+/// clock takes over from here, so the watchdog is disarmed.
+fn take_over(stream: &Stream) -> Option<Instant> {
+    let cookie = stream.get_socket_digest()?.socket_cookie().ok()?;
+    let entry = waiting().remove(&cookie)?;
+    entry.done.store(true, Ordering::Release);
+    Some(entry.accepted)
+}
+
+/// An HTTP/2 request arrived on the connection with this socket digest: its accept deadline
+/// no longer applies. Cheap when nothing waits (one lock, no syscall then).
+pub fn h2_request_seen(digest: Option<&pingora::protocols::SocketDigest>) {
+    if waiting().is_empty() {
+        return;
+    }
+    let Some(cookie) = digest.and_then(|d| d.socket_cookie().ok()) else {
+        return;
+    };
+    if let Some(entry) = waiting().remove(&cookie) {
+        entry.done.store(true, Ordering::Release);
+    }
+}
 
 tokio::task_local! {
     static CLOCK: Arc<HeadClock>;
@@ -72,7 +175,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             return self.inner.process_new(stream, shutdown).await;
         }
         let clock = Arc::new(HeadClock {
-            accepted: Instant::now(),
+            accepted: take_over(&stream).unwrap_or_else(Instant::now),
             waiting_since_ms: AtomicU64::new(0),
         });
         // Pingora serves every request of a keep-alive connection inside this one call.

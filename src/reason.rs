@@ -14,6 +14,8 @@ pub enum Reason {
     UnsupportedContentType,
     BodyTimeout,
     InvalidBody,
+    InvalidRequest,
+    UnsupportedTransferEncoding,
     MissingSignature,
     InvalidSignature,
     MissingTimestamp,
@@ -27,7 +29,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::UnknownProvider,
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
@@ -36,6 +38,8 @@ impl Reason {
         Reason::UnsupportedContentType,
         Reason::BodyTimeout,
         Reason::InvalidBody,
+        Reason::InvalidRequest,
+        Reason::UnsupportedTransferEncoding,
         Reason::MissingSignature,
         Reason::InvalidSignature,
         Reason::MissingTimestamp,
@@ -58,6 +62,8 @@ impl Reason {
             Reason::UnsupportedContentType => "unsupported_content_type",
             Reason::BodyTimeout => "body_timeout",
             Reason::InvalidBody => "invalid_body",
+            Reason::InvalidRequest => "invalid_request",
+            Reason::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
             Reason::MissingSignature => "missing_signature",
             Reason::InvalidSignature => "invalid_signature",
             Reason::MissingTimestamp => "missing_timestamp",
@@ -84,7 +90,11 @@ impl Reason {
             | Reason::InvalidSignature
             | Reason::MissingTimestamp
             | Reason::StaleTimestamp => 401,
-            Reason::InvalidJson | Reason::MissingField | Reason::InvalidBody => 400,
+            Reason::InvalidJson
+            | Reason::MissingField
+            | Reason::InvalidBody
+            | Reason::InvalidRequest => 400,
+            Reason::UnsupportedTransferEncoding => 501,
             Reason::InProgress => 409,
             Reason::UpstreamError => 502,
             Reason::SinkUnavailable | Reason::DedupUnavailable => 503,

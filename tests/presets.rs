@@ -57,16 +57,7 @@ fn body_for(case: &Case, ts: i64, n: u32) -> Vec<u8> {
 }
 
 fn headers(case: &Case, secret: &str, body: &[u8], ts: i64, id: &str) -> Vec<(String, String)> {
-    sign(&filter(case, secret), body, ts, id)
-        .into_iter()
-        .map(|(k, v)| {
-            if k == "content-type" {
-                (k, case.content_type.to_owned())
-            } else {
-                (k, v)
-            }
-        })
-        .collect()
+    sign_as(&filter(case, secret), body, ts, id, case.content_type).headers
 }
 
 #[test]

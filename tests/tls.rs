@@ -683,3 +683,115 @@ fn http2_clients_get_the_same_answers_and_reasons_on_one_connection() {
     assert_eq!(server.spooled().len(), 1);
     assert!(server.is_alive());
 }
+
+/// Reads until the gateway ends the connection. `false` when it was still open after `limit`
+/// (a hang detector set well past `header_timeout`, well short of Pingora's own 10 s / 60 s).
+fn closed_within<S: std::io::Read>(stream: &mut S, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn stalled_handshakes_and_silent_http2_connections_are_closed_at_header_timeout() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    let port = free_port();
+    let listen =
+        format!("  - addr: 127.0.0.1:{port}\n    tls: {{ cert: tls/a.pem, key: tls/a.key }}");
+    let server = Server::start_in(dir, port, &listen, spool_sink(), "header_timeout: 2s\n");
+    let limit = Duration::from_secs(8);
+    let connect = || {
+        let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(limit)).unwrap();
+        sock
+    };
+    // Silent after the TCP handshake; and a ClientHello's first bytes, then silence.
+    let mut silent = connect();
+    let mut partial = connect();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    // A finished TLS handshake with ALPN h2, then nothing; and the HTTP/2 preface and an empty
+    // SETTINGS frame, then no HEADERS.
+    let mut client = Client::new();
+    client.alpn = vec![b"h2".to_vec()];
+    let handshaken = |preface: &[u8]| {
+        let conn = ClientConnection::new(
+            Arc::new(client.config()),
+            ServerName::try_from("a.test").unwrap(),
+        )
+        .unwrap();
+        let mut tls = StreamOwned::new(conn, connect());
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+        assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+        tls.write_all(preface).unwrap();
+        tls.flush().unwrap();
+        tls
+    };
+    let mut h2_idle = handshaken(b"");
+    let mut h2_preface =
+        handshaken(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    assert!(closed_within(&mut silent, limit), "silent TCP peer");
+    assert!(closed_within(&mut partial, limit), "partial ClientHello");
+    assert!(
+        closed_within(&mut h2_idle, limit),
+        "TLS + ALPN h2, no preface"
+    );
+    assert!(
+        closed_within(&mut h2_preface, limit),
+        "HTTP/2 preface, no HEADERS"
+    );
+    let metrics = String::from_utf8_lossy(&server.admin_get("/metrics").body).into_owned();
+    let closed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_header_timeouts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(closed >= 4.0, "{metrics}");
+
+    // A client that sends its request in time is served on HTTP/1.1 and on HTTP/2.
+    let mut client = Client::new();
+    client.ca = Some(ca.pem.clone());
+    let (_, response) = client.post(port, "a.test", "in-time-1").unwrap();
+    assert_eq!(response.status, 202, "{:?}", response.json());
+    let body = "{\"id\":\"in-time-2\"}";
+    std::fs::write(server.dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-sS", "--http2", "--cacert"])
+        .arg(server.dir.path().join("ca.pem"))
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+        .args([
+            "-w",
+            "\n%{http_version} %{http_code}",
+            "--data-binary",
+            body,
+        ]);
+    for (k, v) in sign(GITHUB, body.as_bytes(), now(), "in-time-2") {
+        curl.args(["-H", &format!("{k}: {v}")]);
+    }
+    curl.arg(format!("https://a.test:{port}/webhook/github"));
+    let out = curl.output().expect("curl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.trim_end().ends_with("2 202"), "{stdout}");
+    assert_eq!(server.spooled().len(), 2);
+}

@@ -101,6 +101,7 @@ fuzz_target!(|input: Input<'_>| {
             timestamp: input.now,
             id: "evt_1",
             url: filter.public_url.as_deref(),
+            content_type: Some("application/x-www-form-urlencoded"),
         });
         for (name, value) in signed {
             let mut bytes = value.into_bytes();

@@ -34,14 +34,66 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Collects the problems of one file.
+/// How many problems of one file are listed with their line; the rest are counted in one
+/// closing line. Finding a line costs a scan of the file, so this also keeps a file with
+/// 100k mistakes from taking quadratic time.
+pub const MAX_LISTED: usize = 200;
+
+/// Collects the problems of one file. Dropping it adds the "N more" line, if any were left out.
 pub struct Report<'a> {
     pub file: &'a Path,
     pub text: &'a str,
     pub problems: &'a mut Vec<Problem>,
+    listed: usize,
+    omitted: usize,
+    omitted_errors: bool,
 }
 
-impl Report<'_> {
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        if self.omitted == 0 {
+            return;
+        }
+        let n = self.omitted;
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line: 1,
+            severity: if self.omitted_errors {
+                Severity::Error
+            } else {
+                Severity::Warning
+            },
+            message: format!(
+                "{n} more problem{} in this file not listed: fix the ones above and run check again",
+                if n == 1 { "" } else { "s" }
+            ),
+        });
+    }
+}
+
+impl<'a> Report<'a> {
+    pub fn new(file: &'a Path, text: &'a str, problems: &'a mut Vec<Problem>) -> Report<'a> {
+        Report {
+            file,
+            text,
+            problems,
+            listed: 0,
+            omitted: 0,
+            omitted_errors: false,
+        }
+    }
+
+    /// True when one more problem would be listed (false once [`MAX_LISTED`] were).
+    fn room(&mut self, severity: Severity) -> bool {
+        if self.listed < MAX_LISTED {
+            self.listed += 1;
+            return true;
+        }
+        self.omitted += 1;
+        self.omitted_errors |= severity == Severity::Error;
+        false
+    }
+
     /// An error at the line of the key path (`["signature", "header"]`), or of its nearest parent.
     pub fn error(&mut self, path: &[&str], message: impl Into<String>) {
         self.push(Severity::Error, path, message.into());
@@ -52,6 +104,9 @@ impl Report<'_> {
     }
 
     pub fn error_at(&mut self, line: usize, message: impl Into<String>) {
+        if !self.room(Severity::Error) {
+            return;
+        }
         self.problems.push(Problem {
             file: self.file.to_path_buf(),
             line,
@@ -61,6 +116,9 @@ impl Report<'_> {
     }
 
     fn push(&mut self, severity: Severity, path: &[&str], message: String) {
+        if !self.room(severity) {
+            return;
+        }
         let line = line_of(self.text, path);
         self.problems.push(Problem {
             file: self.file.to_path_buf(),
@@ -134,6 +192,10 @@ pub fn parse<T: serde::de::DeserializeOwned>(
     known: &[&str],
     reference: &str,
 ) -> Option<T> {
+    if let Err((line, message)) = check_nesting(report.text) {
+        report.error_at(line, message);
+        return None;
+    }
     let mut unknown = Vec::new();
     let parsed = serde_ignored::deserialize(serde_yaml::Deserializer::from_str(report.text), |p| {
         unknown.push(p.to_string())
@@ -147,6 +209,11 @@ pub fn parse<T: serde::de::DeserializeOwned>(
         }
     };
     for key in &unknown {
+        if report.listed >= MAX_LISTED {
+            // Counted, not described: a suggestion costs an edit distance per known key.
+            report.room(Severity::Error);
+            continue;
+        }
         let parts: Vec<&str> = key.split('.').collect();
         let hint = if parts.len() == 1 {
             suggest(parts[0], known)
@@ -158,9 +225,134 @@ pub fn parse<T: serde::de::DeserializeOwned>(
     Some(value)
 }
 
+/// Deepest nesting a config file may have. Real configs stay under 10; the YAML scanner
+/// takes seconds on 100k levels, so deeper input is refused before it is parsed.
+pub const MAX_NESTING: usize = 64;
+
+/// Finds flow (`[`, `{`) or block (`- - -`, indentation) nesting deeper than [`MAX_NESTING`],
+/// in one pass. Quoted strings and comments are skipped; a bracket inside a plain or block
+/// scalar may be over-counted, which only matters past the limit.
+fn check_nesting(text: &str) -> Result<(), (usize, String)> {
+    let too_deep = |line: usize| {
+        Err((
+            line,
+            format!("nested more than {MAX_NESTING} levels deep: a config file never needs that (is this the right file?)"),
+        ))
+    };
+    let mut flow = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let mut block = (line.len() - trimmed.len()) / 2;
+        let mut rest = trimmed;
+        while let Some(r) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+            block += 1;
+            rest = r.trim_start();
+        }
+        if block > MAX_NESTING {
+            return too_deep(i + 1);
+        }
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        let mut prev = ' ';
+        for c in rest.chars() {
+            if let Some(q) = quote {
+                if escaped {
+                    escaped = false;
+                } else if q == '"' && c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+                prev = c;
+                continue;
+            }
+            match c {
+                '#' if prev == ' ' || prev == '\t' => break,
+                '"' | '\'' if flow > 0 || matches!(prev, ' ' | ':' | ',' | '[' | '{') => {
+                    quote = Some(c)
+                }
+                '[' | '{' => {
+                    flow += 1;
+                    if flow + block > MAX_NESTING {
+                        return too_deep(i + 1);
+                    }
+                }
+                ']' | '}' => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    Ok(())
+}
+
+/// Largest config or filter file read (a filter is a few hundred bytes).
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+/// Largest `file:` secret read (a key or token is a few dozen bytes; a PEM bundle a few KiB).
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a whole regular file of at most `cap` bytes. A FIFO, device or directory is refused
+/// without blocking (opened non-blocking, checked before reading), and nothing past the cap
+/// is read: `file:/dev/zero` or a FIFO can neither eat memory nor hang the loader.
+pub fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        let t = meta.file_type();
+        let kind = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!(
+            "{} is {kind}: {what} must be a regular file",
+            path.display()
+        ));
+    }
+    let too_big = || {
+        format!(
+            "{} is larger than {}: {what} may be at most that",
+            path.display(),
+            match cap {
+                c if c % (1 << 20) == 0 => format!("{} MiB", c >> 20),
+                c if c % (1 << 10) == 0 => format!("{} KiB", c >> 10),
+                c => format!("{c} bytes"),
+            }
+        )
+    };
+    if meta.len() > cap {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
 /// The text of a config file, or an error about it.
 pub fn read(path: &Path, problems: &mut Vec<Problem>) -> Option<String> {
-    match std::fs::read_to_string(path) {
+    let text = read_capped(path, MAX_CONFIG_FILE, "a config or filter file").and_then(|bytes| {
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
+    });
+    match text {
         Ok(text) => Some(text),
         Err(e) => {
             problems.push(Problem {

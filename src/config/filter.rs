@@ -161,6 +161,20 @@ pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest body any filter may accept: the body is buffered whole to be verified.
 pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// What RFC 3986 lets a path carry unescaped (`pchar` and `/`), plus `%` of an escape.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c)
+}
+
+fn percent_escapes_are_whole(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || (bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
 /// Parses and validates one filter file. `sinks` are the names the server defines.
 /// `sinks` is `None` when the filter is loaded alone (`sign`, `verify`): its sink is not checked.
 pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> Option<Filter> {
@@ -187,6 +201,18 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         report.error(
             &["path"],
             format!("path `{route}` must start with `/`, without a trailing `/` or query"),
+        );
+    } else if let Some(bad) = route.chars().find(|&c| !is_path_char(c)) {
+        report.error(
+            &["path"],
+            format!(
+                "path {route:?} has {bad:?}, which a request path cannot carry: use letters, digits and -._~!$&'()*+,;=:@/ (or %XX)"
+            ),
+        );
+    } else if !percent_escapes_are_whole(&route) {
+        report.error(
+            &["path"],
+            format!("path {route:?} has a `%` not followed by two hex digits"),
         );
     }
 

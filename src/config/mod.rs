@@ -57,29 +57,14 @@ pub fn load_filter(path: &Path) -> (Option<Filter>, Vec<Problem>) {
 /// [`load_filter`] of text already read (`path` names it and anchors relative paths).
 pub fn load_filter_text(path: &Path, text: &str) -> (Option<Filter>, Vec<Problem>) {
     let mut problems = Vec::new();
-    let filter = filter::load(
-        path,
-        None,
-        &mut Report {
-            file: path,
-            text,
-            problems: &mut problems,
-        },
-    );
+    let filter = filter::load(path, None, &mut Report::new(path, text, &mut problems));
     (filter, problems)
 }
 
 /// The server file alone, from text already read: what `load` checks before the filters.
 pub fn load_server_text(path: &Path, text: &str) -> (Option<server::Server>, Vec<Problem>) {
     let mut problems = Vec::new();
-    let server = server::load(
-        path,
-        &mut Report {
-            file: path,
-            text,
-            problems: &mut problems,
-        },
-    );
+    let server = server::load(path, &mut Report::new(path, text, &mut problems));
     (server, problems)
 }
 
@@ -91,14 +76,7 @@ pub fn load(path: &Path) -> Loaded {
             problems,
         };
     };
-    let server = server::load(
-        path,
-        &mut Report {
-            file: path,
-            text: &text,
-            problems: &mut problems,
-        },
-    );
+    let server = server::load(path, &mut Report::new(path, &text, &mut problems));
     let Some(server) = server else {
         return Loaded {
             config: None,
@@ -111,11 +89,7 @@ pub fn load(path: &Path) -> Loaded {
         let Some(text) = diagnostics::read(&file, &mut problems) else {
             continue;
         };
-        let mut report = Report {
-            file: &file,
-            text: &text,
-            problems: &mut problems,
-        };
+        let mut report = Report::new(&file, &text, &mut problems);
         if let Some(f) = filter::load(&file, Some(&sink_names), &mut report) {
             if let Some((primary, _)) = server.fallbacks.iter().find(|(_, spool)| *spool == f.sink)
             {

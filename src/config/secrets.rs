@@ -27,8 +27,9 @@ pub fn resolve(reference: &str, base_dir: &Path) -> Result<(Secret, Source), Str
     if let Some(path) = reference.strip_prefix("file:") {
         let expanded = expand_vars(path)?;
         let full = base_dir.join(&expanded);
-        let mut bytes = std::fs::read(&full)
-            .map_err(|e| format!("secret `file:{path}`: cannot read {}: {e}", full.display()))?;
+        let mut bytes =
+            super::diagnostics::read_capped(&full, super::diagnostics::MAX_SECRET_FILE, "a secret")
+                .map_err(|e| format!("secret `file:{path}`: {e}"))?;
         while matches!(bytes.last(), Some(b'\n' | b'\r')) {
             bytes.pop();
         }
@@ -79,6 +80,31 @@ mod tests {
         assert_eq!(get("env:PORTCULLIS_TEST_SECRET").unwrap(), b"from-env");
         assert_eq!(get("file:s").unwrap(), b"from-file");
         assert_eq!(get("file:${PORTCULLIS_TEST_DIR}/s").unwrap(), b"from-file");
+    }
+
+    #[test]
+    fn file_secrets_must_be_small_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), vec![b'k'; 64 * 1024 + 1]).unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = |r: &str| match resolve(r, dir.path()) {
+            Ok(_) => panic!("{r} resolved"),
+            Err(e) => e,
+        };
+        assert!(
+            err("file:big").contains("larger than 64 KiB"),
+            "{}",
+            err("file:big")
+        );
+        assert!(
+            err("file:fifo").contains("is a FIFO"),
+            "{}",
+            err("file:fifo")
+        );
+        assert!(err("file:/dev/zero").contains("is a device"));
+        assert!(err("file:/").contains("is a directory"));
     }
 
     #[test]

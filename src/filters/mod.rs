@@ -7,6 +7,7 @@
 
 pub mod allowlist;
 pub mod dedup;
+pub mod framing;
 pub mod limits;
 pub mod payload;
 pub mod rate_limit;

@@ -165,7 +165,17 @@ pub struct HmacScheme {
     tolerance: Duration,
     id_header: Option<String>,
     public_url: Option<String>,
+    /// Headers the provider sends with every request and its own verifiers require (Shopify's
+    /// topic, shop and API version): `sign` adds them so its output passes those verifiers.
+    sent_with: &'static [(&'static str, &'static str)],
 }
+
+/// What Shopify sends beside its signature; `@shopify/shopify-api` refuses a request without it.
+const SHOPIFY_HEADERS: &[(&str, &str)] = &[
+    ("x-shopify-topic", "orders/create"),
+    ("x-shopify-shop-domain", "example.myshopify.com"),
+    ("x-shopify-api-version", "2025-07"),
+];
 
 impl HmacScheme {
     pub fn from_spec(
@@ -249,6 +259,7 @@ impl HmacScheme {
             tolerance,
             id_header: id_header.map(str::to_ascii_lowercase),
             public_url: public_url.map(str::to_owned),
+            sent_with: &[],
         })
     }
 
@@ -387,6 +398,11 @@ impl Scheme for HmacScheme {
             self.header.clone(),
             format!("{}{}", self.prefix_for(*alg), self.encoding.encode(&tag)),
         ));
+        headers.extend(
+            self.sent_with
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         headers
     }
 }
@@ -472,14 +488,18 @@ pub fn provider_preset(
         ),
         other => return Err(format!("unknown preset `{other}`")),
     };
-    HmacScheme::from_spec(
+    let mut scheme = HmacScheme::from_spec(
         &signature,
         timestamp.as_ref(),
         secrets,
         tolerance,
         None,
         public_url,
-    )
+    )?;
+    if name == "shopify" {
+        scheme.sent_with = SHOPIFY_HEADERS;
+    }
+    Ok(scheme)
 }
 
 #[cfg(test)]
@@ -563,6 +583,7 @@ mod tests {
             timestamp: 0,
             id: "",
             url: None,
+            content_type: None,
         });
         assert_eq!(signed[0].0, "x-hub-signature");
         assert!(signed[0].1.starts_with("sha1=") && signed[0].1.len() == 5 + 40);
@@ -635,6 +656,7 @@ mod tests {
             timestamp: 0,
             id: "",
             url: None,
+            content_type: None,
         });
         assert_eq!(signed[0].0, "x-shopify-hmac-sha256");
         assert_eq!(signed[0].1, "Lcc9Yf2U6zbkFFL44wuL0uEJMTo4Q8mC5iIG3KWCtLA=");
@@ -650,6 +672,7 @@ mod tests {
             timestamp: 0,
             id: "",
             url: None,
+            content_type: None,
         });
         assert_eq!(signed[0].1, "4T7iyfV3JTvzr+dBb+4Q1g+KEUjOcQXH9CEZZW7wyIg=");
     }
@@ -700,6 +723,7 @@ mod tests {
             timestamp: 1_700_000_000,
             id: "",
             url: None,
+            content_type: None,
         });
         assert_eq!(signed[0], ("x-wss-timestamp".into(), "1700000000".into()));
         assert_eq!(signed[1], ("x-wss-signature".into(), expected.into()));

@@ -38,6 +38,8 @@ pub struct Outbound<'a> {
     pub id: &'a str,
     /// The public URL the provider calls, including any query string.
     pub url: Option<&'a str>,
+    /// The request's content type (Twilio signs form posts and other bodies differently).
+    pub content_type: Option<&'a str>,
 }
 
 pub trait Scheme: Send + Sync {
@@ -47,6 +49,10 @@ pub trait Scheme: Send + Sync {
     fn sign(&self, msg: &Outbound<'_>) -> Vec<(String, String)>;
     /// For schemes that carry the key in the URL path (`url-key`): the path suffix to append.
     fn path_suffix(&self) -> Option<String> {
+        None
+    }
+    /// A query string the signed request must carry (Twilio's `bodySHA256` of a JSON body).
+    fn sign_query(&self, _msg: &Outbound<'_>) -> Option<String> {
         None
     }
 }
@@ -521,6 +527,7 @@ pub(crate) mod test_support {
             timestamp,
             id: "evt_1",
             url: None,
+            content_type: None,
         });
         let pairs: Vec<(&str, &str)> = signed
             .iter()

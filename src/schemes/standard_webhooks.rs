@@ -131,6 +131,7 @@ mod tests {
             timestamp: TS,
             id: ID,
             url: None,
+            content_type: None,
         });
         assert_eq!(signed[2], ("webhook-signature".into(), SIG.into()));
     }

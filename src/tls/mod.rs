@@ -72,14 +72,14 @@ struct LoadedPair {
 
 impl LoadedPair {
     fn load(cert: &Path, key: &Path) -> Result<LoadedPair, String> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| format!("{}: {e}", cert.display()))?
+        let cert_pem = read_pem(cert)?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("{}: {e}", cert.display()))?;
         if chain.is_empty() {
             return Err(format!("{}: no PEM certificate in it", cert.display()));
         }
-        let private = PrivateKeyDer::from_pem_file(key)
+        let private = PrivateKeyDer::from_pem_slice(&read_pem(key)?)
             .map_err(|e| format!("{}: no usable PEM private key: {e}", key.display()))?;
         let certified = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
             format!(
@@ -100,6 +100,11 @@ impl LoadedPair {
         webpki::EndEntityCert::try_from(leaf)
             .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(name).is_ok())
     }
+}
+
+/// A PEM file (certificate chain, key or CA bundle): a regular file of at most 1 MiB.
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    crate::config::diagnostics::read_capped(path, 1024 * 1024, "a PEM file")
 }
 
 /// When each file of a listener was last changed, to notice renewals.
@@ -217,7 +222,7 @@ fn client_verifier(
     ca: &Path,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+    for cert in CertificateDer::pem_slice_iter(&read_pem(ca)?) {
         let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
         roots
             .add(cert)

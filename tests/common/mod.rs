@@ -341,24 +341,47 @@ pub fn read_response<S: Read>(stream: &mut S) -> std::io::Result<Response> {
 
 /// Writes a filter into a temp file and returns the headers its scheme signs `body` with.
 pub fn sign(filter_yaml: &str, body: &[u8], timestamp: i64, id: &str) -> Vec<(String, String)> {
+    sign_as(filter_yaml, body, timestamp, id, "application/json").headers
+}
+
+/// What a filter's scheme signs: the headers (content-type included) and the query string the
+/// request must carry, if any (Twilio's `bodySHA256`).
+pub struct Signed {
+    pub headers: Vec<(String, String)>,
+    pub query: Option<String>,
+}
+
+/// [`sign`] for a body of `content_type`.
+pub fn sign_as(
+    filter_yaml: &str,
+    body: &[u8],
+    timestamp: i64,
+    id: &str,
+    content_type: &str,
+) -> Signed {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.yaml");
     std::fs::write(&path, filter_yaml).unwrap();
     let (filter, problems) = portcullis::config::load_filter(&path);
     let filter = filter.unwrap_or_else(|| panic!("filter does not load: {problems:?}"));
-    let mut headers = filter.scheme.sign(&portcullis::schemes::Outbound {
+    let msg = portcullis::schemes::Outbound {
         body,
         timestamp,
         id,
         url: filter.public_url.as_deref(),
-    });
+        content_type: Some(content_type),
+    };
+    let mut headers = filter.scheme.sign(&msg);
     if let portcullis::config::EventIdSource::Header { name, .. } = &filter.event_id {
         if !headers.iter().any(|(k, _)| k == name) {
             headers.push((name.clone(), id.to_owned()));
         }
     }
-    headers.push(("content-type".into(), "application/json".into()));
-    headers
+    headers.push(("content-type".into(), content_type.into()));
+    Signed {
+        headers,
+        query: filter.scheme.sign_query(&msg),
+    }
 }
 
 /// Polls `done` (bounded: a hang detector, not a timing assertion) until it holds.
