@@ -31,16 +31,6 @@ fn server() -> Server {
     )
 }
 
-#[track_caller]
-fn expect(r: &Response, status: u16, reason: &str) {
-    assert_eq!(
-        (r.status, r.reason().as_str()),
-        (status, reason),
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-}
-
 /// The process is up, healthy, has answered no request with a 500 and still accepts events.
 #[track_caller]
 fn still_serving(server: &mut Server, id: &str) {

@@ -18,28 +18,6 @@ use hmac::Mac;
 const TWILIO: &str = "name: twilio\npreset: twilio\nsecrets: [\"tw-auth-token\"]\npublic_url: https://hooks.example.com/webhook/twilio\n";
 const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"s3cret\"]\n";
 
-fn portcullis(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[track_caller]
-fn expect(r: &Response, status: u16, reason: &str) {
-    assert_eq!(
-        (r.status, r.reason().as_str()),
-        (status, reason),
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-}
-
 /// Twilio's signature: base64 HMAC of the URL (+ sorted form params) under the auth token.
 fn twilio_signature<M: Mac + hmac::digest::KeyInit>(url: &str) -> String {
     let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(b"tw-auth-token").unwrap();
@@ -310,13 +288,6 @@ fn pipelined_requests_are_answered_in_order_but_not_behind_a_rejected_one() {
     assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert_eq!(server.spooled().len(), 5);
-}
-
-fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
 }
 
 fn mkfifo(path: &std::path::Path) {

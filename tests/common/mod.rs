@@ -847,3 +847,35 @@ pub fn check(conf: &Path) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// Runs the binary with `args`: (exit code, stdout, stderr).
+pub fn portcullis(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `text` to `dir/name` (parents created); the path as a string.
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// The response has this status and JSON `error` reason.
+#[track_caller]
+pub fn expect(r: &Response, status: u16, reason: &str) {
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (status, reason),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
