@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -136,16 +134,9 @@ fn sign_curl_for_a_twilio_json_body_is_accepted_and_shopify_sign_prints_its_head
     }
 }
 
-/// Sends `raw` on one connection and reads until the gateway closes it.
+/// [`exchange_to_close`] as text.
 fn exchange(port: u16, raw: &[u8]) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(raw).unwrap();
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&exchange_to_close(port, raw)).into_owned()
 }
 
 fn signed_head(version: &str, body: &[u8], id: &str, extra: &str) -> Vec<u8> {

@@ -879,3 +879,15 @@ pub fn expect(r: &Response, status: u16, reason: &str) {
         String::from_utf8_lossy(&r.body)
     );
 }
+
+/// Sends `raw` and reads everything until the server closes the connection.
+pub fn exchange_to_close(port: u16, raw: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
