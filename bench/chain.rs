@@ -225,6 +225,7 @@ fn chain(c: &mut Criterion) {
                 reason: None,
                 headers: vec![("content-type".into(), "application/json".into())],
                 body: bytes::Bytes::copy_from_slice(&body),
+                dedup_ttl: None,
             };
             let line = portcullis::sinks::spool::encode_line(black_box(&envelope));
             runtime.block_on(async {

@@ -63,6 +63,29 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             return 1;
         }
     };
+    // Ids accepted before this process started (a restart, an upgrade, a crash) are
+    // duplicates still: read back from the spool segments and the journal before serving.
+    let catch_up = gateway.recovery().map(|mut recovery| {
+        let started = std::time::Instant::now();
+        let ids = recovery.catch_up(&gateway.dedup());
+        tracing::info!(
+            ids,
+            ms = started.elapsed().as_millis() as u64,
+            "dedup: remembered the ids accepted within their TTL"
+        );
+        let handover = settings.pingora.grace_period_seconds.unwrap_or(60)
+            + settings
+                .pingora
+                .graceful_shutdown_timeout_seconds
+                .unwrap_or(5)
+            + 5;
+        crate::filters::dedup::CatchUp {
+            recovery: std::sync::Mutex::new(recovery),
+            dedup: gateway.dedup(),
+            handover: std::time::Duration::from_secs(handover),
+        }
+    });
+    let reloader = gateway.reloader(path);
     let (listeners, admin_addr, drain) = (settings.listen, settings.admin, settings.drain);
     let header_timeout = settings.header_timeout;
     let trusted_proxies = settings.trusted_proxies;
@@ -152,6 +175,10 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         "certificate watcher",
         crate::tls::CertWatcher { resolvers },
     ));
+    server.add_service(background_service("filter reloader", reloader));
+    if let Some(catch_up) = catch_up {
+        server.add_service(background_service("dedup catch-up", catch_up));
+    }
     for replayer in replayers {
         server.add_service(background_service("fallback replay", replayer));
     }

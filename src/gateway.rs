@@ -5,11 +5,11 @@
 //! read (bounded and timed), verified, and handed to a sink, so nothing unverified is ever
 //! proxied and no upstream sees a byte before the signature checks out.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
@@ -19,28 +19,18 @@ use pingora::ErrorType;
 
 use crate::config::{Filter as FilterConfig, Mode, Server};
 use crate::filters::dedup::{self, Dedup, Reservation};
-use crate::filters::rate_limit::FleetLimit;
-use crate::filters::{self, allowlist, Chain};
+use crate::filters::{self, allowlist};
 use crate::metrics;
 use crate::reason::Reason;
 use crate::request::Inbound;
+use crate::routes::{Builder, Provider, Reloader, Routes};
 use crate::sinks::{Envelope, Sink, SinkError, Sinks};
 
-pub struct Provider {
-    pub name: Arc<str>,
-    pub config: FilterConfig,
-    chain: Chain,
-    sink: Arc<dyn Sink>,
-    /// `rate_limit: { scope: fleet }`: counted in Redis once the local limit passed.
-    fleet_limit: Option<FleetLimit>,
-}
-
 pub struct Gateway {
-    providers: Vec<Provider>,
-    routes: HashMap<String, usize>,
+    routes: Arc<ArcSwap<Routes>>,
+    builder: Builder,
     trusted_proxies: Vec<IpNet>,
-    dedup: Arc<Dedup>,
-    sinks: Vec<Arc<dyn Sink>>,
+    journal: Option<dedup::Journal>,
     access_log: bool,
 }
 
@@ -54,7 +44,7 @@ enum Outcome {
 #[derive(Default)]
 pub struct RequestCtx {
     started: Option<Instant>,
-    provider: Option<usize>,
+    provider: Option<Arc<Provider>>,
     client_ip: Option<IpAddr>,
     event_id: Option<String>,
     outcome: &'static str,
@@ -82,62 +72,66 @@ impl Gateway {
                 shared.on_error,
             ),
         });
-        let mut providers = Vec::new();
-        let mut routes = HashMap::new();
-        for filter in filters {
-            let sink = sinks
-                .get(&filter.sink)
-                .cloned()
-                .ok_or_else(|| format!("filter `{}`: no sink `{}`", filter.name, filter.sink))?;
-            let fleet_limit = match (filter.rate_limit, dedup.store()) {
-                (Some(limit), Some(store)) if limit.fleet => {
-                    Some(FleetLimit::new(store, &filter.name, limit))
-                }
-                (Some(limit), None) if limit.fleet => {
-                    return Err(format!(
-                        "filter `{}`: rate_limit scope fleet needs dedup backend redis",
-                        filter.name
-                    ))
-                }
-                _ => None,
-            };
-            routes.insert(filter.route.clone(), providers.len());
-            providers.push(Provider {
-                name: Arc::from(filter.name.as_str()),
-                chain: filters::chain(&filter),
-                config: filter,
-                sink,
-                fleet_limit,
-            });
-        }
-        Ok(Gateway {
-            providers,
-            routes,
-            trusted_proxies: server.trusted_proxies.clone(),
+        let journal = match (&server.dedup_journal, &server.dedup_shared) {
+            (Some(dir), None) => Some(dedup::Journal::open(dir)?),
+            _ => None,
+        };
+        let builder = Builder {
+            sinks,
             dedup,
-            sinks: sinks.into_values().collect(),
+            journal: journal.is_some(),
+        };
+        let routes = builder.build(filters)?;
+        Ok(Gateway {
+            routes: Arc::new(ArcSwap::from_pointee(routes)),
+            builder,
+            trusted_proxies: server.trusted_proxies.clone(),
+            journal,
             access_log,
         })
     }
 
+    /// Reloads the filters from `config` on SIGHUP (a background service).
+    pub fn reloader(&self, config: &std::path::Path) -> Reloader {
+        Reloader {
+            config: config.to_path_buf(),
+            routes: self.routes.clone(),
+            builder: self.builder.clone(),
+        }
+    }
+
     pub fn dedup(&self) -> Arc<Dedup> {
-        self.dedup.clone()
+        self.builder.dedup.clone()
+    }
+
+    /// What [`dedup::Recovery`] reads back for this gateway: the journal (if any), every
+    /// spool sink's segments, and each provider's TTL. `None` with the fleet's Redis store.
+    pub fn recovery(&self) -> Option<dedup::Recovery> {
+        if self.builder.dedup.store().is_some() {
+            return None;
+        }
+        let spools = self
+            .builder
+            .sinks
+            .values()
+            .filter_map(|s| s.recorded_in().map(std::path::Path::to_path_buf))
+            .collect();
+        let ttls = self
+            .routes
+            .load()
+            .providers()
+            .iter()
+            .filter_map(|p| Some((p.name.to_string(), p.config.dedup_ttl?)))
+            .collect();
+        Some(dedup::Recovery::new(
+            self.journal.as_ref().map(dedup::Journal::dir),
+            spools,
+            ttls,
+        ))
     }
 
     pub fn sinks(&self) -> Vec<Arc<dyn Sink>> {
-        self.sinks.clone()
-    }
-
-    /// The provider owning a path: an exact route, or for `url-key` filters, route + `/KEY`.
-    fn route(&self, path: &str) -> Option<usize> {
-        if let Some(&i) = self.routes.get(path) {
-            return Some(i);
-        }
-        let (parent, _key) = path.rsplit_once('/')?;
-        self.routes
-            .get(parent)
-            .copied()
-            .filter(|&i| self.providers[i].config.url_key)
+        self.builder.sinks.values().cloned().collect()
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
@@ -145,11 +139,12 @@ impl Gateway {
         if let Err(reason) = filters::framing::check(head.version, &head.headers) {
             return Outcome::Rejected(reason);
         }
-        let Some(index) = self.route(head.uri.path()) else {
+        // This request keeps the filters it started with, whatever a reload does meanwhile.
+        let Some(provider) = self.routes.load().route(head.uri.path()).cloned() else {
             return Outcome::Rejected(Reason::UnknownProvider);
         };
-        ctx.provider = Some(index);
-        let provider = &self.providers[index];
+        ctx.provider = Some(provider.clone());
+        let provider = &*provider;
         if head.method != http::Method::POST {
             return Outcome::Rejected(Reason::MethodNotAllowed);
         }
@@ -214,6 +209,7 @@ impl Gateway {
             reason: ctx.shadow_verdict.map(Reason::as_str),
             headers: forward_headers(&req, &provider.config.forward_headers),
             body: body.clone(),
+            dedup_ttl: provider.config.dedup_ttl,
         };
         drop(req);
         self.deliver(provider, envelope).await
@@ -228,7 +224,7 @@ impl Gateway {
                 Err(reason) => Outcome::Rejected(reason),
             };
         };
-        let reserved = match self.dedup.reserve(&provider.name, &event_id).await {
+        let reserved = match self.builder.dedup.reserve(&provider.name, &event_id).await {
             Reservation::Fresh(reserved) => reserved,
             Reservation::Duplicate => return Outcome::Duplicate { event_id },
             Reservation::InProgress => return Outcome::Rejected(Reason::InProgress),
@@ -236,6 +232,13 @@ impl Gateway {
         };
         match publish(provider, &envelope).await {
             Ok(()) => {
+                if let Some(journal) = self.journal.as_ref().filter(|_| provider.journaled) {
+                    // Still reserved meanwhile: a concurrent copy gets 409, not a second 202.
+                    if let Err(e) = journal.record(&provider.name, &event_id, ttl).await {
+                        metrics::DEDUP_JOURNAL_ERRORS.inc();
+                        tracing::error!(provider = %provider.name, error = %e, "event accepted but its id not journaled: a restart would forget it");
+                    }
+                }
                 reserved.commit(ttl).await;
                 Outcome::Accepted { event_id }
             }
@@ -247,10 +250,8 @@ impl Gateway {
         }
     }
 
-    fn provider_label(&self, ctx: &RequestCtx) -> &str {
-        ctx.provider
-            .map(|i| &*self.providers[i].name)
-            .unwrap_or("unknown")
+    fn provider_label<'c>(&self, ctx: &'c RequestCtx) -> &'c str {
+        ctx.provider.as_ref().map_or("unknown", |p| &*p.name)
     }
 
     fn record(&self, ctx: &RequestCtx) {
@@ -267,11 +268,11 @@ impl Gateway {
         metrics::REQUEST_DURATION
             .with_label_values(&[provider])
             .observe(elapsed.as_secs_f64());
-        metrics::DEDUP_ENTRIES.set(self.dedup.entries() as i64);
+        metrics::DEDUP_ENTRIES.set(self.builder.dedup.entries() as i64);
     }
 
     async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, outcome: Outcome) {
-        let provider = ctx.provider.map(|i| self.providers[i].name.to_string());
+        let provider = ctx.provider.as_ref().map(|p| p.name.to_string());
         // Requests pipelined behind an accepted one are answered in order (RFC 9112 §9.3.2).
         // Behind a rejected one they are not: bytes past what it declared may be a request
         // smuggled inside its body, so the connection closes after the answer, as before.

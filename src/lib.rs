@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod rawhttp;
 pub mod reason;
 pub mod request;
+pub mod routes;
 pub mod schemes;
 pub mod sinks;
 pub mod tls;

@@ -71,6 +71,14 @@ pub static DEDUP_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("register portcullis_dedup_errors_total")
 });
 
+pub static DEDUP_JOURNAL_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "portcullis_dedup_journal_errors_total",
+        "Accepted events whose id could not be written to the dedup journal (a restart would forget it)."
+    )
+    .expect("register portcullis_dedup_journal_errors_total")
+});
+
 pub static DEDUP_LOCAL_FALLBACKS: Lazy<IntCounter> = Lazy::new(|| {
     register_int_counter!(
         "portcullis_dedup_local_fallbacks_total",
@@ -106,6 +114,7 @@ pub fn init() {
     Lazy::force(&DEDUP_ENTRIES);
     Lazy::force(&DEDUP_ERRORS);
     Lazy::force(&DEDUP_LOCAL_FALLBACKS);
+    Lazy::force(&DEDUP_JOURNAL_ERRORS);
     Lazy::force(&HEADER_TIMEOUTS);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])

@@ -248,3 +248,36 @@ fn a_rabbitmq_outage_mid_stream_loses_no_confirmed_event_and_heals_without_resta
     }
     assert_eq!(server.admin_get("/readyz").status, 200);
 }
+
+#[test]
+fn the_first_request_after_a_rabbitmq_restart_is_accepted() {
+    if !broker("RabbitMQ", BROKER) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let exchange = unique("x");
+    let queue = unique("q");
+    bind_queue(&exchange, &queue, "restarted");
+    let f = filter("restarted");
+    let server = Server::start(&[("f.yaml", &f)], &amqp_sink(&exchange));
+    let post = |id: &str| {
+        let body = format!("{{\"id\":\"{id}\"}}");
+        server
+            .post(
+                "/webhook/restarted",
+                &sign(&f, body.as_bytes(), now(), id),
+                body.as_bytes(),
+            )
+            .status
+    };
+    assert_eq!(post("before"), 202);
+    let restart = Restart;
+    rabbitmqctl("stop_app");
+    rabbitmqctl("start_app");
+    drop(restart);
+    // No request in between: the broken connection is replaced by the first publish.
+    assert_eq!(post("first-after"), 202);
+    let stored: Vec<String> = drain(&queue).into_iter().map(|m| m.1).collect();
+    assert_eq!(stored, ["before", "first-after"]);
+    assert_eq!(server.admin_get("/readyz").status, 200);
+}

@@ -156,3 +156,48 @@ fn a_nats_outage_mid_stream_loses_no_acknowledged_event_and_heals_without_restar
     }
     assert_eq!(server.admin_get("/readyz").status, 200);
 }
+
+#[test]
+fn a_publish_that_timed_out_and_landed_later_is_dropped_by_nats_msg_id() {
+    if !broker("NATS", SHARED) {
+        return;
+    }
+    let nats = PrivateBroker::nats();
+    let f = filter("frozen");
+    let server = Server::start(&[("f.yaml", &f)], &nats_sink(nats.port, "FROZEN", "frozen"));
+    assert_eq!(post_id(&server, &f, "warm"), 202);
+    nats.signal("STOP");
+    assert_eq!(post_id(&server, &f, "frozen-1"), 503);
+    nats.signal("CONT");
+    // Bounded (a hang detector): the retry is acknowledged once the client is back.
+    wait_until("the retry is acknowledged", || {
+        post_id(&server, &f, "frozen-1") != 503
+    });
+    assert_eq!(post_id(&server, &f, "frozen-1"), 200);
+    let ids: Vec<String> = messages(nats.port, "FROZEN")
+        .iter()
+        .map(|m| header(m, "Portcullis-Event-Id"))
+        .collect();
+    assert_eq!(ids, ["warm", "frozen-1"]);
+}
+
+#[test]
+fn the_first_request_after_a_nats_restart_is_accepted() {
+    if !broker("NATS", SHARED) {
+        return;
+    }
+    let mut nats = PrivateBroker::nats();
+    let f = filter("restarted");
+    let server = Server::start(
+        &[("f.yaml", &f)],
+        &nats_sink(nats.port, "RESTARTED", "restarted"),
+    );
+    assert_eq!(post_id(&server, &f, "before"), 202);
+    nats.kill();
+    nats.spawn();
+    assert_eq!(post_id(&server, &f, "first-after"), 202);
+    wait_until("/readyz after the restart", || {
+        server.admin_get("/readyz").status == 200
+    });
+    assert_eq!(messages(nats.port, "RESTARTED").len(), 2);
+}

@@ -128,3 +128,46 @@ fn a_redis_outage_mid_stream_loses_no_acknowledged_event_and_heals_without_resta
     );
     assert_eq!(server.admin_get("/readyz").status, 200);
 }
+
+#[test]
+fn a_publish_that_timed_out_and_landed_later_is_not_stored_twice_by_the_retry() {
+    if !broker("Redis", SHARED) {
+        return;
+    }
+    let redis = PrivateBroker::redis();
+    let f = filter("frozen");
+    let server = Server::start(&[("f.yaml", &f)], &redis_sink(redis.port, ""));
+    assert_eq!(post_id(&server, &f, "warm"), 202);
+    redis.signal("STOP");
+    // The sink times out (2 s): 503, nothing acknowledged, but the XADD is queued in Redis.
+    assert_eq!(post_id(&server, &f, "frozen-1"), 503);
+    redis.signal("CONT");
+    // The sender's retry: the event is in the stream once, and acknowledged.
+    assert_eq!(post_id(&server, &f, "frozen-1"), 202);
+    assert_eq!(post_id(&server, &f, "frozen-1"), 200);
+    let ids: Vec<String> = entries(redis.port, "webhooks:frozen")
+        .iter()
+        .map(|e| String::from_utf8(e["event_id"].clone()).unwrap())
+        .collect();
+    assert_eq!(ids, ["warm", "frozen-1"]);
+}
+
+#[test]
+fn the_first_request_after_a_redis_restart_is_accepted() {
+    if !broker("Redis", SHARED) {
+        return;
+    }
+    let mut redis = PrivateBroker::redis();
+    let f = filter("restarted");
+    let server = Server::start(&[("f.yaml", &f)], &redis_sink(redis.port, ""));
+    assert_eq!(post_id(&server, &f, "before"), 202);
+    redis.kill();
+    redis.spawn();
+    // No request, no /readyz poll in between: the gateway finds its connection broken and
+    // publishes on a new one.
+    assert_eq!(post_id(&server, &f, "first-after"), 202);
+    wait_until("/readyz after the restart", || {
+        server.admin_get("/readyz").status == 200
+    });
+    assert_eq!(entries(redis.port, "webhooks:restarted").len(), 2);
+}

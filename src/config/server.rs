@@ -90,6 +90,8 @@ struct DedupSpec {
     on_error: Option<String>,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    journal: Option<String>,
 }
 
 /// What a node does when the shared dedup store cannot answer.
@@ -251,6 +253,10 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     pub dedup_max_entries: u64,
     pub dedup_shared: Option<SharedDedup>,
+    /// `dedup: { journal: DIR }`: where a memory-dedup node keeps the ids it accepted for
+    /// non-spool sinks, so a restart, upgrade or crash remembers them (spool sinks' own
+    /// segments are read back for theirs).
+    pub dedup_journal: Option<PathBuf>,
     pub sinks: Vec<(String, SinkConfig)>,
     /// (sink, the spool sink it falls back to).
     pub fallbacks: Vec<(String, String)>,
@@ -337,6 +343,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
 
     let mut dedup_max_entries = 1_000_000;
     let mut dedup_shared = None;
+    let mut dedup_journal = None;
     if let Some(d) = &raw.dedup {
         let redis_only = [
             ("url", d.url.is_some()),
@@ -353,7 +360,15 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                     );
                 }
             }
-            Some("redis") => dedup_shared = shared_dedup(d, report),
+            Some("redis") => {
+                dedup_shared = shared_dedup(d, report);
+                if d.journal.is_some() {
+                    report.error(
+                        &["dedup", "journal"],
+                        "dedup `journal` only applies to `backend: memory`: the fleet's ids live in Redis",
+                    );
+                }
+            }
             Some(other) => report.error(
                 &["dedup", "backend"],
                 format!("dedup backend `{other}` is not one of memory, redis"),
@@ -367,6 +382,12 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                 );
             }
             dedup_max_entries = n;
+        }
+        if d.backend.as_deref() != Some("redis") {
+            dedup_journal = match d.journal.as_deref() {
+                None | Some("off") => None,
+                Some(dir) => Some(base.join(dir)),
+            };
         }
     }
 
@@ -602,6 +623,23 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         }
     };
     let filters_dir = base.join(raw.filters.as_deref().unwrap_or("filters/"));
+    if dedup_shared.is_none() && dedup_journal.is_none() {
+        let unrecorded: Vec<&str> = sinks
+            .iter()
+            .filter(|(_, c)| !matches!(c, SinkConfig::Spool { .. }))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !unrecorded.is_empty() {
+            report.warn(
+                &["dedup"],
+                format!(
+                    "ids accepted for sink{} {} are forgotten on a restart, so a sender's retry would be stored twice: add dedup: {{ journal: state/dedup/ }} (spool sinks need none: their segments are read back)",
+                    if unrecorded.len() == 1 { "" } else { "s" },
+                    unrecorded.join(", ")
+                ),
+            );
+        }
+    }
     Some(Server {
         listen,
         admin: raw.admin,
@@ -609,6 +647,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         trusted_proxies,
         dedup_max_entries,
         dedup_shared,
+        dedup_journal,
         sinks,
         fallbacks,
         drain,

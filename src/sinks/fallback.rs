@@ -192,7 +192,10 @@ impl Replayer {
                 };
                 for line in data.split_inclusive(|b| *b == b'\n') {
                     match decode_line(line.strip_suffix(b"\n").unwrap_or(line)) {
-                        Some(envelope) => {
+                        Some(mut envelope) => {
+                            // An idempotent primary (redis) checks its marker on replay too:
+                            // the publish that timed out before the fallback may have landed.
+                            envelope.dedup_ttl = Some(crate::config::filter::DEFAULT_DEDUP_TTL);
                             if !self.deliver(&envelope, shutdown).await {
                                 return false;
                             }

@@ -34,6 +34,9 @@ pub struct Envelope {
     /// The request headers the filter forwards, lower-case names.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// How long (provider, event id) is a duplicate (the filter's dedup TTL; `None` with
+    /// `dedup: off` or on replay): a sink that can publish idempotently remembers it as long.
+    pub dedup_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,11 @@ pub trait Sink: Send + Sync {
     /// wrapping others knows which of them failed; for the rest the gateway counts.
     fn counts_own_errors(&self) -> bool {
         false
+    }
+    /// The directory whose segments durably record every event this sink took, provider and
+    /// event id included (a spool): dedup reads them back at start instead of journaling ids.
+    fn recorded_in(&self) -> Option<&std::path::Path> {
+        None
     }
 }
 

@@ -5,10 +5,20 @@
 //! concurrent requests are pipelined onto it, and it reconnects with backoff by itself after
 //! the server goes away. The reply to `XADD` is the acknowledgement; how durable that is is the
 //! server's `appendfsync` setting (`always` for "the 202 survives a Redis crash").
+//!
+//! A publish is idempotent per (stream, provider, event id): one script sets a marker
+//! (`portcullis:published:<stream>:<provider>:<event id>`, kept for the filter's dedup TTL) and
+//! adds to the stream only if the marker is new. A publish that timed out (Redis frozen, a slow disk)
+//! got a 503, but may still land when Redis resumes: the sender's retry then finds the marker
+//! and is acknowledged without a second entry. The same makes it safe to retry a publish once
+//! on a fresh connection when the first attempt found the old one broken (Redis restarted), so
+//! the first request after a restart does not fail. A background ping keeps the connection
+//! (and `/readyz`) current while no request arrives.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use once_cell::sync::Lazy;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
@@ -38,7 +48,11 @@ impl LazyRedis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
         self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .get_or_try_init(|| async {
+                let conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+                keep_current(conn.clone());
+                Ok(conn)
+            })
             .await
             .cloned()
     }
@@ -58,6 +72,45 @@ impl LazyRedis {
         )
     }
 }
+
+/// Pings every second in the background: a connection Redis dropped (a restart) is noticed
+/// and re-established before the next request needs it.
+fn keep_current(mut conn: ConnectionManager) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await;
+        }
+    });
+}
+
+/// Sets the marker and adds the entry only if the marker is new; the entry id, or nil for an
+/// event published before. KEYS: stream, marker. ARGV: marker TTL (ms, 0 = no marker),
+/// MAXLEN (0 = none), then the field/value pairs.
+const PUBLISH: &str = r"
+if tonumber(ARGV[1]) > 0 then
+  if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
+    return false
+  end
+end
+local args = {KEYS[1]}
+if tonumber(ARGV[2]) > 0 then
+  table.insert(args, 'MAXLEN')
+  table.insert(args, '~')
+  table.insert(args, ARGV[2])
+end
+table.insert(args, '*')
+for i = 3, #ARGV do
+  table.insert(args, ARGV[i])
+end
+return redis.call('XADD', unpack(args))
+";
+
+static SCRIPT: Lazy<redis::Script> = Lazy::new(|| redis::Script::new(PUBLISH));
 
 pub struct RedisSink {
     name: String,
@@ -86,15 +139,21 @@ impl RedisSink {
         })
     }
 
-    /// `XADD stream [MAXLEN ~ n] * field value …`
-    fn command(&self, envelope: &Envelope) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(render(&self.stream, envelope));
-        if let Some(n) = self.maxlen {
-            cmd.arg("MAXLEN").arg("~").arg(n);
-        }
-        cmd.arg("*")
-            .arg("provider")
+    /// The script call: `XADD stream [MAXLEN ~ n] * field value …` behind the marker.
+    fn invocation(&self, envelope: &Envelope) -> redis::ScriptInvocation<'static> {
+        let mut call = SCRIPT.prepare_invoke();
+        let stream = render(&self.stream, envelope);
+        // Per stream: the same event may go to two streams (two sinks) once each.
+        let marker = format!(
+            "portcullis:published:{stream}:{}:{}",
+            envelope.provider, envelope.event_id
+        );
+        call.key(stream).key(marker);
+        let ttl_ms = envelope
+            .dedup_ttl
+            .map_or(0, |t| t.as_millis().max(1) as u64);
+        call.arg(ttl_ms).arg(self.maxlen.unwrap_or(0));
+        call.arg("provider")
             .arg(&envelope.provider)
             .arg("event_id")
             .arg(&envelope.event_id)
@@ -107,19 +166,24 @@ impl RedisSink {
             .arg("verified")
             .arg(if envelope.verified { "true" } else { "false" });
         if let Some(reason) = envelope.reason {
-            cmd.arg("reason").arg(reason);
+            call.arg("reason").arg(reason);
         }
         let headers: serde_json::Map<String, serde_json::Value> = envelope
             .headers
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        cmd.arg("headers")
+        call.arg("headers")
             .arg(serde_json::Value::Object(headers).to_string())
             .arg("body")
             .arg(envelope.body.as_ref());
-        cmd
+        call
     }
+}
+
+/// A failure of the connection rather than of the command: worth one retry on a new one.
+fn connection_broke(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 #[async_trait]
@@ -129,20 +193,28 @@ impl Sink for RedisSink {
     }
 
     async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
-        let cmd = self.command(envelope);
+        let call = self.invocation(envelope);
         let attempt = async {
-            let mut conn = self
-                .connection
-                .get()
-                .await
-                .map_err(|e| SinkError::Unavailable(format!("redis connect: {e}")))?;
-            cmd.query_async::<String>(&mut conn)
-                .await
-                .map_err(|e| SinkError::Unavailable(format!("redis XADD: {e}")))
+            let mut retried = false;
+            loop {
+                let mut conn = self
+                    .connection
+                    .get()
+                    .await
+                    .map_err(|e| SinkError::Unavailable(format!("redis connect: {e}")))?;
+                // Nil: published before (a timed-out attempt landed); the event is in the stream.
+                match call.invoke_async::<Option<String>>(&mut conn).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if connection_broke(&e) && !retried => {
+                        tracing::debug!(error = %e, "redis connection broke: retrying on a new one");
+                        retried = true;
+                    }
+                    Err(e) => return Err(SinkError::Unavailable(format!("redis XADD: {e}"))),
+                }
+            }
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(_id)) => Ok(()),
-            Ok(Err(e)) => Err(e),
+            Ok(result) => result,
             Err(_) => Err(SinkError::Unavailable(format!(
                 "redis gave no answer within {:?}",
                 self.timeout

@@ -80,6 +80,20 @@ impl Spool {
     }
 }
 
+impl Spool {
+    /// Appends one line (ending in `\n`) with the next group commit; `Ok` once it is fsynced.
+    pub async fn write_line(&self, line: Vec<u8>) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.writer()
+            .send(Job { line, done })
+            .map_err(|_| "spool writer stopped".to_owned())?;
+        match wait.await {
+            Ok(result) => result,
+            Err(_) => Err("spool writer stopped".into()),
+        }
+    }
+}
+
 /// One spool line: the envelope as JSON, the body as text when it is UTF-8 (escaping is
 /// lossless) and as `body_base64` otherwise. Serialized straight from borrowed fields: no
 /// intermediate JSON tree, no copy of the body besides the escaped output.
@@ -134,18 +148,13 @@ impl Sink for Spool {
     }
 
     async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
-        let (done, wait) = oneshot::channel();
-        self.writer()
-            .send(Job {
-                line: encode_line(envelope),
-                done,
-            })
-            .map_err(|_| SinkError::Unavailable("spool writer stopped".into()))?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(SinkError::Unavailable(e)),
-            Err(_) => Err(SinkError::Unavailable("spool writer stopped".into())),
-        }
+        self.write_line(encode_line(envelope))
+            .await
+            .map_err(SinkError::Unavailable)
+    }
+
+    fn recorded_in(&self) -> Option<&Path> {
+        Some(&self.dir)
     }
 
     async fn ready(&self) -> bool {
@@ -293,6 +302,7 @@ pub fn decode_line(line: &[u8]) -> Option<Envelope> {
         reason,
         headers,
         body,
+        dedup_ttl: None,
     })
 }
 
@@ -340,6 +350,7 @@ pub(crate) mod tests {
             reason: None,
             headers: vec![("content-type".into(), "application/json".into())],
             body: Bytes::copy_from_slice(body),
+            dedup_ttl: None,
         }
     }
 

@@ -271,9 +271,7 @@ impl BackgroundService for CertWatcher {
                 _ = shutdown.changed() => return,
             };
             if forced {
-                tracing::info!(
-                    "SIGHUP: reloading TLS certificates; filters and sinks change through a graceful upgrade (run -u, see README)"
-                );
+                tracing::info!("SIGHUP: reloading TLS certificates");
             }
             for resolver in &self.resolvers {
                 resolver.reload(forced);

@@ -192,6 +192,17 @@ impl Server {
         )
     }
 
+    /// The event ids in the spool, sorted.
+    pub fn spooled_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .spooled()
+            .iter()
+            .map(|l| l["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub fn is_alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none() && self.admin_get("/healthz").status == 200
     }
@@ -656,6 +667,17 @@ impl PrivateBroker {
         Some(c)
     }
 
+    /// Sends a signal (`STOP` freezes it, `CONT` thaws it) to the broker process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("the broker runs").id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -890,4 +912,21 @@ pub fn exchange_to_close(port: u16, raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
     out
+}
+
+/// One signed event `id` (body `{"id":…}`) to the filter `filter` on its default route; the
+/// status.
+pub fn post_id(server: &Server, filter: &str, id: &str) -> u16 {
+    let body = format!("{{\"id\":\"{id}\"}}");
+    let name = filter
+        .lines()
+        .find_map(|l| l.strip_prefix("name: "))
+        .expect("the filter has a name");
+    server
+        .post(
+            &format!("/webhook/{name}"),
+            &sign(filter, body.as_bytes(), now(), id),
+            body.as_bytes(),
+        )
+        .status
 }

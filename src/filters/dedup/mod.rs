@@ -16,7 +16,9 @@
 //! trip. When Redis cannot answer, `on_error` decides: refuse with 503 `dedup_unavailable`
 //! (the sender retries later) or fall back to this node's cache alone.
 
+mod journal;
 mod shared;
+pub use journal::{CatchUp, Journal, Recovery};
 pub use shared::SharedStore;
 
 use std::collections::hash_map::RandomState;
@@ -208,6 +210,23 @@ impl Dedup {
     }
 
     pub fn entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Remembers an id accepted before this process started (read back by [`Recovery`]) for
+    /// the `remaining` part of its TTL; false when it was known already.
+    pub fn remember(&self, provider: &str, id: &str, remaining: Duration) -> bool {
+        let key = self.key(provider, id);
+        if self.cache.contains_key(&key) {
+            return false;
+        }
+        self.cache.insert(key, Entry { ttl: remaining });
+        true
+    }
+
+    #[cfg(test)]
+    fn entries_now(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 
