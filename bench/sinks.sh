@@ -53,7 +53,7 @@ sink_yaml() {
   case "$1" in
     spool) echo "  out: { type: spool, dir: $work/spool/ }" ;;
     redis) echo "  out: { type: redis, url: \"redis://127.0.0.1:6379\", stream: \"bench:{provider}:$$\", timeout: 5s }" ;;
-    nats)  echo "  out: { type: nats, url: \"nats://127.0.0.1:4222\", stream: BENCH$$, subject: \"bench$$.{provider}\", create_stream: true, timeout: 5s }" ;;
+    nats|nats+journal) echo "  out: { type: nats, url: \"nats://127.0.0.1:4222\", stream: BENCH$$, subject: \"bench$$.{provider}\", create_stream: true, timeout: 5s }" ;;
     amqp)  echo "  out: { type: amqp, url: \"amqp://guest:guest@127.0.0.1:5672/%2f\", exchange: bench$$, routing_key: \"{provider}\", timeout: 5s }" ;;
     http)  echo "  out: { type: http, url: \"http://127.0.0.1:$up/ingest\", timeout: 5s }" ;;
   esac
@@ -70,12 +70,17 @@ rabbitmqadmin declare queue name=bench$$ durable=true >/dev/null
 rabbitmqadmin declare binding source=bench$$ destination=bench$$ routing_key='#' >/dev/null
 
 printf 'requests=%s concurrency=%s body=1KiB threads=2\n' "$N" "$C"
-for sink in spool redis nats amqp http; do
+# nats+journal: the nats sink with the dedup journal (restarts remember the ids; one more
+# group-committed fsync per batch on the accepted path).
+for sink in ${SINKS:-spool redis nats nats+journal amqp http}; do
   port=$(free_port); admin=$(free_port)
+  dedup="{ backend: memory }"
+  [ "$sink" = nats+journal ] && dedup="{ journal: $work/journal/ }"
   cat > "$work/$sink.yaml" <<YAML
 listen: [{ addr: "127.0.0.1:$port" }]
 admin: 127.0.0.1:$admin
 filters: filters/
+dedup: $dedup
 sinks:
 $(sink_yaml "$sink")
 pingora: { threads: 2, pid_file: $work/$sink.pid, upgrade_sock: $work/$sink.sock }

@@ -76,7 +76,7 @@ impl Builder {
             providers.push(Arc::new(Provider {
                 name: Arc::from(filter.name.as_str()),
                 chain: filters::chain(&filter),
-                journaled: self.journal && sink.recorded_in().is_none(),
+                journaled: self.journal && sink.recorded_in().is_none() && !sink.idempotent(),
                 config: filter,
                 sink,
                 fleet_limit,

@@ -626,14 +626,14 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     if dedup_shared.is_none() && dedup_journal.is_none() {
         let unrecorded: Vec<&str> = sinks
             .iter()
-            .filter(|(_, c)| !matches!(c, SinkConfig::Spool { .. }))
+            .filter(|(_, c)| !matches!(c, SinkConfig::Spool { .. } | SinkConfig::Redis { .. }))
             .map(|(n, _)| n.as_str())
             .collect();
         if !unrecorded.is_empty() {
             report.warn(
                 &["dedup"],
                 format!(
-                    "ids accepted for sink{} {} are forgotten on a restart, so a sender's retry would be stored twice: add dedup: {{ journal: state/dedup/ }} (spool sinks need none: their segments are read back)",
+                    "ids accepted for sink{} {} are forgotten on a restart, so a sender's retry would be stored twice: add dedup: {{ journal: state/dedup/ }} (spool and redis sinks need none: spool segments are read back, redis publishes idempotently)",
                     if unrecorded.len() == 1 { "" } else { "s" },
                     unrecorded.join(", ")
                 ),

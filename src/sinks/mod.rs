@@ -66,6 +66,11 @@ pub trait Sink: Send + Sync {
     fn recorded_in(&self) -> Option<&std::path::Path> {
         None
     }
+    /// Whether publishing the same (provider, event id) again within its dedup TTL stores it
+    /// only once (the redis sink's marker): such a sink needs no dedup journal either.
+    fn idempotent(&self) -> bool {
+        false
+    }
 }
 
 /// Every sink of a server by name, with fallbacks wrapped around their primaries.

@@ -225,4 +225,8 @@ impl Sink for RedisSink {
     async fn ready(&self) -> bool {
         self.connection.ping().await
     }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
 }

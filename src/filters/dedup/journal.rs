@@ -13,7 +13,7 @@
 //! every id has expired are deleted (never a spool's: those belong to their consumers).
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,12 +44,22 @@ impl Journal {
     /// Records that `provider`/`id` was accepted and is a duplicate for `ttl`; returns once
     /// the line is fsynced.
     pub async fn record(&self, provider: &str, id: &str, ttl: Duration) -> Result<(), String> {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            provider: &'a str,
+            event_id: &'a str,
+            expires: i64,
+        }
         let expires = unix_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut line = serde_json::to_vec(&serde_json::json!({
-            "provider": provider,
-            "event_id": id,
-            "expires": expires,
-        }))
+        let mut line = Vec::with_capacity(64 + id.len());
+        serde_json::to_writer(
+            &mut line,
+            &Line {
+                provider,
+                event_id: id,
+                expires,
+            },
+        )
         .expect("strings and a number serialize");
         line.push(b'\n');
         self.spool.write_line(line).await
@@ -211,8 +221,9 @@ impl pingora::services::background::BackgroundService for CatchUp {
 
 /// Reads whole lines of `path` from `offset` on, calling `each` with every record; returns
 /// the bytes consumed (up to the last newline: a line being written is read next time) and
-/// the latest expiry `each` reported.
+/// the latest expiry `each` reported. Streams: memory is one line, not the segment.
 fn read_from(path: &Path, offset: u64, mut each: impl FnMut(Record) -> Option<i64>) -> (u64, i64) {
+    use std::io::BufRead;
     let mut newest = i64::MIN;
     let Ok(mut file) = std::fs::File::open(path) else {
         return (0, newest);
@@ -220,21 +231,23 @@ fn read_from(path: &Path, offset: u64, mut each: impl FnMut(Record) -> Option<i6
     if file.seek(SeekFrom::Start(offset)).is_err() {
         return (0, newest);
     }
-    let mut bytes = Vec::new();
-    if file.read_to_end(&mut bytes).is_err() {
-        return (0, newest);
-    }
-    let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
-        return (0, newest);
-    };
-    for line in bytes[..end].split(|&b| b == b'\n') {
-        if let Ok(record) = serde_json::from_slice::<Record>(line) {
-            if let Some(expires) = each(record) {
-                newest = newest.max(expires);
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    let mut consumed = 0u64;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(n) if n > 0 && line.ends_with(b"\n") => {
+                consumed += n as u64;
+                if let Ok(record) = serde_json::from_slice::<Record>(&line[..n - 1]) {
+                    if let Some(expires) = each(record) {
+                        newest = newest.max(expires);
+                    }
+                }
             }
+            _ => return (consumed, newest),
         }
     }
-    (end as u64 + 1, newest)
 }
 
 fn unix_ms() -> i64 {
