@@ -43,6 +43,21 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         }
         return 1;
     };
+    if !options.upgrade {
+        // (With -u the running process holds the sockets and hands them over.)
+        let admin = config.server.admin.iter().map(String::as_str);
+        let addrs: Vec<&str> = config
+            .server
+            .listen
+            .iter()
+            .map(|l| l.addr.as_str())
+            .chain(admin)
+            .collect();
+        if let Err(e) = addresses_free(&addrs) {
+            tracing::error!("not starting: {e}");
+            return 1;
+        }
+    }
     crate::metrics::init();
     let config::Config {
         server: settings,
@@ -195,6 +210,27 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     0
 }
 
+/// Refuses to start when an address is taken, before Pingora binds it: Pingora would retry
+/// for half a minute and then panic in its listener thread, leaving a live, "ready" process
+/// that serves nothing.
+fn addresses_free(addrs: &[&str]) -> Result<(), String> {
+    for addr in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let port = addr.rsplit(':').next().unwrap_or("");
+            return Err(match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "{addr} is already in use: stop what listens there (ss -ltnp 'sport = :{port}' shows it) or change listen:/admin: in the config"
+                ),
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "{addr}: permission denied: ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it)"
+                ),
+                _ => format!("{addr}: cannot listen there: {e}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Validates the config and every filter; prints each problem with `file:line`. A closed
 /// stdout (`check | head`) ends the listing quietly; the exit code still tells.
 pub fn check(path: &Path) -> i32 {
@@ -209,22 +245,30 @@ pub fn check(path: &Path) -> i32 {
         Some(c) => {
             let _ = writeln!(
                 out,
-                "{}: ok ({} filters, {} sinks, {warnings} warnings)",
+                "{}: ok ({}, {}, {})",
                 path.display(),
-                c.filters.len(),
-                c.server.sinks.len()
+                count(c.filters.len(), "filter"),
+                count(c.server.sinks.len(), "sink"),
+                count(warnings, "warning")
             );
             0
         }
         None => {
             let _ = writeln!(
                 out,
-                "{}: {errors} errors, {warnings} warnings",
-                path.display()
+                "{}: {}, {}",
+                path.display(),
+                count(errors, "error"),
+                count(warnings, "warning")
             );
             1
         }
     }
+}
+
+/// "1 filter", "2 filters".
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn load_filter_or_report(path: &Path) -> Option<config::Filter> {

@@ -135,19 +135,6 @@ impl Gateway {
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
-        let head = session.req_header();
-        if let Err(reason) = filters::framing::check(head.version, &head.headers) {
-            return Outcome::Rejected(reason);
-        }
-        // This request keeps the filters it started with, whatever a reload does meanwhile.
-        let Some(provider) = self.routes.load().route(head.uri.path()).cloned() else {
-            return Outcome::Rejected(Reason::UnknownProvider);
-        };
-        ctx.provider = Some(provider.clone());
-        let provider = &*provider;
-        if head.method != http::Method::POST {
-            return Outcome::Rejected(Reason::MethodNotAllowed);
-        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -160,6 +147,18 @@ impl Gateway {
             .and_then(|v| v.to_str().ok());
         let client_ip = allowlist::client_ip(peer, forwarded, &self.trusted_proxies);
         ctx.client_ip = Some(client_ip);
+        if let Err(reason) = filters::framing::check(head.version, &head.headers) {
+            return Outcome::Rejected(reason);
+        }
+        // This request keeps the filters it started with, whatever a reload does meanwhile.
+        let Some(provider) = self.routes.load().route(head.uri.path()).cloned() else {
+            return Outcome::Rejected(Reason::UnknownProvider);
+        };
+        ctx.provider = Some(provider.clone());
+        let provider = &*provider;
+        if head.method != http::Method::POST {
+            return Outcome::Rejected(Reason::MethodNotAllowed);
+        }
         let req = inbound(session, client_ip, b"");
         if let Err(reason) = filters::check_head(&provider.chain, &req) {
             return Outcome::Rejected(reason);
@@ -323,7 +322,9 @@ impl Gateway {
         if body_broken || !session.is_body_done() {
             session.set_keepalive(None);
         }
-        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let mut body = serde_json::to_vec(&body).unwrap_or_default();
+        body.push(b'\n');
+        let body = Bytes::from(body);
         let Ok(mut resp) = ResponseHeader::build(status, Some(4)) else {
             return;
         };
@@ -475,11 +476,12 @@ impl ProxyHttp for Gateway {
                 provider,
                 status = ctx.status,
                 outcome,
-                reason = ctx.reason.map(Reason::as_str).unwrap_or(""),
-                shadow_verdict = ctx.shadow_verdict.map(Reason::as_str).unwrap_or(""),
-                event_id = ctx.event_id.as_deref().unwrap_or(""),
-                client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                // Absent ones are left out of the line rather than logged empty.
+                reason = ctx.reason.map(Reason::as_str),
+                shadow_verdict = ctx.shadow_verdict.map(Reason::as_str),
+                event_id = ctx.event_id.as_deref(),
+                client_ip = ctx.client_ip.map(tracing::field::display),
+                latency_ms = elapsed.as_micros() as f64 / 1000.0,
                 request_id = ctx.request_id.as_str(),
                 "request"
             );

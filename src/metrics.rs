@@ -55,6 +55,24 @@ pub static SINK_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("register portcullis_sink_errors_total")
 });
 
+/// Every series of the contract for these providers and sinks, at zero: a dashboard or an
+/// alert on `rate(...)` sees them from the start, not after the first failure.
+pub fn register_series(providers: &[&str], sinks: &[&str]) {
+    for provider in providers.iter().copied().chain(["unknown"]) {
+        for outcome in ["accepted", "duplicate", "rejected", "error"] {
+            REQUESTS.with_label_values(&[provider, outcome]);
+        }
+        for reason in crate::reason::Reason::ALL {
+            REJECTIONS.with_label_values(&[provider, reason.as_str()]);
+        }
+        REQUEST_DURATION.with_label_values(&[provider]);
+    }
+    for sink in sinks {
+        SINK_PUBLISH_DURATION.with_label_values(&[sink]);
+        SINK_ERRORS.with_label_values(&[sink]);
+    }
+}
+
 pub static DEDUP_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
     register_int_gauge!(
         "portcullis_dedup_entries",

@@ -82,6 +82,9 @@ impl Builder {
                 fleet_limit,
             }));
         }
+        let names: Vec<&str> = providers.iter().map(|p| &*p.name).collect();
+        let sinks: Vec<&str> = self.sinks.values().map(|s| s.name()).collect();
+        crate::metrics::register_series(&names, &sinks);
         Ok(Routes { providers, by_path })
     }
 }

@@ -621,11 +621,15 @@ fn http2_clients_get_the_same_answers_and_reasons_on_one_connection() {
     request(&mut curl, &signed, Some(body.into()), "/webhook/github");
     request(&mut curl, &tampered, Some(body.into()), "/webhook/github");
     request(&mut curl, &[], None, "/webhook/github");
-    request(&mut curl, &signed, Some(body.into()), "/webhook/gitlab");
+    // Without a body: a 404 is answered before any body is read and the stream is then reset
+    // with NO_ERROR, which curl 7.88 reports as an error when its upload is still going (the
+    // early answer itself is checked with nghttp in the adversarial HTTP/2 test below).
+    request(&mut curl, &[], None, "/webhook/gitlab");
     let out = curl.output().expect("curl runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let answers: Vec<(String, String)> = stdout
         .lines()
+        .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .chunks(2)
         .map(|pair| {

@@ -279,6 +279,23 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
             }
         });
 
+    let signs_timestamp =
+        preset.tolerance.is_some() || (preset.name == "hmac" && raw.timestamp.is_some());
+    if raw.tolerance.is_some() && !signs_timestamp {
+        report.warn(
+            &["tolerance"],
+            format!(
+                "tolerance has no effect: preset `{}` signs no timestamp{}",
+                preset.name,
+                if preset.name == "hmac" {
+                    " (add a timestamp: block)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+
     // A source the filter names is required of every request (for the event id: a 400 when
     // absent); a preset's default is best effort.
     let event_id = match &raw.event_id {

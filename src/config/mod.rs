@@ -71,6 +71,11 @@ pub fn load_server_text(path: &Path, text: &str) -> (Option<server::Server>, Vec
 pub fn load(path: &Path) -> Loaded {
     let mut problems = Vec::new();
     let Some(text) = diagnostics::read(path, &mut problems) else {
+        if !path.exists() {
+            if let Some(p) = problems.last_mut() {
+                p.message += " (a relative path counts from the current directory: run from the checkout, or pass -c /path/to/portcullis.yaml)";
+            }
+        }
         return Loaded {
             config: None,
             problems,

@@ -275,6 +275,17 @@ pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounded well below the dedup in-flight lifetime, so a reservation cannot expire mid-publish.
 pub const MAX_SINK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The line where `value` (a listen address) is written for the `nth` time (from 0), or the
+/// `listen:` line.
+fn line_of_value(text: &str, value: &str, nth: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with('#') && l.contains(value))
+        .nth(nth)
+        .map(|(i, _)| i + 1)
+        .unwrap_or_else(|| super::diagnostics::line_of(text, &["listen"]))
+}
+
 pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     let raw: ServerFile = parse(report, KEYS, "server reference")?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -286,15 +297,23 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         );
     }
     let mut listen = Vec::new();
-    for l in &raw.listen {
-        if l.addr.parse::<std::net::SocketAddr>().is_err() {
-            report.error(
-                &["listen"],
+    let mut seen: Vec<std::net::SocketAddr> = Vec::new();
+    for (i, l) in raw.listen.iter().enumerate() {
+        let nth = raw.listen[..i].iter().filter(|o| o.addr == l.addr).count();
+        let line = line_of_value(report.text, &l.addr, nth);
+        match l.addr.parse::<std::net::SocketAddr>() {
+            Err(_) => report.error_at(
+                line,
                 format!(
                     "listen addr `{}` is not IP:PORT (like 0.0.0.0:443 or [::]:443)",
                     l.addr
                 ),
-            );
+            ),
+            Ok(addr) if seen.contains(&addr) => report.error_at(
+                line,
+                format!("listen addr {addr} is listed twice: remove one"),
+            ),
+            Ok(addr) => seen.push(addr),
         }
         let tls = l.tls.as_ref().map(|t| tls_listener(t, base, report));
         if l.proxy_protocol && tls.is_none() {
@@ -321,15 +340,6 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
             proxy_protocol: l.proxy_protocol,
         });
     }
-    if let Some(admin) = &raw.admin {
-        if admin.parse::<std::net::SocketAddr>().is_err() {
-            report.error(
-                &["admin"],
-                format!("admin `{admin}` is not IP:PORT (like 127.0.0.1:9090)"),
-            );
-        }
-    }
-
     let mut trusted_proxies = Vec::new();
     for cidr in &raw.trusted_proxies {
         match parse_net(cidr) {
@@ -623,6 +633,21 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         }
     };
     let filters_dir = base.join(raw.filters.as_deref().unwrap_or("filters/"));
+    if let Some(admin) = raw.admin.as_deref() {
+        match admin.parse::<std::net::SocketAddr>() {
+            Err(_) => report.error(
+                &["admin"],
+                format!("admin `{admin}` is not IP:PORT (like 127.0.0.1:9090)"),
+            ),
+            Ok(addr) if seen.contains(&addr) => report.error(
+                &["admin"],
+                format!(
+                    "admin {addr} is also a listener: give the admin listener a port of its own"
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
     if dedup_shared.is_none() && dedup_journal.is_none() {
         let unrecorded: Vec<&str> = sinks
             .iter()

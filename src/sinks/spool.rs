@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -41,7 +42,7 @@ struct Job {
 
 impl Spool {
     pub fn open(name: &str, dir: &Path, segment_size: u64) -> Result<Spool, String> {
-        std::fs::create_dir_all(dir)
+        create_dir(dir)
             .map_err(|e| format!("spool `{name}`: cannot create {}: {e}", dir.display()))?;
         Ok(Spool {
             name: name.to_owned(),
@@ -247,10 +248,12 @@ impl Writer {
     }
 
     fn create(&self, seq: u64) -> std::io::Result<Segment> {
-        std::fs::create_dir_all(&self.dir)?;
+        create_dir(&self.dir)?;
+        // Webhook bodies are the senders' data: readable by this user alone, whatever the umask.
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(0o600)
             .open(segment_path(&self.dir, seq))?;
         // The new directory entry must be durable too, or a crash could lose the whole file.
         File::open(&self.dir)?.sync_all()?;
@@ -260,6 +263,16 @@ impl Writer {
         }
         Ok(Segment { file, len: 0, seq })
     }
+}
+
+/// Creates a spool directory (and its parents) private to this user; an existing one keeps
+/// the mode it was given (a deployment may grant a consumer's group access).
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// The inverse of [`encode_line`]; `None` for a line that is not a spooled envelope.

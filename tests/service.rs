@@ -1,0 +1,202 @@
+//! Issue 19, the service as an SRE meets it: a taken port stops the start with the address
+//! and what to do (never a live process that serves nothing), `check` refuses listeners that
+//! collide, spool files are private, answers end with a newline, 404s are logged with the
+//! client address, and every metric series is there at zero from the start.
+
+mod common;
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"svc-secret\"]\n";
+
+/// Runs `portcullis run` on `conf` and waits (bounded: a hang detector) for it to exit.
+fn run_to_exit(conf: &str) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "-c", conf])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return (status.code(), err);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, String::new())
+}
+
+#[test]
+fn a_taken_listen_or_admin_port_stops_the_start_with_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "filters/github.yaml", GITHUB);
+    for which in ["listen", "admin"] {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let (listen, admin) = match which {
+            "listen" => (taken_port, free_port()),
+            _ => (free_port(), taken_port),
+        };
+        let conf = write(
+            dir.path(),
+            "portcullis.yaml",
+            &format!("listen:\n  - addr: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nfilters: filters/\nsinks:\n  spool: {{ type: spool, dir: spool/ }}\n"),
+        );
+        let (code, err) = run_to_exit(&conf);
+        assert_eq!(code, Some(1), "{which}: {err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{taken_port} is already in use")),
+            "{which}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        drop(taken);
+    }
+}
+
+#[test]
+fn check_refuses_a_listener_twice_and_an_admin_on_a_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "filters/github.yaml", GITHUB);
+    let conf = write(
+        dir.path(),
+        "portcullis.yaml",
+        "listen:\n  - addr: 127.0.0.1:8080\n  - addr: 127.0.0.1:8081\n  - addr: 127.0.0.1:8080\n  - addr: not-an-address\nadmin: 127.0.0.1:8081\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\n",
+    );
+    let (code, out, _) = portcullis(&["check", "-c", &conf]);
+    assert_eq!(code, 1, "{out}");
+    for (line, message) in [
+        (
+            "portcullis.yaml:4:",
+            "listen addr 127.0.0.1:8080 is listed twice",
+        ),
+        (
+            "portcullis.yaml:5:",
+            "listen addr `not-an-address` is not IP:PORT",
+        ),
+        (
+            "portcullis.yaml:6:",
+            "admin 127.0.0.1:8081 is also a listener",
+        ),
+    ] {
+        assert!(
+            out.lines().any(|l| l.contains(line) && l.contains(message)),
+            "{line} {message}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn spool_files_are_private_answers_end_with_a_newline_and_404s_name_the_client() {
+    let server = Server::start(&[("github.yaml", GITHUB)], spool_sink());
+    let body = br#"{"action":"opened"}"#;
+    let r = server.post("/webhook/github", &sign(GITHUB, body, now(), "svc-1"), body);
+    assert_eq!(r.status, 202);
+    assert!(
+        r.body.ends_with(b"}\n"),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let dir = server.spool_dir();
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    let r = server.post("/nowhere", &[], b"{}");
+    expect(&r, 404, "unknown_provider");
+    assert!(r.body.ends_with(b"\n"));
+    wait_until("the 404 is logged", || {
+        server.log().lines().any(|l| {
+            l.contains("portcullis::access")
+                && l.contains("status=404")
+                && l.contains("client_ip=127.0.0.1")
+        })
+    });
+}
+
+#[test]
+fn every_metric_series_of_the_contract_is_there_at_zero_from_the_start() {
+    let server = Server::start(&[("github.yaml", GITHUB)], spool_sink());
+    let metrics = String::from_utf8_lossy(&server.admin_get("/metrics").body).into_owned();
+    for series in [
+        r#"portcullis_requests_total{outcome="accepted",provider="github"} 0"#,
+        r#"portcullis_requests_total{outcome="error",provider="github"} 0"#,
+        r#"portcullis_requests_total{outcome="rejected",provider="unknown"} 0"#,
+        r#"portcullis_rejections_total{provider="github",reason="invalid_signature"} 0"#,
+        r#"portcullis_request_duration_seconds_count{provider="github"} 0"#,
+        r#"portcullis_sink_errors_total{sink="spool"} 0"#,
+        r#"portcullis_sink_publish_duration_seconds_count{sink="spool"} 0"#,
+        "portcullis_dedup_entries 0",
+        "portcullis_header_timeouts_total 0",
+        "portcullis_dedup_journal_errors_total 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+}
+
+#[test]
+fn check_counts_in_words_and_warns_about_a_tolerance_nothing_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "filters/github.yaml",
+        "name: github\npreset: github\nsecrets: [\"s\"]\ntolerance: 5m\n",
+    );
+    let conf = write(
+        dir.path(),
+        "portcullis.yaml",
+        "listen:\n  - addr: 127.0.0.1:8080\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\n",
+    );
+    let (code, out, _) = portcullis(&["check", "-c", &conf]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "github.yaml:4: warning: tolerance has no effect: preset `github` signs no timestamp"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("ok (1 filter, 1 sink, 2 warnings)"), "{out}");
+    let (code, out, _) = portcullis(&["check", "-c", "no/such/portcullis.yaml"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("pass -c /path/to/portcullis.yaml"), "{out}");
+    assert!(out.contains(": 1 error, 0 warnings"), "{out}");
+}
+
+#[test]
+fn access_lines_leave_out_what_a_request_did_not_have() {
+    let server = Server::start(&[("github.yaml", GITHUB)], spool_sink());
+    let body = br#"{"action":"opened"}"#;
+    let r = server.post(
+        "/webhook/github",
+        &sign(GITHUB, body, now(), "svc-log"),
+        body,
+    );
+    assert_eq!(r.status, 202);
+    let line = || {
+        server
+            .log()
+            .lines()
+            .find(|l| l.contains("portcullis::access") && l.contains("event_id=\"svc-log\""))
+            .map(str::to_owned)
+    };
+    wait_until("the access line", || line().is_some());
+    let line = line().unwrap();
+    assert!(
+        !line.contains("reason=") && !line.contains("shadow_verdict="),
+        "{line}"
+    );
+    assert!(line.contains("client_ip=127.0.0.1"), "{line}");
+}
