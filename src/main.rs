@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use portcullis::commands;
 
 /// glibc's malloc showed up at ~12% of a loaded gateway's profile (arena growth, consolidation
@@ -15,7 +15,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "portcullis",
     version,
-    about = "Webhook edge gateway: verify, deduplicate and durably queue inbound webhooks"
+    about = "Webhook edge gateway: verify, deduplicate and durably queue inbound webhooks",
+    after_help = "Logs go to stderr; RUST_LOG sets the level (default info). To quiet Pingora \
+alone: RUST_LOG=info,pingora_core=warn.\n\nFirst steps:\n  portcullis check -c conf/portcullis.yaml\n  \
+portcullis run -c conf/portcullis.yaml\n  portcullis sign --filter filters/github.yaml --curl http://127.0.0.1:8080 | sh"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,7 +28,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve webhooks with the given config.
+    #[command(
+        after_help = "Examples:\n  portcullis run -c /etc/portcullis/portcullis.yaml --json-logs\n  \
+portcullis run -u -d -c /etc/portcullis/portcullis.yaml   # take over a running instance"
+    )]
     Run {
+        /// The server config (relative paths in it count from its directory).
         #[arg(short, long, default_value = "conf/portcullis.yaml")]
         conf: PathBuf,
         /// One JSON object per log line.
@@ -42,16 +50,27 @@ enum Command {
         upgrade: bool,
     },
     /// Validate the config and every filter; print each problem with file:line.
+    #[command(
+        after_help = "Example:\n  portcullis check -c /etc/portcullis/portcullis.yaml   # exit 0 when it would start"
+    )]
     Check {
+        /// The server config to check, with every filter it names.
         #[arg(short, long, default_value = "conf/portcullis.yaml")]
         conf: PathBuf,
     },
     /// Print the headers (or a curl command) of a request the filter accepts.
+    #[command(
+        after_help = "Example:\n  portcullis sign --filter filters/github.yaml --id evt_1 --body '{\"action\":\"opened\"}' \\\n    \
+--curl http://127.0.0.1:8080 | sh"
+    )]
     Sign {
+        /// The filter file whose scheme and secret sign the request.
         #[arg(long)]
         filter: PathBuf,
+        /// Read the body to sign from this file.
         #[arg(long, conflicts_with = "body")]
         body_file: Option<PathBuf>,
+        /// The body to sign (default: {}).
         #[arg(long)]
         body: Option<String>,
         /// Unix seconds (default: now).
@@ -65,17 +84,34 @@ enum Command {
         curl: Option<String>,
     },
     /// Print a fresh key for a `url-key` filter.
+    #[command(after_help = "Example:\n  portcullis keygen   # wh_ + 32 random characters")]
     Keygen,
     /// Check the signature and timestamp of a captured raw HTTP/1.1 request.
+    #[command(
+        after_help = "Example:\n  portcullis verify --filter filters/stripe.yaml --request captured.http --now 1733011200"
+    )]
     Verify {
+        /// The filter file to judge the request with.
         #[arg(long)]
         filter: PathBuf,
+        /// The raw request: request line, headers, a blank line, the body.
         #[arg(long)]
         request: PathBuf,
         /// Unix seconds to judge freshness against (default: now).
         #[arg(long)]
         now: Option<i64>,
     },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  portcullis completions bash > /etc/bash_completion.d/portcullis"
+    )]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:\n  portcullis man > /usr/local/share/man/man1/portcullis.1")]
+    Man,
 }
 
 fn init_logs(json: bool) {
@@ -142,6 +178,24 @@ fn main() -> ExitCode {
             })
         }
         Command::Keygen => commands::keygen(),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "portcullis",
+                &mut std::io::stdout(),
+            );
+            0
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            }
+        }
         Command::Verify {
             filter,
             request,

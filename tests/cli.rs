@@ -217,3 +217,46 @@ fn the_readme_quick_start_curl_gets_a_202_and_lands_in_the_spool() {
         "{headers}"
     );
 }
+
+#[test]
+fn every_command_has_an_example_and_every_option_a_description() {
+    let (code, top, _) = portcullis(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(top.contains("RUST_LOG=info,pingora_core=warn"), "{top}");
+    for command in [
+        "run",
+        "check",
+        "sign",
+        "keygen",
+        "verify",
+        "completions",
+        "man",
+    ] {
+        let (code, help, _) = portcullis(&[command, "--help"]);
+        assert_eq!(code, 0, "{command}");
+        assert!(
+            help.contains("Example"),
+            "{command} has no example:\n{help}"
+        );
+        let options = help.split("Example").next().unwrap_or_default();
+        for line in options.lines().filter(|l| l.trim_start().starts_with('-')) {
+            // "  -c, --conf <CONF>  The server config …": the option, then its description.
+            let described = line
+                .trim_start()
+                .split("  ")
+                .filter(|part| !part.trim().is_empty())
+                .count()
+                >= 2;
+            assert!(
+                described,
+                "{command}: an option without a description: {line:?}"
+            );
+        }
+    }
+    let (code, bash, _) = portcullis(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(bash.contains("_portcullis()"), "{bash}");
+    let (code, man, _) = portcullis(&["man"]);
+    assert_eq!(code, 0);
+    assert!(man.contains(".TH portcullis 1"), "{man}");
+}
