@@ -200,3 +200,54 @@ fn access_lines_leave_out_what_a_request_did_not_have() {
     );
     assert!(line.contains("client_ip=127.0.0.1"), "{line}");
 }
+
+#[test]
+fn check_suggests_nested_keys_names_no_rust_types_and_folds_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "filters/a.yaml",
+        "name: a\npreset: github\nsecrets: [x]\nrate_limit: { per_secnd: 5 }\n",
+    );
+    write(
+        dir.path(),
+        "filters/b.yaml",
+        "name: b\npreset: github\nsecrets: [x]\ndedup: { tll: 1h }\n",
+    );
+    let conf = write(
+        dir.path(),
+        "conf/portcullis.yaml",
+        "listen:\n  - addr: 127.0.0.1:1\n    tsl: {}\nfilters: ../filters/\ndedup: { backnd: memory }\nsinks:\n  s: { type: spool, dri: x/ }\n",
+    );
+    let (code, out, _) = portcullis(&["check", "-c", &conf]);
+    assert_eq!(code, 1, "{out}");
+    for (line, message) in [
+        (
+            "portcullis.yaml:3:",
+            "unknown key `listen.tsl`: did you mean `tls`?",
+        ),
+        (
+            "portcullis.yaml:5:",
+            "unknown key `dedup.backnd`: did you mean `backend`?",
+        ),
+        (
+            "portcullis.yaml:7:",
+            "unknown key `sinks.s.dri`: did you mean `dir`?",
+        ),
+        (
+            "a.yaml:4:",
+            "unknown key `rate_limit.per_secnd`: did you mean `per_second`?",
+        ),
+        ("b.yaml:", "this value has none of the forms the key takes"),
+    ] {
+        assert!(
+            out.lines().any(|l| l.contains(line) && l.contains(message)),
+            "{line} {message}:\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("untagged enum") && !out.contains("DedupSpec"),
+        "{out}"
+    );
+    assert!(!out.contains("/../"), "paths are folded:\n{out}");
+}

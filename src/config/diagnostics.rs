@@ -190,6 +190,7 @@ fn contains_key(line: &str, key: &str) -> bool {
 pub fn parse<T: serde::de::DeserializeOwned>(
     report: &mut Report<'_>,
     known: &[&str],
+    nested: &[(&str, &[&str])],
     reference: &str,
 ) -> Option<T> {
     if let Err((line, message)) = check_nesting(report.text) {
@@ -204,7 +205,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(
         Ok(v) => v,
         Err(e) => {
             let line = e.location().map(|l| l.line()).unwrap_or(1);
-            report.error_at(line, format!("{e}"));
+            report.error_at(line, plain_serde_error(&e.to_string(), reference));
             return None;
         }
     };
@@ -214,15 +215,52 @@ pub fn parse<T: serde::de::DeserializeOwned>(
             report.room(Severity::Error);
             continue;
         }
-        let parts: Vec<&str> = key.split('.').collect();
-        let hint = if parts.len() == 1 {
-            suggest(parts[0], known)
-        } else {
-            format!("remove it, or see the README's {reference}")
+        // serde_ignored writes sequence indices as numbers and untagged enums as `?`.
+        let parts: Vec<&str> = key
+            .split('.')
+            .filter(|p| *p != "?" && !p.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        let Some((last, parents)) = parts.split_last() else {
+            continue;
         };
-        report.error(&parts, format!("unknown key `{key}`: {hint}"));
+        let hint = if parents.is_empty() {
+            suggest(last, known)
+        } else {
+            // The nearest parent with a known table; a sink's keys under `sinks.<name>`.
+            let table = parents.iter().rev().find_map(|parent| {
+                nested
+                    .iter()
+                    .find(|(name, _)| name == parent)
+                    .map(|(_, keys)| *keys)
+            });
+            let table = table.or_else(|| {
+                (parents.len() >= 2 && parents[parents.len() - 2] == "sinks")
+                    .then(|| {
+                        nested
+                            .iter()
+                            .find(|(n, _)| *n == "sinks.*")
+                            .map(|(_, k)| *k)
+                    })
+                    .flatten()
+            });
+            match table {
+                Some(keys) => suggest(last, keys),
+                None => format!("remove it, or see the README's {reference}"),
+            }
+        };
+        report.error(&parts, format!("unknown key `{}`: {hint}", parts.join(".")));
     }
     Some(value)
+}
+
+/// serde's messages name Rust types (`untagged enum DedupSpec`); say what to do instead.
+fn plain_serde_error(message: &str, reference: &str) -> String {
+    if message.contains("did not match any variant of untagged enum") {
+        return format!(
+            "this value has none of the forms the key takes: see the README's {reference}"
+        );
+    }
+    message.to_owned()
 }
 
 /// Deepest nesting a config file may have. Real configs stay under 10; the YAML scanner

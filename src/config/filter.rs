@@ -161,6 +161,26 @@ pub const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest body any filter may accept: the body is buffered whole to be verified.
 pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// The keys of each nested block, for "did you mean" on a misspelt one.
+const NESTED_KEYS: &[(&str, &[&str])] = &[
+    ("rate_limit", &["per_second", "per_ip_per_second", "scope"]),
+    (
+        "signature",
+        &[
+            "header",
+            "algorithm",
+            "encoding",
+            "prefix",
+            "prefix_optional",
+            "signed",
+        ],
+    ),
+    ("timestamp", &["header", "json", "format"]),
+    ("event_id", &["header", "json"]),
+    ("event_type", &["header", "json"]),
+    ("dedup", &["ttl"]),
+];
+
 /// What RFC 3986 lets a path carry unescaped (`pchar` and `/`), plus `%` of an escape.
 fn is_path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c)
@@ -179,7 +199,7 @@ fn percent_escapes_are_whole(path: &str) -> bool {
 /// `sinks` is `None` when the filter is loaded alone (`sign`, `verify`): its sink is not checked.
 pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> Option<Filter> {
     let errors_before = report.problems.len();
-    let raw: FilterFile = parse(report, KEYS, "filter reference")?;
+    let raw: FilterFile = parse(report, KEYS, NESTED_KEYS, "filter reference")?;
 
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let name = raw.name.clone();

@@ -165,6 +165,28 @@ fn filter_files(dir: &Path, conf: &Path, problems: &mut Vec<Problem>) -> Vec<Pat
     files
 }
 
+/// `base/rel` with `.` and `..` folded away where the text allows (`conf/../filters` →
+/// `filters`), so messages name files the way a person would; nothing is resolved on disk.
+pub fn join_normalized(base: &Path, rel: &str) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in base.join(rel).components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 /// `5m`, `24h`, `1500ms` (humantime). A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = text.trim().parse::<u64>() {

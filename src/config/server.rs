@@ -24,6 +24,46 @@ pub const KEYS: &[&str] = &[
     "pingora",
 ];
 
+/// The keys of each nested block, for "did you mean" on a misspelt one (`sinks.*`: any sink).
+const NESTED_KEYS: &[(&str, &[&str])] = &[
+    ("listen", &["addr", "tls", "proxy_protocol"]),
+    (
+        "tls",
+        &["cert", "key", "certificates", "min_version", "client_ca"],
+    ),
+    ("certificates", &["cert", "key"]),
+    (
+        "dedup",
+        &[
+            "backend",
+            "max_entries",
+            "url",
+            "key_prefix",
+            "on_error",
+            "timeout",
+            "journal",
+        ],
+    ),
+    (
+        "sinks.*",
+        &[
+            "type",
+            "dir",
+            "segment_size",
+            "url",
+            "timeout",
+            "stream",
+            "maxlen",
+            "subject",
+            "create_stream",
+            "duplicate_window",
+            "exchange",
+            "routing_key",
+            "fallback",
+        ],
+    ),
+];
+
 #[derive(Debug, Deserialize)]
 struct ServerFile {
     #[serde(default)]
@@ -287,7 +327,7 @@ fn line_of_value(text: &str, value: &str, nth: usize) -> usize {
 }
 
 pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
-    let raw: ServerFile = parse(report, KEYS, "server reference")?;
+    let raw: ServerFile = parse(report, KEYS, NESTED_KEYS, "server reference")?;
     let base = path.parent().unwrap_or(Path::new("."));
 
     if raw.listen.is_empty() {
@@ -632,7 +672,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
             DEFAULT_HEADER_TIMEOUT
         }
     };
-    let filters_dir = base.join(raw.filters.as_deref().unwrap_or("filters/"));
+    let filters_dir = super::join_normalized(base, raw.filters.as_deref().unwrap_or("filters/"));
     if let Some(admin) = raw.admin.as_deref() {
         match admin.parse::<std::net::SocketAddr>() {
             Err(_) => report.error(
