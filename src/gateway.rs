@@ -50,6 +50,8 @@ pub struct RequestCtx {
     outcome: &'static str,
     reason: Option<Reason>,
     shadow_verdict: Option<Reason>,
+    /// With `missing_field`: the configured field (or id header / JSON pointer) absent.
+    field: Option<String>,
     status: u16,
     /// Names this request in the access log and the `X-Request-Id` response header.
     request_id: String,
@@ -187,11 +189,21 @@ impl Gateway {
         let req = inbound(session, client_ip, &body);
         ctx.shadow_verdict = match filters::check_body(&provider.chain, &req, unix_now(), shadow) {
             Ok(verdict) => verdict,
-            Err(reason) => return Outcome::Rejected(reason),
+            Err(reason) => {
+                if reason == Reason::MissingField {
+                    ctx.field =
+                        filters::payload::first_missing(&provider.config.require_fields, &req)
+                            .map(str::to_owned);
+                }
+                return Outcome::Rejected(reason);
+            }
         };
         let event_id = match dedup::event_id(&provider.config.event_id, &req) {
             Ok(id) => id,
-            Err(reason) if !shadow => return Outcome::Rejected(reason),
+            Err(reason) if !shadow => {
+                ctx.field = provider.config.event_id.field().map(str::to_owned);
+                return Outcome::Rejected(reason);
+            }
             Err(reason) => {
                 ctx.shadow_verdict.get_or_insert(reason);
                 dedup::event_id(&crate::config::EventIdSource::BodyHash, &req).unwrap_or_default()
@@ -296,11 +308,13 @@ impl Gateway {
                     _ => "rejected",
                 };
                 ctx.reason = Some(reason);
-                (
-                    reason.status(),
-                    serde_json::json!({"error": reason.as_str()}),
-                    reason.retry_after(),
-                )
+                let body = match (reason, &ctx.field) {
+                    (Reason::MissingField, Some(field)) => {
+                        serde_json::json!({"error": reason.as_str(), "field": field})
+                    }
+                    _ => serde_json::json!({"error": reason.as_str()}),
+                };
+                (reason.status(), body, reason.retry_after())
             }
         };
         ctx.status = status;

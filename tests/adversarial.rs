@@ -380,6 +380,11 @@ fn huge_or_control_character_event_ids_never_reach_a_header_or_key_raw() {
     ] {
         let r = server.post("/webhook/open", &h(&[]), body);
         expect(&r, 400, "missing_field");
+        assert_eq!(
+            r.json()["field"],
+            "/id",
+            "the answer names the JSON pointer"
+        );
     }
     assert_eq!(upstream.received.lock().unwrap().len(), ids.len());
     still_serving(&mut server, "ids-after");

@@ -266,6 +266,9 @@ fn payload_rule_failures_are_400() {
     let no_action = br#"{"zen":"yes"}"#;
     let r = server.post("/webhook/github", &signed(no_action, "f"), no_action);
     assert_eq!((r.status, r.reason().as_str()), (400, "missing_field"));
+    // The answer names the field, never a value from the body.
+    assert_eq!(r.json()["field"], "action");
+    assert!(!String::from_utf8_lossy(&r.body).contains("yes"));
 }
 
 const HOOK: &str =

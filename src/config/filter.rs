@@ -124,6 +124,17 @@ pub enum EventIdSource {
     BodyHash,
 }
 
+impl EventIdSource {
+    /// The header name or JSON pointer the id is read from (what `missing_field` names).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            EventIdSource::Header { name, .. } => Some(name),
+            EventIdSource::Json { pointer, .. } => Some(pointer),
+            EventIdSource::BodyHash => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
     pub per_second: Option<u32>,

@@ -14,14 +14,22 @@ impl RequireFields {
     }
 }
 
+/// The first of `fields` the (JSON) body lacks: what a `missing_field` answer names. Never a
+/// value from the body, only the configured field name.
+pub fn first_missing<'f>(fields: &'f [String], req: &Inbound<'_>) -> Option<&'f str> {
+    let object = req.json().and_then(|j| j.as_object());
+    fields
+        .iter()
+        .find(|f| object.is_none_or(|o| !o.contains_key(f.as_str())))
+        .map(String::as_str)
+}
+
 impl Filter for RequireFields {
     fn check_body(&self, req: &Inbound<'_>, _now: i64) -> Result<(), Reason> {
-        let json = req.json().ok_or(Reason::InvalidJson)?;
-        let object = json.as_object().ok_or(Reason::MissingField)?;
-        if self.fields.iter().all(|f| object.contains_key(f)) {
-            Ok(())
-        } else {
-            Err(Reason::MissingField)
+        req.json().ok_or(Reason::InvalidJson)?;
+        match first_missing(&self.fields, req) {
+            None => Ok(()),
+            Some(_) => Err(Reason::MissingField),
         }
     }
 }
