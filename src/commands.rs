@@ -411,3 +411,131 @@ pub fn keygen() -> i32 {
     println!("{}", crate::schemes::url_key_generate());
     0
 }
+
+/// The spool sink `name` of a config (or its only one): its directory.
+fn spool_dir(conf: &Path, name: Option<&str>) -> Result<std::path::PathBuf, String> {
+    let text = std::fs::read_to_string(conf).map_err(|e| format!("{}: {e}", conf.display()))?;
+    let (server, problems) = config::load_server_text(conf, &text);
+    let Some(server) = server.filter(|_| !problems.iter().any(|p| p.severity == Severity::Error))
+    else {
+        let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        return Err(listed.join("\n"));
+    };
+    let spools: Vec<(&String, &std::path::PathBuf)> = server
+        .sinks
+        .iter()
+        .filter_map(|(n, c)| match c {
+            config::SinkConfig::Spool { dir, .. } => Some((n, dir)),
+            _ => None,
+        })
+        .collect();
+    match (name, spools.as_slice()) {
+        (Some(name), _) => spools
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, d)| (*d).clone())
+            .ok_or_else(|| format!("no spool sink `{name}` in {}", conf.display())),
+        (None, [(_, dir)]) => Ok((*dir).clone()),
+        (None, []) => Err(format!("{} has no spool sink", conf.display())),
+        (None, _) => {
+            let names: Vec<&str> = spools.iter().map(|(n, _)| n.as_str()).collect();
+            Err(format!(
+                "several spool sinks ({}): name one with --sink",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+fn consumer_checkpoint(consumer: &str) -> Result<String, String> {
+    if consumer.is_empty()
+        || !consumer
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "consumer `{consumer}`: letters, digits, - and _ only"
+        ));
+    }
+    Ok(format!("consumer-{consumer}.checkpoint"))
+}
+
+pub enum SpoolCommand {
+    /// Each segment: number, size, open or sealed; and the consumer's position.
+    Status,
+    /// Up to `max` events after the consumer's checkpoint, on stdout; the position after the
+    /// last one on stderr (`next: SEQ:OFFSET`), for `Ack`.
+    Read { max: usize },
+    /// Moves the consumer's checkpoint to a position and deletes the sealed segments wholly
+    /// before it.
+    Ack { position: String },
+}
+
+/// `portcullis spool …`: the consumer side of the default sink.
+pub fn spool(conf: &Path, sink: Option<&str>, consumer: &str, command: SpoolCommand) -> i32 {
+    let result = (|| -> Result<(), String> {
+        let dir = spool_dir(conf, sink)?;
+        let checkpoint = consumer_checkpoint(consumer)?;
+        let position = crate::sinks::spool::Position::load(&dir, &checkpoint);
+        let mut out = std::io::stdout().lock();
+        match command {
+            SpoolCommand::Status => {
+                let _ = writeln!(
+                    out,
+                    "spool {} (consumer {consumer} at {position})",
+                    dir.display()
+                );
+                for seq in crate::sinks::spool::segments(&dir) {
+                    let path = crate::sinks::spool::segment_path(&dir, seq);
+                    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    let state = if crate::sinks::spool::in_use(&path) {
+                        "open"
+                    } else {
+                        "sealed"
+                    };
+                    let read =
+                        if seq < position.seq || (seq == position.seq && position.offset >= len) {
+                            "consumed"
+                        } else {
+                            "unread"
+                        };
+                    let _ = writeln!(out, "{seq}\t{len} bytes\t{state}\t{read}");
+                }
+            }
+            SpoolCommand::Read { max } => {
+                let (lines, next) = crate::sinks::spool::read_after(&dir, position, max)
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+                for line in &lines {
+                    let _ = out.write_all(line);
+                }
+                eprintln!("next: {next}");
+            }
+            SpoolCommand::Ack { position: text } => {
+                let to = crate::sinks::spool::Position::parse(&text, ':').ok_or_else(|| {
+                    format!("position `{text}`: write SEQ:OFFSET as `spool read` printed it")
+                })?;
+                if to.seq < position.seq || (to.seq == position.seq && to.offset < position.offset)
+                {
+                    return Err(format!(
+                        "position {to} is before the checkpoint {position}: nothing to acknowledge"
+                    ));
+                }
+                to.save(&dir, &checkpoint)
+                    .map_err(|e| format!("{}: cannot save the checkpoint: {e}", dir.display()))?;
+                let deleted = crate::sinks::spool::delete_before(&dir, to);
+                let _ = writeln!(
+                    out,
+                    "consumer {consumer} at {to}; {deleted} consumed segment(s) deleted"
+                );
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}

@@ -101,6 +101,25 @@ portcullis run -u -d -c /etc/portcullis/portcullis.yaml   # take over a running 
         #[arg(long)]
         now: Option<i64>,
     },
+    /// Read and acknowledge the events of a spool sink (the consumer side of the default sink).
+    #[command(
+        after_help = "Examples:\n  portcullis spool status -c conf/portcullis.yaml\n  \
+portcullis spool read -c conf/portcullis.yaml --max 100 > batch.jsonl   # prints next: SEQ:OFFSET on stderr\n  \
+portcullis spool ack -c conf/portcullis.yaml 3:40960   # after batch.jsonl is processed"
+    )]
+    Spool {
+        /// The server config naming the spool sink.
+        #[arg(short, long, default_value = "conf/portcullis.yaml", global = true)]
+        conf: PathBuf,
+        /// The spool sink (default: the config's only one).
+        #[arg(long, global = true)]
+        sink: Option<String>,
+        /// The consumer whose checkpoint is read and moved (one file per consumer).
+        #[arg(long, default_value = "default", global = true)]
+        consumer: String,
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  portcullis completions bash > /etc/bash_completion.d/portcullis"
@@ -112,6 +131,25 @@ portcullis run -u -d -c /etc/portcullis/portcullis.yaml   # take over a running 
     /// Print the man page (roff).
     #[command(after_help = "Example:\n  portcullis man > /usr/local/share/man/man1/portcullis.1")]
     Man,
+}
+
+#[derive(Subcommand)]
+enum SpoolAction {
+    /// Each segment: number, size, open (being written) or sealed, consumed or unread.
+    Status,
+    /// Print up to --max events after the consumer's checkpoint (spool lines, verbatim); the
+    /// position after the last goes to stderr as `next: SEQ:OFFSET`. Moves nothing.
+    Read {
+        /// Most events printed.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+    /// Move the consumer's checkpoint to SEQ:OFFSET and delete the sealed segments wholly
+    /// before it.
+    Ack {
+        /// The position `spool read` printed.
+        position: String,
+    },
 }
 
 fn init_logs(json: bool) {
@@ -178,6 +216,19 @@ fn main() -> ExitCode {
             })
         }
         Command::Keygen => commands::keygen(),
+        Command::Spool {
+            conf,
+            sink,
+            consumer,
+            action,
+        } => {
+            let command = match action {
+                SpoolAction::Status => commands::SpoolCommand::Status,
+                SpoolAction::Read { max } => commands::SpoolCommand::Read { max },
+                SpoolAction::Ack { position } => commands::SpoolCommand::Ack { position },
+            };
+            commands::spool(&conf, sink.as_deref(), &consumer, command)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -799,3 +799,33 @@ fn stalled_handshakes_and_silent_http2_connections_are_closed_at_header_timeout(
     assert!(stdout.trim_end().ends_with("2 202"), "{stdout}");
     assert_eq!(server.spooled().len(), 2);
 }
+
+#[test]
+fn tls_paths_expand_variables_like_credentials_directory() {
+    let ca = Ca::new("test ca");
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    write_pair(dir.path(), "a", &ca.leaf(&["a.test"], false));
+    let conf = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &conf,
+        "listen:\n  - addr: 127.0.0.1:8443\n    tls: { cert: \"${PT_CREDS}/a.pem\", key: \"${PT_CREDS}/a.key\" }\nfilters: filters/\nsinks:\n  spool: { type: spool, dir: spool/ }\n",
+    )
+    .unwrap();
+    let check = |creds: Option<&Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args(["check", "-c"]).arg(&conf).env_remove("PT_CREDS");
+        if let Some(dir) = creds {
+            cmd.env("PT_CREDS", dir);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(Some(&dir.path().join("tls")));
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = check(None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("names ${PT_CREDS}, which is not set"), "{out}");
+}

@@ -47,7 +47,7 @@ pub fn resolve(reference: &str, base_dir: &Path) -> Result<(Secret, Source), Str
 }
 
 /// `${NAME}` in a path becomes the variable's value.
-fn expand_vars(path: &str) -> Result<String, String> {
+pub fn expand_vars(path: &str) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = path;
     while let Some(start) = rest.find("${") {

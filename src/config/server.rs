@@ -50,6 +50,9 @@ const NESTED_KEYS: &[(&str, &[&str])] = &[
             "type",
             "dir",
             "segment_size",
+            "min_free",
+            "retention",
+            "max_size",
             "url",
             "timeout",
             "stream",
@@ -161,6 +164,12 @@ struct SinkSpec {
     #[serde(default)]
     segment_size: Option<SizeValue>,
     #[serde(default)]
+    min_free: Option<SizeValue>,
+    #[serde(default)]
+    retention: Option<String>,
+    #[serde(default)]
+    max_size: Option<SizeValue>,
+    #[serde(default)]
     url: Option<String>,
     #[serde(default)]
     timeout: Option<String>,
@@ -188,6 +197,9 @@ impl SinkSpec {
         let keys = [
             ("dir", self.dir.is_some()),
             ("segment_size", self.segment_size.is_some()),
+            ("min_free", self.min_free.is_some()),
+            ("retention", self.retention.is_some()),
+            ("max_size", self.max_size.is_some()),
             ("url", self.url.is_some()),
             ("timeout", self.timeout.is_some()),
             ("stream", self.stream.is_some()),
@@ -208,7 +220,10 @@ impl SinkSpec {
 
 /// The keys each sink type takes besides `type`.
 const SINK_KEYS: &[(&str, &[&str])] = &[
-    ("spool", &["dir", "segment_size"]),
+    (
+        "spool",
+        &["dir", "segment_size", "min_free", "retention", "max_size"],
+    ),
     ("http", &["url", "timeout", "fallback"]),
     ("redis", &["url", "stream", "maxlen", "timeout", "fallback"]),
     (
@@ -255,6 +270,10 @@ pub enum SinkConfig {
     Spool {
         dir: PathBuf,
         segment_size: u64,
+        /// Free bytes below which writes are refused (503) and the sink is not ready.
+        min_free: u64,
+        retention: Option<Duration>,
+        max_size: Option<u64>,
     },
     Http {
         url: String,
@@ -311,6 +330,8 @@ pub struct Server {
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+/// The spool's default free-space floor.
+pub const DEFAULT_MIN_FREE: u64 = 100 * 1024 * 1024;
 pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounded well below the dedup in-flight lifetime, so a reservation cannot expire mid-publish.
 pub const MAX_SINK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -508,7 +529,51 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                         DEFAULT_SEGMENT_SIZE
                     }
                 };
-                sinks.push((name.clone(), SinkConfig::Spool { dir, segment_size }));
+                let size =
+                    |report: &mut Report<'_>, key: &str, value: &Option<SizeValue>| match value
+                        .as_ref()
+                        .map(parse_size)
+                    {
+                        None => None,
+                        Some(Ok(n)) => Some(n),
+                        Some(Err(e)) => {
+                            report.error(&["sinks", name, key], e);
+                            None
+                        }
+                    };
+                let min_free = size(report, "min_free", &spec.min_free).unwrap_or(DEFAULT_MIN_FREE);
+                let max_size = size(report, "max_size", &spec.max_size);
+                if max_size.is_some_and(|m| m < segment_size) {
+                    report.error(
+                        &["sinks", name, "max_size"],
+                        "max_size must be at least segment_size: every segment but the open one would go",
+                    );
+                }
+                let retention = match spec.retention.as_deref().map(parse_duration) {
+                    None => None,
+                    Some(Ok(d)) if !d.is_zero() => Some(d),
+                    Some(Ok(_)) => {
+                        report.error(
+                            &["sinks", name, "retention"],
+                            "retention must be more than zero",
+                        );
+                        None
+                    }
+                    Some(Err(e)) => {
+                        report.error(&["sinks", name, "retention"], e);
+                        None
+                    }
+                };
+                sinks.push((
+                    name.clone(),
+                    SinkConfig::Spool {
+                        dir,
+                        segment_size,
+                        min_free,
+                        retention,
+                        max_size,
+                    },
+                ));
             }
             "http" => {
                 let Some(url) = url(report, "http://host:port/path") else {
@@ -628,6 +693,12 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         };
         let at = ["sinks", name.as_str(), "fallback"];
         match raw.sinks.get(target) {
+            Some(t) if t.kind == "spool" && (t.retention.is_some() || t.max_size.is_some()) => {
+                report.error(
+                    &at,
+                    format!("fallback `{target}` has retention/max_size: its segments wait for the replay, none may be deleted before"),
+                )
+            }
             Some(t) if t.kind == "spool" => {}
             Some(_) => report.error(
                 &at,
@@ -771,12 +842,20 @@ fn shared_dedup(d: &DedupSpec, report: &mut Report<'_>) -> Option<SharedDedup> {
 
 fn tls_listener(t: &TlsSpec, base: &Path, report: &mut Report<'_>) -> TlsListener {
     let at = ["listen", "tls"];
-    let mut pairs = vec![(base.join(&t.cert), base.join(&t.key))];
-    pairs.extend(
-        t.certificates
-            .iter()
-            .map(|c| (base.join(&c.cert), base.join(&c.key))),
-    );
+    // `${CREDENTIALS_DIRECTORY}/cert.pem` and the like, as secrets take them.
+    let mut path = |text: &str| match super::secrets::expand_vars(text) {
+        Ok(expanded) => base.join(expanded),
+        Err(e) => {
+            report.error(&at, format!("tls: {e}"));
+            base.join(text)
+        }
+    };
+    let mut pairs = vec![(path(&t.cert), path(&t.key))];
+    for c in &t.certificates {
+        let pair = (path(&c.cert), path(&c.key));
+        pairs.push(pair);
+    }
+    let client_ca = t.client_ca.as_deref().map(&mut path);
     let min_version = match t.min_version.as_ref().map(yaml_scalar).as_deref() {
         None | Some("1.3") => TlsVersion::Tls13,
         Some("1.2") => TlsVersion::Tls12,
@@ -791,7 +870,7 @@ fn tls_listener(t: &TlsSpec, base: &Path, report: &mut Report<'_>) -> TlsListene
     let tls = TlsListener {
         pairs,
         min_version,
-        client_ca: t.client_ca.as_ref().map(|ca| base.join(ca)),
+        client_ca,
     };
     if let Err(e) = crate::tls::validate(&tls) {
         report.error(&at, format!("tls: {e}"));

@@ -13,8 +13,6 @@
 //! one replays at a time (a lock file), and a segment another writer still holds (its
 //! `flock`) is neither deleted nor passed: replay waits there until that writer lets go.
 
-use std::io::Read;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +22,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::Notify;
 
-use super::spool::{decode_line, in_use, segment_path, segments, Spool};
+use super::spool::{complete_lines, decode_line, in_use, segment_path, segments, Position, Spool};
 use super::{Envelope, Sink, SinkError};
 use crate::metrics;
 
@@ -46,7 +44,7 @@ pub struct WithFallback {
 
 /// Builds the sink and the replayer that drains its spool.
 pub fn wrap(primary: Arc<dyn Sink>, spool: Arc<Spool>) -> (Arc<WithFallback>, Replayer) {
-    let pending = Position::load(spool.dir()).backlog(spool.dir());
+    let pending = Position::load(spool.dir(), CHECKPOINT).backlog(spool.dir());
     let backlog = Arc::new(Backlog {
         pending: AtomicBool::new(pending),
         wake: Notify::new(),
@@ -108,65 +106,10 @@ impl Sink for WithFallback {
     }
 }
 
-/// How far the replayer has read: a segment and a byte offset in it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Position {
-    seq: u64,
-    offset: u64,
-}
-
-impl Position {
-    fn path(dir: &std::path::Path) -> PathBuf {
-        dir.join(CHECKPOINT)
-    }
-
-    fn load(dir: &std::path::Path) -> Position {
-        std::fs::read_to_string(Self::path(dir))
-            .ok()
-            .and_then(|text| {
-                let (seq, offset) = text.trim().split_once(' ')?;
-                Some(Position {
-                    seq: seq.parse().ok()?,
-                    offset: offset.parse().ok()?,
-                })
-            })
-            .unwrap_or_default()
-    }
-
-    /// Written to a temporary file and renamed over the old one: never half a checkpoint.
-    fn save(self, dir: &std::path::Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!("{CHECKPOINT}.tmp"));
-        std::fs::write(&tmp, format!("{} {}\n", self.seq, self.offset))?;
-        std::fs::rename(tmp, Self::path(dir))
-    }
-
-    /// Whether any spooled byte lies past this position.
-    fn backlog(self, dir: &std::path::Path) -> bool {
-        segments(dir).into_iter().any(|seq| {
-            let len = std::fs::metadata(segment_path(dir, seq))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            seq > self.seq && len > 0 || seq == self.seq && len > self.offset
-        })
-    }
-}
-
 pub struct Replayer {
     primary: Arc<dyn Sink>,
     spool: Arc<Spool>,
     backlog: Arc<Backlog>,
-}
-
-/// The complete lines of a segment from `offset` on (a torn last line is left for later).
-fn complete_lines(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Seek;
-    let mut file = std::fs::File::open(path)?;
-    file.seek(std::io::SeekFrom::Start(offset))?;
-    let mut data = Vec::new();
-    file.read_to_end(&mut data)?;
-    let end = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    data.truncate(end);
-    Ok(data)
 }
 
 impl Replayer {
@@ -174,7 +117,7 @@ impl Replayer {
     async fn drain(&self, shutdown: &mut ShutdownWatch) -> bool {
         let dir = self.spool.dir().to_path_buf();
         loop {
-            let mut position = Position::load(&dir);
+            let mut position = Position::load(&dir, CHECKPOINT);
             let all = segments(&dir);
             let newest = all.last().copied().unwrap_or(0);
             let start = position.seq;
@@ -205,7 +148,7 @@ impl Replayer {
                         }
                     }
                     position.offset += line.len() as u64;
-                    if let Err(e) = position.save(&dir) {
+                    if let Err(e) = position.save(&dir, CHECKPOINT) {
                         tracing::error!(error = %e, "cannot save the replay checkpoint");
                     }
                 }
@@ -224,7 +167,7 @@ impl Replayer {
             }
             self.backlog.pending.store(false, Ordering::SeqCst);
             // A publisher may have spooled behind the last read: look once more.
-            if !Position::load(&dir).backlog(&dir) {
+            if !Position::load(&dir, CHECKPOINT).backlog(&dir) {
                 return true;
             }
             self.backlog.pending.store(true, Ordering::SeqCst);

@@ -85,8 +85,20 @@ pub fn build_all(
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     for (name, config) in &server.sinks {
         let sink: Arc<dyn Sink> = match config {
-            SinkConfig::Spool { dir, segment_size } => {
-                let spool = Arc::new(spool::Spool::open(name, dir, *segment_size)?);
+            SinkConfig::Spool {
+                dir,
+                segment_size,
+                min_free,
+                retention,
+                max_size,
+            } => {
+                let limits = spool::Limits {
+                    min_free: *min_free,
+                    retention: *retention,
+                    max_size: *max_size,
+                };
+                let spool =
+                    Arc::new(spool::Spool::open(name, dir, *segment_size)?.with_limits(limits));
                 spools.insert(name, spool.clone());
                 spool
             }

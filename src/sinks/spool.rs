@@ -23,10 +23,33 @@ use super::{Envelope, Sink, SinkError};
 /// Most events written under one fsync.
 const MAX_BATCH: usize = 4096;
 
+/// Disk policy of a spool (sink keys `min_free`, `retention`, `max_size`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Below this much free space on its filesystem the spool refuses writes (503) and is not
+    /// ready, before the disk is full for everything else on it.
+    pub min_free: u64,
+    /// Sealed segments older than this are deleted (consumed or not).
+    pub retention: Option<std::time::Duration>,
+    /// Past this many bytes of segments, the oldest sealed ones are deleted.
+    pub max_size: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            min_free: crate::config::server::DEFAULT_MIN_FREE,
+            retention: None,
+            max_size: None,
+        }
+    }
+}
+
 pub struct Spool {
     name: String,
     dir: PathBuf,
     segment_size: u64,
+    limits: Limits,
     /// Started on first use: Pingora may fork to daemonize after the config is loaded.
     writer: OnceLock<mpsc::UnboundedSender<Job>>,
     healthy: Arc<AtomicBool>,
@@ -48,10 +71,16 @@ impl Spool {
             name: name.to_owned(),
             dir: dir.to_path_buf(),
             segment_size,
+            limits: Limits::default(),
             writer: OnceLock::new(),
             healthy: Arc::new(AtomicBool::new(true)),
             rotate: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Spool {
+        self.limits = limits;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -69,6 +98,7 @@ impl Spool {
             let writer = Writer {
                 dir: self.dir.clone(),
                 segment_size: self.segment_size,
+                limits: self.limits,
                 healthy: self.healthy.clone(),
                 rotate: self.rotate.clone(),
             };
@@ -159,13 +189,16 @@ impl Sink for Spool {
     }
 
     async fn ready(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.dir.is_dir()
+        self.healthy.load(Ordering::Relaxed)
+            && self.dir.is_dir()
+            && free_space(&self.dir).is_none_or(|free| free >= self.limits.min_free)
     }
 }
 
 struct Writer {
     dir: PathBuf,
     segment_size: u64,
+    limits: Limits,
     healthy: Arc<AtomicBool>,
     rotate: Arc<AtomicBool>,
 }
@@ -207,6 +240,16 @@ impl Writer {
     }
 
     fn append(&self, segment: &mut Option<Segment>, buf: &[u8]) -> Result<(), String> {
+        if let Some(free) = free_space(&self.dir) {
+            if free.saturating_sub(buf.len() as u64) < self.limits.min_free {
+                return Err(format!(
+                    "spool: {} has {} MiB free, below min_free ({} MiB): refusing to fill the disk",
+                    self.dir.display(),
+                    free >> 20,
+                    self.limits.min_free >> 20
+                ));
+            }
+        }
         let rotate = self.rotate.swap(false, Ordering::Relaxed);
         if segment
             .as_ref()
@@ -217,6 +260,7 @@ impl Writer {
                 None => next_sequence(&self.dir),
             };
             *segment = Some(self.create_from(seq)?);
+            enforce(&self.dir, &self.limits);
         }
         let seg = segment.as_mut().expect("segment just ensured");
         let result = seg.file.write_all(buf).and_then(|()| seg.file.sync_data());
@@ -275,6 +319,51 @@ fn create_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Bytes available to this user on the filesystem holding `dir` (`None` if it cannot tell).
+pub fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed statvfs the call fills in.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Applies `retention` and `max_size` to the sealed segments (never the one being written,
+/// never one another process still writes); each deletion is logged.
+fn enforce(dir: &Path, limits: &Limits) {
+    if limits.retention.is_none() && limits.max_size.is_none() {
+        return;
+    }
+    let now = std::time::SystemTime::now();
+    let mut sealed: Vec<(u64, u64, std::time::SystemTime)> = Vec::new();
+    let mut total = 0u64;
+    for seq in segments(dir) {
+        let path = segment_path(dir, seq);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        total += meta.len();
+        if !in_use(&path) {
+            sealed.push((seq, meta.len(), meta.modified().unwrap_or(now)));
+        }
+    }
+    for (seq, len, modified) in sealed {
+        let expired = limits
+            .retention
+            .is_some_and(|r| now.duration_since(modified).unwrap_or_default() > r);
+        let over = limits.max_size.is_some_and(|m| total > m);
+        if !(expired || over) {
+            continue;
+        }
+        if std::fs::remove_file(segment_path(dir, seq)).is_ok() {
+            total -= len;
+            let why = if expired { "retention" } else { "max_size" };
+            tracing::warn!(segment = seq, bytes = len, "spool segment deleted by {why}");
+        }
+    }
+}
+
 /// The inverse of [`encode_line`]; `None` for a line that is not a spooled envelope.
 pub fn decode_line(line: &[u8]) -> Option<Envelope> {
     let record: Value = serde_json::from_slice(line).ok()?;
@@ -317,6 +406,104 @@ pub fn decode_line(line: &[u8]) -> Option<Envelope> {
         body,
         dedup_ttl: None,
     })
+}
+
+/// How far a reader has read: a segment and a byte offset in it, kept in a checkpoint file
+/// of the spool directory (`replay.checkpoint` for a fallback's replayer, `consumer-NAME.
+/// checkpoint` for `portcullis spool ack`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub offset: u64,
+}
+
+impl Position {
+    pub fn load(dir: &Path, checkpoint: &str) -> Position {
+        std::fs::read_to_string(dir.join(checkpoint))
+            .ok()
+            .and_then(|text| Position::parse(text.trim(), ' '))
+            .unwrap_or_default()
+    }
+
+    /// `SEQ OFFSET` (the checkpoint file) or `SEQ:OFFSET` (the command line).
+    pub fn parse(text: &str, separator: char) -> Option<Position> {
+        let (seq, offset) = text.split_once(separator)?;
+        Some(Position {
+            seq: seq.parse().ok()?,
+            offset: offset.parse().ok()?,
+        })
+    }
+
+    /// Written to a temporary file and renamed over the old one: never half a checkpoint.
+    pub fn save(self, dir: &Path, checkpoint: &str) -> std::io::Result<()> {
+        let tmp = dir.join(format!("{checkpoint}.tmp"));
+        std::fs::write(&tmp, format!("{} {}\n", self.seq, self.offset))?;
+        std::fs::rename(tmp, dir.join(checkpoint))
+    }
+
+    /// Whether any spooled byte lies past this position.
+    pub fn backlog(self, dir: &Path) -> bool {
+        segments(dir).into_iter().any(|seq| {
+            let len = std::fs::metadata(segment_path(dir, seq))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            seq > self.seq && len > 0 || seq == self.seq && len > self.offset
+        })
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.offset)
+    }
+}
+
+/// The complete lines of a segment from `offset` on (a torn last line is left for later).
+pub fn complete_lines(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut file = File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    let end = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    data.truncate(end);
+    Ok(data)
+}
+
+/// Up to `max` complete lines after `from`, oldest first, and the position after the last.
+pub fn read_after(
+    dir: &Path,
+    from: Position,
+    max: usize,
+) -> std::io::Result<(Vec<Vec<u8>>, Position)> {
+    let mut lines = Vec::new();
+    let mut at = from;
+    for seq in segments(dir).into_iter().filter(|&s| s >= from.seq) {
+        if seq > at.seq {
+            at = Position { seq, offset: 0 };
+        }
+        let data = complete_lines(&segment_path(dir, seq), at.offset)?;
+        for line in data.split_inclusive(|b| *b == b'\n') {
+            if lines.len() == max {
+                return Ok((lines, at));
+            }
+            at.offset += line.len() as u64;
+            lines.push(line.to_vec());
+        }
+    }
+    Ok((lines, at))
+}
+
+/// Deletes the segments wholly before `upto` that no writer holds any more; how many.
+pub fn delete_before(dir: &Path, upto: Position) -> usize {
+    segments(dir)
+        .into_iter()
+        .filter(|&seq| seq < upto.seq)
+        .filter(|&seq| {
+            let path = segment_path(dir, seq);
+            !in_use(&path) && std::fs::remove_file(&path).is_ok()
+        })
+        .count()
 }
 
 /// The segment numbers in a spool directory, oldest first.
