@@ -13,13 +13,7 @@ const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"restart-secret\"
 
 fn post_event(server: &Server, id: &str) -> u16 {
     let body = format!("{{\"action\":\"opened\",\"id\":\"{id}\"}}");
-    server
-        .post(
-            "/webhook/github",
-            &sign(GITHUB, body.as_bytes(), now(), id),
-            body.as_bytes(),
-        )
-        .status
+    post_signed(server, GITHUB, id, body.as_bytes())
 }
 
 fn stop_gracefully(server: &mut Server) {

@@ -262,13 +262,7 @@ fn spool_cli(server: &Server, args: &[&str]) -> (i32, String, String) {
 
 fn post_padded(server: &Server, id: &str) -> u16 {
     let body = format!("{{\"action\":\"opened\",\"pad\":\"{}\"}}", "x".repeat(600));
-    server
-        .post(
-            "/webhook/github",
-            &sign(GITHUB, body.as_bytes(), now(), id),
-            body.as_bytes(),
-        )
-        .status
+    post_signed(server, GITHUB, id, body.as_bytes())
 }
 
 #[test]

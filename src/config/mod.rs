@@ -17,7 +17,8 @@ use serde::Deserialize;
 pub use diagnostics::{Problem, Severity};
 pub use filter::{EventIdSource, Filter, Mode, RateLimit};
 pub use server::{
-    DedupOnError, Listener, NatsConfig, Server, SharedDedup, SinkConfig, TlsListener, TlsVersion,
+    DedupOnError, Listener, NatsConfig, Server, SharedDedup, SinkConfig, SpoolDisk, TlsListener,
+    TlsVersion,
 };
 
 use diagnostics::Report;

@@ -270,10 +270,7 @@ pub enum SinkConfig {
     Spool {
         dir: PathBuf,
         segment_size: u64,
-        /// Free bytes below which writes are refused (503) and the sink is not ready.
-        min_free: u64,
-        retention: Option<Duration>,
-        max_size: Option<u64>,
+        disk: SpoolDisk,
     },
     Http {
         url: String,
@@ -292,6 +289,28 @@ pub enum SinkConfig {
         routing_key: String,
         timeout: Duration,
     },
+}
+
+/// Disk policy of a spool (sink keys `min_free`, `retention`, `max_size`).
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolDisk {
+    /// Below this much free space on its filesystem the spool refuses writes (503) and is not
+    /// ready, before the disk is full for everything else on it.
+    pub min_free: u64,
+    /// Sealed segments older than this are deleted (consumed or not).
+    pub retention: Option<Duration>,
+    /// Past this many bytes of segments, the oldest sealed ones are deleted.
+    pub max_size: Option<u64>,
+}
+
+impl Default for SpoolDisk {
+    fn default() -> SpoolDisk {
+        SpoolDisk {
+            min_free: DEFAULT_MIN_FREE,
+            retention: None,
+            max_size: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -569,9 +588,11 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
                     SinkConfig::Spool {
                         dir,
                         segment_size,
-                        min_free,
-                        retention,
-                        max_size,
+                        disk: SpoolDisk {
+                            min_free,
+                            retention,
+                            max_size,
+                        },
                     },
                 ));
             }

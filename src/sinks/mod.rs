@@ -88,17 +88,10 @@ pub fn build_all(
             SinkConfig::Spool {
                 dir,
                 segment_size,
-                min_free,
-                retention,
-                max_size,
+                disk,
             } => {
-                let limits = spool::Limits {
-                    min_free: *min_free,
-                    retention: *retention,
-                    max_size: *max_size,
-                };
                 let spool =
-                    Arc::new(spool::Spool::open(name, dir, *segment_size)?.with_limits(limits));
+                    Arc::new(spool::Spool::open(name, dir, *segment_size)?.with_limits(*disk));
                 spools.insert(name, spool.clone());
                 spool
             }

@@ -23,27 +23,8 @@ use super::{Envelope, Sink, SinkError};
 /// Most events written under one fsync.
 const MAX_BATCH: usize = 4096;
 
-/// Disk policy of a spool (sink keys `min_free`, `retention`, `max_size`).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Below this much free space on its filesystem the spool refuses writes (503) and is not
-    /// ready, before the disk is full for everything else on it.
-    pub min_free: u64,
-    /// Sealed segments older than this are deleted (consumed or not).
-    pub retention: Option<std::time::Duration>,
-    /// Past this many bytes of segments, the oldest sealed ones are deleted.
-    pub max_size: Option<u64>,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            min_free: crate::config::server::DEFAULT_MIN_FREE,
-            retention: None,
-            max_size: None,
-        }
-    }
-}
+/// Disk policy of a spool: the config's own type (`min_free`, `retention`, `max_size`).
+pub use crate::config::SpoolDisk as Limits;
 
 pub struct Spool {
     name: String,

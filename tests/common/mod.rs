@@ -914,10 +914,9 @@ pub fn exchange_to_close(port: u16, raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One signed event `id` (body `{"id":…}`) to the filter `filter` on its default route; the
+/// `body` signed by `filter` (with event id `id`) and posted to the filter's default route; the
 /// status.
-pub fn post_id(server: &Server, filter: &str, id: &str) -> u16 {
-    let body = format!("{{\"id\":\"{id}\"}}");
+pub fn post_signed(server: &Server, filter: &str, id: &str, body: &[u8]) -> u16 {
     let name = filter
         .lines()
         .find_map(|l| l.strip_prefix("name: "))
@@ -925,8 +924,18 @@ pub fn post_id(server: &Server, filter: &str, id: &str) -> u16 {
     server
         .post(
             &format!("/webhook/{name}"),
-            &sign(filter, body.as_bytes(), now(), id),
-            body.as_bytes(),
+            &sign(filter, body, now(), id),
+            body,
         )
         .status
+}
+
+/// [`post_signed`] with the body `{"id":…}`.
+pub fn post_id(server: &Server, filter: &str, id: &str) -> u16 {
+    post_signed(
+        server,
+        filter,
+        id,
+        format!("{{\"id\":\"{id}\"}}").as_bytes(),
+    )
 }
