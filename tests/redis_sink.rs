@@ -171,3 +171,27 @@ fn the_first_request_after_a_redis_restart_is_accepted() {
     });
     assert_eq!(entries(redis.port, "webhooks:restarted").len(), 2);
 }
+
+#[test]
+fn a_publish_redis_refuses_leaves_no_marker_so_the_retry_is_stored() {
+    if !broker("Redis", SHARED) {
+        return;
+    }
+    let redis = PrivateBroker::redis();
+    let f = filter("wrongtype");
+    let server = Server::start(&[("f.yaml", &f)], &redis_sink(redis.port, ""));
+    let mut conn = redis.redis_connection().unwrap();
+    // The stream's key holds a string: XADD fails with WRONGTYPE inside the script.
+    redis::cmd("SET")
+        .arg("webhooks:wrongtype")
+        .arg("x")
+        .query::<()>(&mut conn)
+        .unwrap();
+    assert_eq!(post_id(&server, &f, "w-1"), 503);
+    redis::cmd("DEL")
+        .arg("webhooks:wrongtype")
+        .query::<()>(&mut conn)
+        .unwrap();
+    assert_eq!(post_id(&server, &f, "w-1"), 202);
+    assert_eq!(entries(redis.port, "webhooks:wrongtype").len(), 1);
+}

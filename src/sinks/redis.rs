@@ -88,14 +88,15 @@ fn keep_current(mut conn: ConnectionManager) {
     });
 }
 
-/// Sets the marker and adds the entry only if the marker is new; the entry id, or nil for an
-/// event published before. KEYS: stream, marker. ARGV: marker TTL (ms, 0 = no marker),
-/// MAXLEN (0 = none), then the field/value pairs.
+/// Adds the entry unless the marker says it was added before, then sets the marker; the entry
+/// id, or nil for an event published before. The marker is set only after the XADD succeeded:
+/// a script that fails halfway is not rolled back, and a marker without its entry would turn
+/// the sender's retry into a silent loss. KEYS: stream, marker. ARGV: marker TTL (ms, 0 = no
+/// marker), MAXLEN (0 = none), then the field/value pairs.
 const PUBLISH: &str = r"
-if tonumber(ARGV[1]) > 0 then
-  if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
-    return false
-  end
+local ttl = tonumber(ARGV[1])
+if ttl > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  return false
 end
 local args = {KEYS[1]}
 if tonumber(ARGV[2]) > 0 then
@@ -107,7 +108,11 @@ table.insert(args, '*')
 for i = 3, #ARGV do
   table.insert(args, ARGV[i])
 end
-return redis.call('XADD', unpack(args))
+local id = redis.call('XADD', unpack(args))
+if ttl > 0 then
+  redis.call('SET', KEYS[2], '1', 'PX', ttl)
+end
+return id
 ";
 
 static SCRIPT: Lazy<redis::Script> = Lazy::new(|| redis::Script::new(PUBLISH));
