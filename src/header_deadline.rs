@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,23 @@ struct Waiting {
 }
 
 static WAITING: Lazy<Mutex<HashMap<u64, Waiting>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// HTTP/2 connections past their handshake still waiting for a first request, and how many:
+/// apart, so a request on a connection that had its first one costs one atomic load.
+static H2_WAITING: Lazy<Mutex<HashMap<u64, Arc<AtomicBool>>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+static H2_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn h2_waiting() -> std::sync::MutexGuard<'static, HashMap<u64, Arc<AtomicBool>>> {
+    H2_WAITING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Ends an HTTP/2 connection's wait (first request, or the watchdog): its flag, if it waited.
+fn h2_stop_waiting(cookie: u64) -> Option<Arc<AtomicBool>> {
+    let done = h2_waiting().remove(&cookie)?;
+    H2_COUNT.fetch_sub(1, Ordering::AcqRel);
+    Some(done)
+}
 
 fn waiting() -> std::sync::MutexGuard<'static, HashMap<u64, Waiting>> {
     WAITING.lock().unwrap_or_else(|e| e.into_inner())
@@ -88,6 +105,7 @@ impl pingora::listeners::PreTlsProcess for AcceptClock {
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
             waiting().remove(&cookie);
+            h2_stop_waiting(cookie);
             if !done.load(Ordering::Acquire) && cookie_of(fd) == Some(cookie) {
                 tracing::debug!("no request head within {timeout:?} of accept: closing");
                 crate::metrics::HEADER_TIMEOUTS.inc();
@@ -109,17 +127,32 @@ fn take_over(stream: &Stream) -> Option<Instant> {
     Some(entry.accepted)
 }
 
+/// An HTTP/2 connection finished its handshake: until its first request it waits apart.
+fn h2_started(stream: &Stream) {
+    let Some(cookie) = stream
+        .get_socket_digest()
+        .and_then(|d| d.socket_cookie().ok())
+    else {
+        return;
+    };
+    let Some(entry) = waiting().remove(&cookie) else {
+        return;
+    };
+    h2_waiting().insert(cookie, entry.done);
+    H2_COUNT.fetch_add(1, Ordering::AcqRel);
+}
+
 /// An HTTP/2 request arrived on the connection with this socket digest: its accept deadline
-/// no longer applies. Cheap when nothing waits (one lock, no syscall then).
+/// no longer applies. One atomic load when no HTTP/2 connection waits for its first request.
 pub fn h2_request_seen(digest: Option<&pingora::protocols::SocketDigest>) {
-    if waiting().is_empty() {
+    if H2_COUNT.load(Ordering::Acquire) == 0 {
         return;
     }
     let Some(cookie) = digest.and_then(|d| d.socket_cookie().ok()) else {
         return;
     };
-    if let Some(entry) = waiting().remove(&cookie) {
-        entry.done.store(true, Ordering::Release);
+    if let Some(done) = h2_stop_waiting(cookie) {
+        done.store(true, Ordering::Release);
     }
 }
 
@@ -172,6 +205,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            h2_started(&stream);
             return self.inner.process_new(stream, shutdown).await;
         }
         let clock = Arc::new(HeadClock {
