@@ -414,7 +414,14 @@ pub fn keygen() -> i32 {
 
 /// The spool sink `name` of a config (or its only one): its directory.
 fn spool_dir(conf: &Path, name: Option<&str>) -> Result<std::path::PathBuf, String> {
-    let text = std::fs::read_to_string(conf).map_err(|e| format!("{}: {e}", conf.display()))?;
+    let mut problems = Vec::new();
+    let Some(text) = config::diagnostics::read(conf, &mut problems) else {
+        return Err(problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"));
+    };
     let (server, problems) = config::load_server_text(conf, &text);
     let Some(server) = server.filter(|_| !problems.iter().any(|p| p.severity == Severity::Error))
     else {
@@ -424,6 +431,9 @@ fn spool_dir(conf: &Path, name: Option<&str>) -> Result<std::path::PathBuf, Stri
     let spools: Vec<(&String, &std::path::PathBuf)> = server
         .sinks
         .iter()
+        // A fallback spool belongs to its replayer: a consumer acking there would delete
+        // events not yet replayed to the primary.
+        .filter(|(n, _)| !server.fallbacks.iter().any(|(_, spool)| spool == n))
         .filter_map(|(n, c)| match c {
             config::SinkConfig::Spool { dir, .. } => Some((n, dir)),
             _ => None,
@@ -434,7 +444,13 @@ fn spool_dir(conf: &Path, name: Option<&str>) -> Result<std::path::PathBuf, Stri
             .iter()
             .find(|(n, _)| n.as_str() == name)
             .map(|(_, d)| (*d).clone())
-            .ok_or_else(|| format!("no spool sink `{name}` in {}", conf.display())),
+            .ok_or_else(|| {
+                if server.fallbacks.iter().any(|(_, spool)| spool == name) {
+                    format!("spool `{name}` is a fallback: its replayer consumes it")
+                } else {
+                    format!("no spool sink `{name}` in {}", conf.display())
+                }
+            }),
         (None, [(_, dir)]) => Ok((*dir).clone()),
         (None, []) => Err(format!("{} has no spool sink", conf.display())),
         (None, _) => {

@@ -374,3 +374,20 @@ fn max_size_and_retention_delete_sealed_segments_only() {
         "{out}"
     );
 }
+
+#[test]
+fn a_fallback_spool_is_not_for_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "filters/github.yaml", GITHUB);
+    let conf = write(
+        dir.path(),
+        "portcullis.yaml",
+        "listen:\n  - addr: 127.0.0.1:1\nfilters: filters/\nsinks:\n  q: { type: http, url: \"http://127.0.0.1:1/\", fallback: b }\n  b: { type: spool, dir: b/ }\n",
+    );
+    let (code, _, err) = portcullis(&["spool", "read", "--sink", "b", "-c", &conf]);
+    assert_eq!(code, 2);
+    assert!(err.contains("spool `b` is a fallback"), "{err}");
+    let (code, _, err) = portcullis(&["spool", "ack", "1:0", "-c", &conf]);
+    assert_eq!(code, 2);
+    assert!(err.contains("has no spool sink"), "{err}");
+}
