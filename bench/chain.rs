@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use portcullis::config::{load_filter, Filter};
+use portcullis::filters::config::Filter;
 use portcullis::filters::{self, dedup};
+use portcullis::loader::load_filter;
 use portcullis::request::Inbound;
 use portcullis::schemes::Outbound;
 
@@ -168,7 +169,7 @@ fn parsing(c: &mut Criterion) {
     });
     // The JSON pointer lookup of an event id (parses the body once).
     let headers = http::HeaderMap::new();
-    let source = portcullis::config::EventIdSource::Json {
+    let source = portcullis::filters::dedup::EventIdSource::Json {
         pointer: "/id".into(),
         required: true,
     };

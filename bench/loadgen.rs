@@ -52,7 +52,7 @@ fn body(i: usize, size: usize) -> Vec<u8> {
 
 fn requests(args: &Args, host: &str, path: &str) -> Vec<Vec<u8>> {
     let filter = args.filter.as_ref().map(|f| {
-        portcullis::config::load_filter(f)
+        portcullis::loader::load_filter(f)
             .0
             .unwrap_or_else(|| panic!("filter {} does not load", f.display()))
     });
@@ -74,7 +74,8 @@ fn requests(args: &Args, host: &str, path: &str) -> Vec<Vec<u8>> {
                     url: None,
                     content_type: None,
                 }));
-                if let portcullis::config::EventIdSource::Header { name, .. } = &f.event_id {
+                if let portcullis::filters::dedup::EventIdSource::Header { name, .. } = &f.event_id
+                {
                     if !headers.iter().any(|(k, _)| k == name) {
                         headers.push((name.clone(), id.clone()));
                     }

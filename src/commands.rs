@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 use crate::admin::Admin;
 use crate::config::{self, Severity};
 use crate::gateway::Gateway;
+use crate::loader;
 use crate::schemes::Outbound;
 
 pub struct RunOptions {
@@ -26,7 +27,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     // Absolute, so relative paths in the config still hold after a daemon's chdir("/").
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let path = absolute.as_path();
-    let loaded = config::load(path);
+    let loaded = loader::load(path);
     for problem in &loaded.problems {
         match problem.severity {
             Severity::Error => tracing::error!("{problem}"),
@@ -59,12 +60,12 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         }
     }
     crate::metrics::init();
-    let config::Config {
+    let loader::Config {
         server: settings,
         filters,
         ..
     } = config;
-    let (sinks, replayers) = match crate::sinks::build_all(&settings) {
+    let (sinks, replayers) = match crate::sinks::build_all(&settings.sinks, &settings.fallbacks) {
         Ok(built) => built,
         Err(e) => {
             tracing::error!("not starting: {e}");
@@ -148,7 +149,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
                             .addrs
                             .extend(listener.addr.parse::<std::net::SocketAddr>());
                     }
-                    if tls.min_version == config::TlsVersion::Tls13 {
+                    if tls.min_version == crate::tls::TlsVersion::Tls13 {
                         floor
                             .addrs
                             .extend(listener.addr.parse::<std::net::SocketAddr>());
@@ -234,7 +235,7 @@ fn addresses_free(addrs: &[&str]) -> Result<(), String> {
 /// Validates the config and every filter; prints each problem with `file:line`. A closed
 /// stdout (`check | head`) ends the listing quietly; the exit code still tells.
 pub fn check(path: &Path) -> i32 {
-    let loaded = config::load(path);
+    let loaded = loader::load(path);
     let mut out = std::io::stdout().lock();
     for problem in &loaded.problems {
         let _ = writeln!(out, "{problem}");
@@ -271,8 +272,8 @@ fn count(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
-fn load_filter_or_report(path: &Path) -> Option<config::Filter> {
-    let (filter, problems) = config::load_filter(path);
+fn load_filter_or_report(path: &Path) -> Option<crate::filters::config::Filter> {
+    let (filter, problems) = loader::load_filter(path);
     for p in problems.iter().filter(|p| p.severity == Severity::Error) {
         eprintln!("{p}");
     }
@@ -315,7 +316,7 @@ pub fn sign(opts: SignOptions<'_>) -> i32 {
         content_type: Some(&content_type),
     };
     let mut headers = filter.scheme.sign(&msg);
-    if let crate::config::EventIdSource::Header { name, .. } = &filter.event_id {
+    if let crate::filters::dedup::EventIdSource::Header { name, .. } = &filter.event_id {
         if !headers.iter().any(|(k, _)| k == name) {
             headers.push((name.clone(), id.clone()));
         }
@@ -422,7 +423,7 @@ fn spool_dir(conf: &Path, name: Option<&str>) -> Result<std::path::PathBuf, Stri
             .collect::<Vec<_>>()
             .join("\n"));
     };
-    let (server, problems) = config::load_server_text(conf, &text);
+    let (server, problems) = loader::load_server_text(conf, &text);
     let Some(server) = server.filter(|_| !problems.iter().any(|p| p.severity == Severity::Error))
     else {
         let listed: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -434,10 +435,7 @@ fn spool_dir(conf: &Path, name: Option<&str>) -> Result<std::path::PathBuf, Stri
         // A fallback spool belongs to its replayer: a consumer acking there would delete
         // events not yet replayed to the primary.
         .filter(|(n, _)| !server.fallbacks.iter().any(|(_, spool)| spool == n))
-        .filter_map(|(n, c)| match c {
-            config::SinkConfig::Spool { dir, .. } => Some((n, dir)),
-            _ => None,
-        })
+        .filter_map(|(n, c)| Some((n, &c.as_spool()?.dir)))
         .collect();
     match (name, spools.as_slice()) {
         (Some(name), _) => spools

@@ -17,9 +17,10 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::ErrorType;
 
-use crate::config::{Filter as FilterConfig, Mode, Server};
+use crate::filters::config::{Filter as FilterConfig, Mode};
 use crate::filters::dedup::{self, Dedup, Reservation};
 use crate::filters::{self, allowlist};
+use crate::loader::Server;
 use crate::metrics;
 use crate::reason::Reason;
 use crate::request::Inbound;
@@ -206,7 +207,8 @@ impl Gateway {
             }
             Err(reason) => {
                 ctx.shadow_verdict.get_or_insert(reason);
-                dedup::event_id(&crate::config::EventIdSource::BodyHash, &req).unwrap_or_default()
+                dedup::event_id(&crate::filters::dedup::EventIdSource::BodyHash, &req)
+                    .unwrap_or_default()
             }
         };
         ctx.event_id = Some(event_id.clone());

@@ -12,6 +12,7 @@ pub mod filters;
 pub mod gateway;
 pub mod header_deadline;
 pub mod lifecycle;
+pub mod loader;
 pub mod metrics;
 pub mod rawhttp;
 pub mod reason;

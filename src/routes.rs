@@ -18,10 +18,12 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config::{self, Filter as FilterConfig, Severity};
+use crate::config::Severity;
+use crate::filters::config::Filter as FilterConfig;
 use crate::filters::dedup::Dedup;
 use crate::filters::rate_limit::FleetLimit;
 use crate::filters::{self, Chain};
+use crate::loader;
 use crate::sinks::{Sink, Sinks};
 
 pub struct Provider {
@@ -116,7 +118,7 @@ pub struct Reloader {
 impl Reloader {
     /// Loads and validates the filters; swaps them in only when every one of them is fine.
     pub fn reload(&self) -> Result<usize, String> {
-        let loaded = config::load(&self.config);
+        let loaded = loader::load(&self.config);
         for problem in &loaded.problems {
             match problem.severity {
                 Severity::Error => tracing::error!("{problem}"),

@@ -9,11 +9,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let dir = std::env::temp_dir();
-    let (_, problems) = portcullis::config::load_filter_text(&dir.join("fuzz-filter.yaml"), text);
+    let (_, problems) = portcullis::loader::load_filter_text(&dir.join("fuzz-filter.yaml"), text);
     for problem in &problems {
         let _ = problem.to_string();
     }
-    let (_, problems) = portcullis::config::load_server_text(&dir.join("fuzz-server.yaml"), text);
+    let (_, problems) = portcullis::loader::load_server_text(&dir.join("fuzz-server.yaml"), text);
     for problem in &problems {
         let _ = problem.to_string();
     }

@@ -13,7 +13,7 @@ fn github() -> &'static Filter {
         let yaml =
             "name: github\npreset: github\nsecrets: [\"s3cret\"]\nrequire_fields: [action]\n";
         let (filter, problems) =
-            portcullis::config::load_filter_text(std::path::Path::new("github.yaml"), yaml);
+            portcullis::loader::load_filter_text(std::path::Path::new("github.yaml"), yaml);
         filter.unwrap_or_else(|| panic!("{problems:?}"))
     })
 }

@@ -60,7 +60,7 @@ fn filters() -> &'static Vec<Filter> {
                     p.name
                 );
                 let path = dir.join(format!("{}.yaml", p.name));
-                let (filter, problems) = portcullis::config::load_filter_text(&path, &yaml);
+                let (filter, problems) = portcullis::loader::load_filter_text(&path, &yaml);
                 filter.unwrap_or_else(|| panic!("{}: {problems:?}", p.name))
             })
             .collect()

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -186,13 +187,27 @@ fn contains_key(line: &str, key: &str) -> bool {
 }
 
 /// Parses a YAML file into `T`, reporting every unknown key (with a suggestion from `known`
-/// for top-level ones) rather than stopping at the first, and a syntax or type error at its line.
+/// for top-level ones, from `nested` below them) rather than stopping at the first, and a
+/// syntax or type error at its line.
 pub fn parse<T: serde::de::DeserializeOwned>(
     report: &mut Report<'_>,
     known: &[&str],
     nested: &[(&str, &[&str])],
     reference: &str,
 ) -> Option<T> {
+    let (value, unknown) = parse_quiet(report, reference)?;
+    report_unknown(report, &unknown, known, nested, reference, |_| {
+        Unknown::Plain
+    });
+    Some(value)
+}
+
+/// [`parse`] without reporting unknown keys: `T` and the paths serde ignored (`a.b.c`, in
+/// document order), for a caller whose sections are typed by a key inside them (sinks).
+pub fn parse_quiet<T: serde::de::DeserializeOwned>(
+    report: &mut Report<'_>,
+    reference: &str,
+) -> Option<(T, Vec<String>)> {
     if let Err((line, message)) = check_nesting(report.text) {
         report.error_at(line, message);
         return None;
@@ -201,20 +216,37 @@ pub fn parse<T: serde::de::DeserializeOwned>(
     let parsed = serde_ignored::deserialize(serde_yaml::Deserializer::from_str(report.text), |p| {
         unknown.push(p.to_string())
     });
-    let value = match parsed {
-        Ok(v) => v,
+    match parsed {
+        Ok(v) => Some((v, unknown)),
         Err(e) => {
             let line = e.location().map(|l| l.line()).unwrap_or(1);
             report.error_at(line, plain_serde_error(&e.to_string(), reference));
-            return None;
+            None
         }
-    };
-    for key in &unknown {
-        if report.listed >= MAX_LISTED {
-            // Counted, not described: a suggestion costs an edit distance per known key.
-            report.room(Severity::Error);
-            continue;
-        }
+    }
+}
+
+/// How [`report_unknown`] words one unknown key.
+pub enum Unknown {
+    /// "did you mean" from the nearest parent's table, or the top-level keys.
+    Plain,
+    /// From these keys instead.
+    Among(&'static [&'static str]),
+    /// Not reported here: the caller words it later.
+    Skip,
+}
+
+/// Reports every unknown key path with a suggestion. `special` may choose the keys a path
+/// is suggested from (a sink's keys depend on its `type`).
+pub fn report_unknown(
+    report: &mut Report<'_>,
+    unknown: &[String],
+    known: &[&str],
+    nested: &[(&str, &[&str])],
+    reference: &str,
+    special: impl Fn(&[&str]) -> Unknown,
+) {
+    for key in unknown {
         // serde_ignored writes sequence indices as numbers and untagged enums as `?`.
         let parts: Vec<&str> = key
             .split('.')
@@ -223,34 +255,211 @@ pub fn parse<T: serde::de::DeserializeOwned>(
         let Some((last, parents)) = parts.split_last() else {
             continue;
         };
-        let hint = if parents.is_empty() {
-            suggest(last, known)
-        } else {
-            // The nearest parent with a known table; a sink's keys under `sinks.<name>`.
-            let table = parents.iter().rev().find_map(|parent| {
+        let table = match special(&parts) {
+            Unknown::Skip => continue,
+            Unknown::Among(keys) => Some(keys),
+            Unknown::Plain if parents.is_empty() => Some(known),
+            // The nearest parent with a known table.
+            Unknown::Plain => parents.iter().rev().find_map(|parent| {
                 nested
                     .iter()
                     .find(|(name, _)| name == parent)
                     .map(|(_, keys)| *keys)
-            });
-            let table = table.or_else(|| {
-                (parents.len() >= 2 && parents[parents.len() - 2] == "sinks")
-                    .then(|| {
-                        nested
-                            .iter()
-                            .find(|(n, _)| *n == "sinks.*")
-                            .map(|(_, k)| *k)
-                    })
-                    .flatten()
-            });
-            match table {
-                Some(keys) => suggest(last, keys),
-                None => format!("remove it, or see the README's {reference}"),
-            }
+            }),
+        };
+        if report.listed >= MAX_LISTED {
+            // Counted, not described: a suggestion costs an edit distance per known key.
+            report.room(Severity::Error);
+            continue;
+        }
+        let hint = match table {
+            Some(keys) => suggest(last, keys),
+            None => format!("remove it, or see the README's {reference}"),
         };
         report.error(&parts, format!("unknown key `{}`: {hint}", parts.join(".")));
     }
-    Some(value)
+}
+
+/// Parses, from the whole file, the entries `names` of the top-level mapping `section` as
+/// `T`: one kind of a section whose entries each name their kind (`sinks: { q: { type:
+/// redis, … } }`). The file's own deserializer does it, so errors keep their line and path.
+pub fn parse_entries<T: serde::de::DeserializeOwned>(
+    text: &str,
+    section: &str,
+    names: &std::collections::BTreeSet<&str>,
+    reference: &str,
+) -> Result<Vec<(String, T)>, (usize, String)> {
+    use serde::de::DeserializeSeed;
+    entries::Document::<T>::new(section, names)
+        .deserialize(serde_yaml::Deserializer::from_str(text))
+        .map_err(|e| {
+            let line = e.location().map(|l| l.line()).unwrap_or(1);
+            (line, plain_serde_error(&e.to_string(), reference))
+        })
+}
+
+mod entries {
+    use std::collections::BTreeSet;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    /// The whole document: only `section` is read.
+    pub struct Document<'a, T> {
+        section: &'a str,
+        names: &'a BTreeSet<&'a str>,
+        kind: PhantomData<T>,
+    }
+
+    impl<'a, T> Document<'a, T> {
+        pub fn new(section: &'a str, names: &'a BTreeSet<&'a str>) -> Self {
+            Document {
+                section,
+                names,
+                kind: PhantomData,
+            }
+        }
+    }
+
+    impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Document<'_, T> {
+        type Value = Vec<(String, T)>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de, T: DeserializeOwned> Visitor<'de> for Document<'_, T> {
+        type Value = Vec<(String, T)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a mapping")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if key == self.section {
+                    out = map.next_value_seed(Section::<T> {
+                        names: self.names,
+                        kind: PhantomData,
+                    })?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// The section's mapping: the entries named are read as `T`, the rest skipped.
+    struct Section<'a, T> {
+        names: &'a BTreeSet<&'a str>,
+        kind: PhantomData<T>,
+    }
+
+    impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Section<'_, T> {
+        type Value = Vec<(String, T)>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de, T: DeserializeOwned> Visitor<'de> for Section<'_, T> {
+        type Value = Vec<(String, T)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a mapping")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if self.names.contains(key.as_str()) {
+                    out.push((key, map.next_value::<T>()?));
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// A block of a file (`["sinks", "queue"]`, `["listen"]`, or the whole file): a component
+/// reports problems at its own keys without knowing where its block sits.
+pub struct Section<'r, 'a> {
+    report: &'r mut Report<'a>,
+    at: Vec<String>,
+}
+
+impl<'r, 'a> Section<'r, 'a> {
+    pub fn new(report: &'r mut Report<'a>, at: &[&str]) -> Section<'r, 'a> {
+        Section {
+            report,
+            at: at.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// An error at `key` below this block (`&[]`: the block itself).
+    pub fn error(&mut self, key: &[&str], message: impl Into<String>) {
+        self.push(Severity::Error, key, message.into());
+    }
+
+    pub fn warn(&mut self, key: &[&str], message: impl Into<String>) {
+        self.push(Severity::Warning, key, message.into());
+    }
+
+    fn push(&mut self, severity: Severity, key: &[&str], message: String) {
+        let path: Vec<&str> = self
+            .at
+            .iter()
+            .map(String::as_str)
+            .chain(key.iter().copied())
+            .collect();
+        self.report.push(severity, &path, message);
+    }
+
+    pub fn error_at(&mut self, line: usize, message: impl Into<String>) {
+        self.report.error_at(line, message);
+    }
+
+    /// The file's text (to find a value's line).
+    pub fn text(&self) -> &str {
+        self.report.text
+    }
+
+    /// Whether any error was reported since there were `mark` problems.
+    pub fn errors_since(&self, mark: usize) -> bool {
+        self.report.problems[mark..]
+            .iter()
+            .any(|p| p.severity == Severity::Error)
+    }
+
+    /// An optional duration at `key`: `default` when absent, `rule` says what a value must be.
+    pub fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+        rule: impl Fn(Duration) -> Result<(), String>,
+    ) -> Duration {
+        self.duration_at(&[key], value, default, rule)
+    }
+
+    /// [`Section::duration`] with problems at `at` (a key path, or `&[]` for the block).
+    pub fn duration_at(
+        &mut self,
+        at: &[&str],
+        value: Option<&str>,
+        default: Duration,
+        rule: impl Fn(Duration) -> Result<(), String>,
+    ) -> Duration {
+        let Some(text) = value else { return default };
+        match super::parse_duration(text).and_then(|d| rule(d).map(|()| d)) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(at, e);
+                default
+            }
+        }
+    }
 }
 
 /// serde's messages name Rust types (`untagged enum DedupSpec`); say what to do instead.

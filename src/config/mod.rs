@@ -1,169 +1,30 @@
-//! Configuration: `conf/portcullis.yaml` (the server) plus one YAML file per provider filter.
-//!
-//! Loading validates everything a running gateway would trip over later (secrets that resolve
-//! to nothing, routes claimed twice, unknown keys, bad CIDRs, sizes and durations) and reports
-//! all of it at once with `file:line`. The gateway only ever starts from a config with no errors.
+//! The shared machinery of configuration: reading files with `file:line` diagnostics and
+//! suggestions, secret references, durations, sizes, CIDRs, and the key lists of a config
+//! struct. It imports no component: each sink, scheme, stage and listener parses and
+//! validates its own keys with these pieces, and `loader` composes them into the files.
 
 pub mod diagnostics;
-pub mod filter;
 pub mod secrets;
-pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use diagnostics::{Problem, Severity};
-pub use filter::{EventIdSource, Filter, Mode, RateLimit};
-pub use server::{
-    DedupOnError, Listener, NatsConfig, Server, SharedDedup, SinkConfig, SpoolDisk, TlsListener,
-    TlsVersion,
-};
+pub use diagnostics::{Problem, Report, Section, Severity};
 
-use diagnostics::Report;
-
-/// A loaded, valid configuration.
-pub struct Config {
-    pub path: PathBuf,
-    pub server: Server,
-    pub filters: Vec<Filter>,
+/// The keys a config struct takes, in declaration order, from its `Deserialize` impl (so a
+/// "did you mean" list cannot drift from what is parsed).
+pub fn keys<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    serde_aux::serde_introspection::serde_introspect::<T>()
 }
 
-/// Everything `load` found: the config when it has no errors, and every problem either way.
-pub struct Loaded {
-    pub config: Option<Config>,
-    pub problems: Vec<Problem>,
-}
-
-impl Loaded {
-    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
-        self.problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-    }
-}
-
-/// Loads one filter file on its own (for `sign` and `verify`), without a server config.
-pub fn load_filter(path: &Path) -> (Option<Filter>, Vec<Problem>) {
-    let mut problems = Vec::new();
-    let Some(text) = diagnostics::read(path, &mut problems) else {
-        return (None, problems);
-    };
-    let (filter, mut more) = load_filter_text(path, &text);
-    problems.append(&mut more);
-    (filter, problems)
-}
-
-/// [`load_filter`] of text already read (`path` names it and anchors relative paths).
-pub fn load_filter_text(path: &Path, text: &str) -> (Option<Filter>, Vec<Problem>) {
-    let mut problems = Vec::new();
-    let filter = filter::load(path, None, &mut Report::new(path, text, &mut problems));
-    (filter, problems)
-}
-
-/// The server file alone, from text already read: what `load` checks before the filters.
-pub fn load_server_text(path: &Path, text: &str) -> (Option<server::Server>, Vec<Problem>) {
-    let mut problems = Vec::new();
-    let server = server::load(path, &mut Report::new(path, text, &mut problems));
-    (server, problems)
-}
-
-pub fn load(path: &Path) -> Loaded {
-    let mut problems = Vec::new();
-    let Some(text) = diagnostics::read(path, &mut problems) else {
-        if !path.exists() {
-            if let Some(p) = problems.last_mut() {
-                p.message += " (a relative path counts from the current directory: run from the checkout, or pass -c /path/to/portcullis.yaml)";
-            }
-        }
-        return Loaded {
-            config: None,
-            problems,
-        };
-    };
-    let server = server::load(path, &mut Report::new(path, &text, &mut problems));
-    let Some(server) = server else {
-        return Loaded {
-            config: None,
-            problems,
-        };
-    };
-    let sink_names: Vec<String> = server.sinks.iter().map(|(n, _)| n.clone()).collect();
-    let mut filters: Vec<Filter> = Vec::new();
-    for file in filter_files(&server.filters_dir, path, &mut problems) {
-        let Some(text) = diagnostics::read(&file, &mut problems) else {
-            continue;
-        };
-        let mut report = Report::new(&file, &text, &mut problems);
-        if let Some(f) = filter::load(&file, Some(&sink_names), &mut report) {
-            if let Some((primary, _)) = server.fallbacks.iter().find(|(_, spool)| *spool == f.sink)
-            {
-                report.error(
-                    &["sink"],
-                    format!("sink `{}` is the fallback spool of `{primary}`: its events are replayed there, so a filter cannot use it directly", f.sink),
-                );
-            } else if f.rate_limit.is_some_and(|r| r.fleet) && server.dedup_shared.is_none() {
-                report.error(
-                    &["rate_limit", "scope"],
-                    "rate_limit scope: fleet counts in the fleet's Redis: set dedup: { backend: redis, url: … } in the server config",
-                );
-            } else if let Some(other) = filters.iter().find(|o| o.route == f.route) {
-                report.error(&["path"], format!("route {} is already served by filter `{}`: give one of them another `path:`", f.route, other.name));
-            } else if let Some(other) = filters.iter().find(|o| o.name == f.name) {
-                report.error(
-                    &["name"],
-                    format!(
-                        "filter name `{}` is used twice (also by the filter on {})",
-                        f.name, other.route
-                    ),
-                );
-            } else {
-                filters.push(f);
-            }
-        }
-    }
-    if filters.is_empty() && !problems.iter().any(|p| p.severity == Severity::Error) {
-        problems.push(Problem {
-            file: server.filters_dir.clone(),
-            line: 1,
-            severity: Severity::Warning,
-            message: "no filters: every request will get 404 unknown_provider".into(),
-        });
-    }
-    let has_errors = problems.iter().any(|p| p.severity == Severity::Error);
-    Loaded {
-        config: (!has_errors).then(|| Config {
-            path: path.to_path_buf(),
-            server,
-            filters,
-        }),
-        problems,
-    }
-}
-
-fn filter_files(dir: &Path, conf: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(Problem {
-                file: conf.to_path_buf(),
-                line: diagnostics::line_of(
-                    &std::fs::read_to_string(conf).unwrap_or_default(),
-                    &["filters"],
-                ),
-                severity: Severity::Error,
-                message: format!("filters directory {} cannot be read: {e}", dir.display()),
-            });
-            return Vec::new();
-        }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    files
+/// An address or CIDR; a bare address is a single-host network.
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 /// `base/rel` with `.` and `..` folded away where the text allows (`conf/../filters` →
@@ -236,14 +97,5 @@ mod tests {
         );
         assert_eq!(parse_size(&SizeValue::Bytes(10)).unwrap(), 10);
         assert!(parse_size(&SizeValue::Text("big".into())).is_err());
-    }
-
-    #[test]
-    fn a_header_named_twice_is_forwarded_once() {
-        let yaml =
-            "name: f\npreset: github\nsecrets: [s]\nforward_headers: [X-A, x-a, User-Agent, x-A]\n";
-        let (filter, problems) = load_filter_text(Path::new("f.yaml"), yaml);
-        let filter = filter.unwrap_or_else(|| panic!("{problems:?}"));
-        assert_eq!(filter.forward_headers, ["x-a", "user-agent"]);
     }
 }

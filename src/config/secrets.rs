@@ -3,7 +3,15 @@
 
 use std::path::Path;
 
-use crate::schemes::Secret;
+/// A secret as configured: raw bytes; never printed.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
 
 pub enum Source {
     Env,

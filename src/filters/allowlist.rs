@@ -64,6 +64,18 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
     client
 }
 
+/// A filter's `allow:` list, checked.
+pub fn load(allow: &[String], at: &mut crate::config::Section<'_, '_>) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for cidr in allow {
+        match crate::config::parse_net(cidr) {
+            Some(net) => nets.push(net),
+            None => at.error(&["allow"], format!("`{cidr}` is not an IP address or CIDR (like 192.30.252.0/22 or 2606:50c0::/32)")),
+        }
+    }
+    nets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

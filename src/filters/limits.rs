@@ -6,6 +6,52 @@ use super::Filter;
 use crate::reason::Reason;
 use crate::request::Inbound;
 
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest body any filter may accept: the body is buffered whole to be verified.
+pub const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// A filter's `max_body:`, checked.
+pub fn load_max_body(
+    value: Option<&crate::config::SizeValue>,
+    at: &mut crate::config::Section<'_, '_>,
+) -> u64 {
+    match value.map(crate::config::parse_size) {
+        None => DEFAULT_MAX_BODY,
+        Some(Ok(n)) if n > 0 && n <= MAX_BODY_LIMIT => n,
+        Some(Ok(n)) => {
+            at.error(&["max_body"], format!("max_body {n} bytes is outside 1 byte to 64MiB: bodies are buffered whole to be verified"));
+            DEFAULT_MAX_BODY
+        }
+        Some(Err(e)) => {
+            at.error(&["max_body"], e);
+            DEFAULT_MAX_BODY
+        }
+    }
+}
+
+/// A filter's `body_timeout:` (how long the whole body may take to arrive), checked.
+pub fn load_body_timeout(
+    value: Option<&str>,
+    at: &mut crate::config::Section<'_, '_>,
+) -> std::time::Duration {
+    at.duration("body_timeout", value, DEFAULT_BODY_TIMEOUT, |d| {
+        if d.is_zero() {
+            Err("body_timeout must be more than zero".into())
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// A filter's `content_types:`, as compared (media type, lower case).
+pub fn load_content_types(types: &[String]) -> Vec<String> {
+    types
+        .iter()
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect()
+}
+
 pub struct Limits {
     content_types: Vec<String>,
     max_body: u64,

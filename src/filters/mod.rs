@@ -6,6 +6,7 @@
 //! byte of its body is read or any HMAC computed.
 
 pub mod allowlist;
+pub mod config;
 pub mod dedup;
 pub mod framing;
 pub mod limits;
@@ -13,9 +14,9 @@ pub mod payload;
 pub mod rate_limit;
 pub mod signature;
 
-use crate::config::Filter as FilterConfig;
 use crate::reason::Reason;
 use crate::request::Inbound;
+use config::Filter as FilterConfig;
 
 pub trait Filter: Send + Sync {
     /// Checks on the request head; the body is still unread (and empty in `req`).

@@ -17,9 +17,64 @@ use pingora_limits::rate::Rate;
 use crate::filters::dedup::SharedStore;
 
 use super::Filter;
-use crate::config::RateLimit;
 use crate::reason::Reason;
 use crate::request::Inbound;
+
+/// A filter's `rate_limit:` block.
+#[derive(Debug, serde::Deserialize)]
+pub struct RateLimitSpec {
+    #[serde(default)]
+    pub per_second: Option<u32>,
+    #[serde(default)]
+    pub per_ip_per_second: Option<u32>,
+    /// `node` (default): each node counts alone; `fleet`: counted across nodes in Redis.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_second: Option<u32>,
+    pub per_ip_per_second: Option<u32>,
+    /// Limits hold across the fleet (Redis), with the node's own limit still in front.
+    pub fleet: bool,
+}
+
+/// The keys of `rate_limit:`, for "did you mean".
+pub fn keys() -> &'static [&'static str] {
+    crate::config::keys::<RateLimitSpec>()
+}
+
+/// `rate_limit:`, checked.
+pub fn load(spec: &RateLimitSpec, at: &mut crate::config::Section<'_, '_>) -> RateLimit {
+    for (key, value) in [
+        ("per_second", spec.per_second),
+        ("per_ip_per_second", spec.per_ip_per_second),
+    ] {
+        if value == Some(0) {
+            at.error(
+                &["rate_limit", key],
+                format!("rate_limit.{key} is 0, which admits nothing: remove it for no limit"),
+            );
+        }
+    }
+    let fleet = match spec.scope.as_deref() {
+        None | Some("node") => false,
+        Some("fleet") => true,
+        Some(other) => {
+            at.error(
+                &["rate_limit", "scope"],
+                format!("rate_limit.scope `{other}` is not node or fleet"),
+            );
+            false
+        }
+    };
+    RateLimit {
+        per_second: spec.per_second,
+        per_ip_per_second: spec.per_ip_per_second,
+        fleet,
+    }
+}
 
 pub struct RateLimiter {
     limit: RateLimit,

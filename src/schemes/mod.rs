@@ -4,6 +4,7 @@
 //! Everything a scheme needs is prepared once at config load (decoded secrets, HMAC keys,
 //! parsed templates); `verify` on the hot path only hashes and compares in constant time.
 
+pub mod config;
 mod hmac;
 mod paddle;
 mod standard_webhooks;
@@ -21,15 +22,7 @@ pub use self::url_key::{generate as url_key_generate, validate as url_key_valida
 use crate::reason::Reason;
 use crate::request::Inbound;
 
-/// A secret as configured: raw bytes; never printed.
-#[derive(Clone)]
-pub struct Secret(pub Vec<u8>);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::config::secrets::Secret;
 
 /// What the sender of a message knows: used by `sign`.
 pub struct Outbound<'a> {

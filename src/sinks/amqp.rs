@@ -235,3 +235,74 @@ impl Sink for AmqpSink {
         )
     }
 }
+
+/// `type: amqp`.
+pub const KIND: super::Kind = super::Kind::of::<Spec>("amqp");
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Spec {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    exchange: Option<String>,
+    #[serde(default)]
+    routing_key: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    fallback: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub timeout: Duration,
+}
+
+impl super::SinkConfig for Config {
+    fn build(&self, name: &str) -> Result<std::sync::Arc<dyn Sink>, String> {
+        Ok(std::sync::Arc::new(AmqpSink::new(
+            name,
+            &self.url,
+            &self.exchange,
+            &self.routing_key,
+            self.timeout,
+        )))
+    }
+}
+
+impl super::config::Spec for Spec {
+    fn load(
+        &self,
+        name: &str,
+        _base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
+        let timeout = super::config::timeout(self.timeout.as_deref(), at);
+        let example = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        let url = super::config::url(self.url.as_ref(), "amqp", name, example, at)?;
+        if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+            at.error(&[], format!("amqp sink `{name}`: url `{url}`: {e}"));
+        }
+        let exchange = self.exchange.clone().unwrap_or_else(|| "webhooks".into());
+        let routing_key = self
+            .routing_key
+            .clone()
+            .unwrap_or_else(|| "{provider}".into());
+        if let Err(e) = super::check_template(&routing_key) {
+            at.error(&["routing_key"], e);
+        }
+        Some(std::sync::Arc::new(Config {
+            url,
+            exchange,
+            routing_key,
+            timeout,
+        }))
+    }
+
+    fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+}

@@ -138,7 +138,7 @@ impl Replayer {
                         Some(mut envelope) => {
                             // An idempotent primary (redis) checks its marker on replay too:
                             // the publish that timed out before the fallback may have landed.
-                            envelope.dedup_ttl = Some(crate::config::filter::DEFAULT_DEDUP_TTL);
+                            envelope.dedup_ttl = Some(crate::filters::dedup::config::DEFAULT_TTL);
                             if !self.deliver(&envelope, shutdown).await {
                                 return false;
                             }

@@ -191,6 +191,55 @@ impl Sink for HttpSink {
     }
 }
 
+/// `type: http`.
+pub const KIND: super::Kind = super::Kind::of::<Spec>("http");
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Spec {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    fallback: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    pub timeout: Duration,
+}
+
+impl super::SinkConfig for Config {
+    fn build(&self, name: &str) -> Result<std::sync::Arc<dyn Sink>, String> {
+        Ok(std::sync::Arc::new(HttpSink::new(
+            name,
+            &self.url,
+            self.timeout,
+        )?))
+    }
+}
+
+impl super::config::Spec for Spec {
+    fn load(
+        &self,
+        name: &str,
+        _base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
+        let timeout = super::config::timeout(self.timeout.as_deref(), at);
+        let url = super::config::url(self.url.as_ref(), "http", name, "http://host:port/path", at)?;
+        if let Err(e) = parse_url(&url) {
+            at.error(&[], format!("http sink `{name}`: {e}"));
+        }
+        Some(std::sync::Arc::new(Config { url, timeout }))
+    }
+
+    fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

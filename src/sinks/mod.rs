@@ -4,6 +4,7 @@
 //! spool, a 2xx for the http sink): the gateway answers 202 on `Ok` and nothing else.
 
 pub mod amqp;
+pub mod config;
 pub mod fallback;
 pub mod http;
 pub mod nats;
@@ -16,7 +17,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::config::SinkConfig;
+pub use config::{Kind, SinkConfig};
+
+/// Every sink kind, by its `type:` name: a new sink is its file plus one line here.
+pub const KINDS: &[Kind] = &[spool::KIND, http::KIND, redis::KIND, nats::KIND, amqp::KIND];
 
 /// What a sink receives: the raw body, byte for byte, and what the gateway learnt about it.
 #[derive(Debug, Clone)]
@@ -79,49 +83,24 @@ pub type Sinks = HashMap<String, Arc<dyn Sink>>;
 /// Builds the server's sinks, and the replayers (background services) that drain the
 /// fallback spools.
 pub fn build_all(
-    server: &crate::config::Server,
+    sinks_config: &[(String, Arc<dyn SinkConfig>)],
+    fallbacks: &[(String, String)],
 ) -> Result<(Sinks, Vec<fallback::Replayer>), String> {
     let mut spools: HashMap<&str, Arc<spool::Spool>> = HashMap::new();
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
-    for (name, config) in &server.sinks {
-        let sink: Arc<dyn Sink> = match config {
-            SinkConfig::Spool {
-                dir,
-                segment_size,
-                disk,
-            } => {
-                let spool =
-                    Arc::new(spool::Spool::open(name, dir, *segment_size)?.with_limits(*disk));
+    for (name, config) in sinks_config {
+        let sink: Arc<dyn Sink> = match config.as_spool() {
+            Some(spool) => {
+                let spool = Arc::new(spool.open(name)?);
                 spools.insert(name, spool.clone());
                 spool
             }
-            SinkConfig::Http { url, timeout } => {
-                Arc::new(http::HttpSink::new(name, url, *timeout)?)
-            }
-            SinkConfig::Redis {
-                url,
-                stream,
-                maxlen,
-                timeout,
-            } => Arc::new(redis::RedisSink::new(name, url, stream, *maxlen, *timeout)?),
-            SinkConfig::Nats(config) => Arc::new(nats::NatsSink::new(name, config.clone())),
-            SinkConfig::Amqp {
-                url,
-                exchange,
-                routing_key,
-                timeout,
-            } => Arc::new(amqp::AmqpSink::new(
-                name,
-                url,
-                exchange,
-                routing_key,
-                *timeout,
-            )),
+            None => config.build(name)?,
         };
         sinks.insert(name.clone(), sink);
     }
     let mut replayers = Vec::new();
-    for (primary, spool) in &server.fallbacks {
+    for (primary, spool) in fallbacks {
         let (Some(inner), Some(spool)) = (sinks.get(primary).cloned(), spools.get(spool.as_str()))
         else {
             return Err(format!(

@@ -13,17 +13,16 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use super::{render, Envelope, Sink, SinkError};
-use crate::config::NatsConfig;
 
 pub struct NatsSink {
     name: String,
-    config: NatsConfig,
+    config: Config,
     /// Created on first use, inside the server's runtime, with the stream ensured once.
     context: OnceCell<(async_nats::Client, jetstream::Context)>,
 }
 
 impl NatsSink {
-    pub fn new(name: &str, config: NatsConfig) -> NatsSink {
+    pub fn new(name: &str, config: Config) -> NatsSink {
         NatsSink {
             name: name.to_owned(),
             config,
@@ -148,5 +147,89 @@ impl Sink for NatsSink {
             }
             _ => false,
         }
+    }
+}
+
+/// `type: nats`.
+pub const KIND: super::Kind = super::Kind::of::<Spec>("nats");
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Spec {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    create_stream: Option<bool>,
+    #[serde(default)]
+    duplicate_window: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    /// The JetStream stream; required with `create_stream`.
+    pub stream: Option<String>,
+    pub subject: String,
+    pub create_stream: bool,
+    pub duplicate_window: Duration,
+    pub timeout: Duration,
+}
+
+impl super::SinkConfig for Config {
+    fn build(&self, name: &str) -> Result<std::sync::Arc<dyn Sink>, String> {
+        Ok(std::sync::Arc::new(NatsSink::new(name, self.clone())))
+    }
+}
+
+/// JetStream's default duplicate window, which `Nats-Msg-Id` dedup relies on.
+const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+impl super::config::Spec for Spec {
+    fn load(
+        &self,
+        name: &str,
+        _base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
+        let timeout = super::config::timeout(self.timeout.as_deref(), at);
+        let url = super::config::url(self.url.as_ref(), "nats", name, "nats://127.0.0.1:4222", at)?;
+        let subject = self
+            .subject
+            .clone()
+            .unwrap_or_else(|| "webhooks.{provider}".into());
+        if let Err(e) = super::check_template(&subject) {
+            at.error(&["subject"], e);
+        }
+        let create_stream = self.create_stream.unwrap_or(false);
+        if create_stream {
+            if let Err(e) = check_stream_subject(&subject) {
+                at.error(&["subject"], e);
+            }
+        }
+        if create_stream && self.stream.is_none() {
+            at.error(
+                &["create_stream"],
+                "create_stream needs `stream:` (the JetStream stream name, like WEBHOOKS)",
+            );
+        }
+        let duplicate_window = at.duration(
+            "duplicate_window",
+            self.duplicate_window.as_deref(),
+            DEFAULT_DUPLICATE_WINDOW,
+            |_| Ok(()),
+        );
+        Some(std::sync::Arc::new(Config {
+            url,
+            stream: self.stream.clone(),
+            subject,
+            create_stream,
+            duplicate_window,
+            timeout,
+        }))
     }
 }

@@ -235,3 +235,82 @@ impl Sink for RedisSink {
         true
     }
 }
+
+/// `type: redis`.
+pub const KIND: super::Kind = super::Kind::of::<Spec>("redis");
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Spec {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    maxlen: Option<u64>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    fallback: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    pub stream: String,
+    pub maxlen: Option<u64>,
+    pub timeout: Duration,
+}
+
+impl super::SinkConfig for Config {
+    fn build(&self, name: &str) -> Result<std::sync::Arc<dyn Sink>, String> {
+        let sink = RedisSink::new(name, &self.url, &self.stream, self.maxlen, self.timeout)?;
+        Ok(std::sync::Arc::new(sink))
+    }
+    fn remembers_ids(&self) -> bool {
+        true
+    }
+}
+
+impl super::config::Spec for Spec {
+    fn load(
+        &self,
+        name: &str,
+        _base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
+        let timeout = super::config::timeout(self.timeout.as_deref(), at);
+        let url = super::config::url(
+            self.url.as_ref(),
+            "redis",
+            name,
+            "redis://127.0.0.1:6379",
+            at,
+        )?;
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            at.error(&[], format!("redis sink `{name}`: url `{url}`: {e}"));
+        }
+        let stream = self
+            .stream
+            .clone()
+            .unwrap_or_else(|| "webhooks:{provider}".into());
+        if let Err(e) = super::check_template(&stream) {
+            at.error(&["stream"], e);
+        }
+        if self.maxlen == Some(0) {
+            at.error(
+                &["maxlen"],
+                "maxlen 0 would trim every event away: remove it for no trimming",
+            );
+        }
+        Some(std::sync::Arc::new(Config {
+            url,
+            stream,
+            maxlen: self.maxlen,
+            timeout,
+        }))
+    }
+
+    fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+}

@@ -23,7 +23,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
-use crate::config::TlsListener;
+pub mod config;
+pub use config::{Listener, TlsListener, TlsVersion};
 
 mod floor;
 mod proxy_protocol;

@@ -373,7 +373,7 @@ pub fn sign_as(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.yaml");
     std::fs::write(&path, filter_yaml).unwrap();
-    let (filter, problems) = portcullis::config::load_filter(&path);
+    let (filter, problems) = portcullis::loader::load_filter(&path);
     let filter = filter.unwrap_or_else(|| panic!("filter does not load: {problems:?}"));
     let msg = portcullis::schemes::Outbound {
         body,
@@ -383,7 +383,7 @@ pub fn sign_as(
         content_type: Some(content_type),
     };
     let mut headers = filter.scheme.sign(&msg);
-    if let portcullis::config::EventIdSource::Header { name, .. } = &filter.event_id {
+    if let portcullis::filters::dedup::EventIdSource::Header { name, .. } = &filter.event_id {
         if !headers.iter().any(|(k, _)| k == name) {
             headers.push((name.clone(), id.to_owned()));
         }

@@ -16,8 +16,10 @@
 //! trip. When Redis cannot answer, `on_error` decides: refuse with 503 `dedup_unavailable`
 //! (the sender retries later) or fall back to this node's cache alone.
 
+pub mod config;
 mod journal;
 mod shared;
+pub use config::{DedupOnError, EventIdSource, SharedDedup};
 pub use journal::{CatchUp, Journal, Recovery};
 pub use shared::SharedStore;
 
@@ -31,7 +33,6 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 
-use crate::config::{DedupOnError, EventIdSource};
 use crate::reason::Reason;
 use crate::request::Inbound;
 

@@ -23,8 +23,11 @@ use super::{Envelope, Sink, SinkError};
 /// Most events written under one fsync.
 const MAX_BATCH: usize = 4096;
 
-/// Disk policy of a spool: the config's own type (`min_free`, `retention`, `max_size`).
-pub use crate::config::SpoolDisk as Limits;
+mod config;
+pub use config::{Config, Limits, Spec, DEFAULT_MIN_FREE, DEFAULT_SEGMENT_SIZE};
+
+/// `type: spool`.
+pub const KIND: super::Kind = super::Kind::of::<Spec>("spool");
 
 pub struct Spool {
     name: String,
