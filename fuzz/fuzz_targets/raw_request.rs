@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::config::Filter;
+use portcullis::filters::config::Filter;
 
 fn github() -> &'static Filter {
     static FILTER: OnceLock<Filter> = OnceLock::new();

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use portcullis::config::Filter;
+use portcullis::filters::config::Filter;
 use portcullis::request::Inbound;
 use portcullis::schemes::{Outbound, PRESETS};
 
