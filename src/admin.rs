@@ -14,6 +14,8 @@ use crate::sinks::Sink;
 pub struct Admin {
     pub sinks: Vec<Arc<dyn Sink>>,
     pub dedup: Arc<crate::filters::dedup::Dedup>,
+    /// The outbound ledger, on a node that dispatches.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 fn json(status: u16, body: serde_json::Value) -> http::Response<Vec<u8>> {
@@ -44,11 +46,14 @@ impl ServeHttp for Admin {
                 }
                 let dedup = self.dedup.ready().await;
                 ready &= dedup;
-                let status = if ready { "ready" } else { "not_ready" };
-                json(
-                    if ready { 200 } else { 503 },
-                    serde_json::json!({"status": status, "sinks": sinks, "dedup": dedup}),
-                )
+                let mut body = serde_json::json!({"sinks": sinks, "dedup": dedup});
+                if let Some(store) = &self.store {
+                    let ok = store.ready().await;
+                    ready &= ok;
+                    body["store"] = ok.into();
+                }
+                body["status"] = if ready { "ready" } else { "not_ready" }.into();
+                json(if ready { 200 } else { 503 }, body)
             }
             "/metrics" => PrometheusHttpApp.response(session).await,
             _ => json(404, serde_json::json!({"error": "not_found"})),

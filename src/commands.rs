@@ -47,12 +47,19 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     if !options.upgrade {
         // (With -u the running process holds the sockets and hands them over.)
         let admin = config.server.admin.iter().map(String::as_str);
+        let api = config
+            .server
+            .outbound
+            .as_ref()
+            .and_then(|o| o.api)
+            .map(|a| a.to_string());
         let addrs: Vec<&str> = config
             .server
             .listen
             .iter()
             .map(|l| l.addr.as_str())
             .chain(admin)
+            .chain(api.as_deref())
             .collect();
         if let Err(e) = addresses_free(&addrs) {
             tracing::error!("not starting: {e}");
@@ -60,11 +67,29 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         }
     }
     crate::metrics::init();
+    if settings_need_store(&config) {
+        // Before Pingora forks: a ledger that cannot open stops the start here.
+        if let Err(e) = crate::store::Store::check(&config.server.store) {
+            tracing::error!("not starting: {e}");
+            return 1;
+        }
+    }
     let loader::Config {
-        server: settings,
+        server: mut settings,
         filters,
+        endpoints,
         ..
     } = config;
+    let outbound = settings.outbound.take().map(|o| {
+        crate::metrics::register_outbound_series();
+        let store = std::sync::Arc::new(crate::store::Store::new(&settings.store));
+        let dispatcher = std::sync::Arc::new(crate::outbound::Dispatcher::new(
+            store,
+            endpoints,
+            o.delivery.clone(),
+        ));
+        (o, dispatcher)
+    });
     let (sinks, replayers) = match crate::sinks::build_all(&settings.sinks, &settings.fallbacks) {
         Ok(built) => built,
         Err(e) => {
@@ -185,7 +210,28 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             .endpoints()
             .set_pre_tls_callback(std::sync::Arc::new(crate::tls::PreTlsChain(pre_tls)));
     }
-    server.add_service(proxy).add_dependency(&bootstrap);
+    if !listeners.is_empty() {
+        server.add_service(proxy).add_dependency(&bootstrap);
+    }
+    if let Some((o, dispatcher)) = &outbound {
+        server.add_service(background_service(
+            "outbound worker",
+            crate::outbound::worker::Worker {
+                dispatcher: dispatcher.clone(),
+            },
+        ));
+        if let Some(addr) = o.api {
+            let api = crate::api::Api {
+                dispatcher: dispatcher.clone(),
+                tokens: o.tokens.clone(),
+                max_payload: o.max_payload,
+            };
+            let mut service = Service::new("outbound api".into(), HttpServer::new_app(api));
+            service.add_tcp(&addr.to_string());
+            server.add_service(service).add_dependency(&bootstrap);
+            tracing::info!(%addr, endpoints = dispatcher.endpoints.count(), "outbound api listening (POST /outbound)");
+        }
+    }
     // Always present: it also keeps SIGHUP from terminating the process.
     server.add_service(background_service(
         "certificate watcher",
@@ -199,7 +245,13 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         server.add_service(background_service("fallback replay", replayer));
     }
     if let Some(addr) = admin_addr {
-        let mut admin = Service::new("admin".into(), HttpServer::new_app(Admin { sinks, dedup }));
+        let store = outbound.as_ref().map(|(_, d)| d.store.clone());
+        let admin = Admin {
+            sinks,
+            dedup,
+            store,
+        };
+        let mut admin = Service::new("admin".into(), HttpServer::new_app(admin));
         admin.add_tcp(&addr);
         server.add_service(admin).add_dependency(&bootstrap);
         tracing::info!(%addr, "admin listening (/healthz /readyz /metrics)");
@@ -209,6 +261,11 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         shutdown_signal: Box::new(crate::lifecycle::Signals { drain }),
     });
     0
+}
+
+/// Whether this config dispatches (and so needs its ledger).
+fn settings_need_store(config: &loader::Config) -> bool {
+    config.server.outbound.is_some()
 }
 
 /// Refuses to start when an address is taken, before Pingora binds it: Pingora would retry
@@ -244,9 +301,13 @@ pub fn check(path: &Path) -> i32 {
     let warnings = loaded.problems.len() - errors;
     match &loaded.config {
         Some(c) => {
+            let endpoints = match &c.server.outbound {
+                Some(_) => format!(", {}", count(c.endpoints.count(), "outbound endpoint")),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "{}: ok ({}, {}, {})",
+                "{}: ok ({}, {}{endpoints}, {})",
                 path.display(),
                 count(c.filters.len(), "filter"),
                 count(c.server.sinks.len(), "sink"),

@@ -6,6 +6,7 @@
 //! event durably. The binary (`src/main.rs`) is a thin CLI over this library.
 
 pub mod admin;
+pub mod api;
 pub mod commands;
 pub mod config;
 pub mod filters;
@@ -14,10 +15,12 @@ pub mod header_deadline;
 pub mod lifecycle;
 pub mod loader;
 pub mod metrics;
+pub mod outbound;
 pub mod rawhttp;
 pub mod reason;
 pub mod request;
 pub mod routes;
 pub mod schemes;
 pub mod sinks;
+pub mod store;
 pub mod tls;

@@ -120,6 +120,17 @@ portcullis spool ack -c conf/portcullis.yaml 3:40960   # after batch.jsonl is pr
         #[command(subcommand)]
         action: SpoolAction,
     },
+    /// The outbound dispatcher's ledger.
+    #[command(
+        after_help = "Example:\n  portcullis outbound attempts -c conf/portcullis.yaml msg_Yj8qUF1tJs84auSj8vZHV3Fh"
+    )]
+    Outbound {
+        /// The server config naming the store.
+        #[arg(short, long, default_value = "conf/portcullis.yaml", global = true)]
+        conf: PathBuf,
+        #[command(subcommand)]
+        action: OutboundAction,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  portcullis completions bash > /etc/bash_completion.d/portcullis"
@@ -131,6 +142,18 @@ portcullis spool ack -c conf/portcullis.yaml 3:40960   # after batch.jsonl is pr
     /// Print the man page (roff).
     #[command(after_help = "Example:\n  portcullis man > /usr/local/share/man/man1/portcullis.1")]
     Man,
+}
+
+#[derive(Subcommand)]
+enum OutboundAction {
+    /// Every attempt of a message: time, endpoint, attempt, outcome, status, latency, the
+    /// first bytes of the answer.
+    Attempts {
+        message_id: String,
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,6 +239,11 @@ fn main() -> ExitCode {
             })
         }
         Command::Keygen => commands::keygen(),
+        Command::Outbound { conf, action } => match action {
+            OutboundAction::Attempts { message_id, json } => {
+                portcullis::outbound::cli::attempts(&conf, &message_id, json)
+            }
+        },
         Command::Spool {
             conf,
             sink,

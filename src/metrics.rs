@@ -138,3 +138,92 @@ pub fn init() {
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
 }
+
+pub static OUTBOUND_MESSAGES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_outbound_messages_total",
+        "Outbound messages by source and outcome (queued, duplicate, rejected).",
+        &["source", "outcome"]
+    )
+    .expect("register portcullis_outbound_messages_total")
+});
+
+pub static OUTBOUND_ATTEMPTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_outbound_attempts_total",
+        "Delivery attempts by outcome.",
+        &["outcome"]
+    )
+    .expect("register portcullis_outbound_attempts_total")
+});
+
+pub static OUTBOUND_ATTEMPT_DURATION: Lazy<pingora_prometheus::prometheus::Histogram> =
+    Lazy::new(|| {
+        pingora_prometheus::prometheus::register_histogram!(
+            "portcullis_outbound_attempt_duration_seconds",
+            "Time of one delivery attempt, connect to response head.",
+            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+        )
+        .expect("register portcullis_outbound_attempt_duration_seconds")
+    });
+
+pub static OUTBOUND_DELIVERY_LAG: Lazy<pingora_prometheus::prometheus::Histogram> =
+    Lazy::new(|| {
+        pingora_prometheus::prometheus::register_histogram!(
+            "portcullis_outbound_delivery_lag_seconds",
+            "Time from enqueue to delivered.",
+            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0, 86400.0]
+        )
+        .expect("register portcullis_outbound_delivery_lag_seconds")
+    });
+
+pub static OUTBOUND_IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "portcullis_outbound_in_flight",
+        "Delivery attempts in flight on this node."
+    )
+    .expect("register portcullis_outbound_in_flight")
+});
+
+pub static OUTBOUND_DEAD_LETTERS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_outbound_dead_letters_total",
+        "Deliveries given up, by reason.",
+        &["reason"]
+    )
+    .expect("register portcullis_outbound_dead_letters_total")
+});
+
+/// The outbound series at zero, for a node that dispatches.
+pub fn register_outbound_series() {
+    for source in ["api"] {
+        for outcome in ["queued", "duplicate", "rejected"] {
+            OUTBOUND_MESSAGES.with_label_values(&[source, outcome]);
+        }
+    }
+    for outcome in [
+        "delivered",
+        "http_status",
+        "throttled",
+        "gone",
+        "redirect",
+        "timeout",
+        "connect_error",
+        "dns_error",
+        "tls_error",
+        "ssrf_blocked",
+    ] {
+        OUTBOUND_ATTEMPTS.with_label_values(&[outcome]);
+    }
+    for reason in [
+        "retries_exhausted",
+        "endpoint_gone",
+        "endpoint_removed",
+        "invalid_message",
+    ] {
+        OUTBOUND_DEAD_LETTERS.with_label_values(&[reason]);
+    }
+    Lazy::force(&OUTBOUND_ATTEMPT_DURATION);
+    Lazy::force(&OUTBOUND_DELIVERY_LAG);
+    Lazy::force(&OUTBOUND_IN_FLIGHT);
+}

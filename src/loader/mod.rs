@@ -19,6 +19,8 @@ pub struct Config {
     pub path: PathBuf,
     pub server: Server,
     pub filters: Vec<Filter>,
+    /// The outbound endpoints (`outbound.endpoints`), by tenant.
+    pub endpoints: crate::outbound::endpoints::Endpoints,
 }
 
 /// Everything `load` found: the config when it has no errors, and every problem either way.
@@ -80,16 +82,40 @@ pub fn load(path: &Path) -> Loaded {
             problems,
         };
     };
-    let filters = load_filters(&server, path, &mut problems);
+    let filters = if server.listen.is_empty() && server.outbound.is_some() {
+        Vec::new()
+    } else {
+        load_filters(&server, path, &mut problems)
+    };
+    let endpoints = load_endpoints(&server, &mut problems);
     let has_errors = problems.iter().any(|p| p.severity == Severity::Error);
     Loaded {
         config: (!has_errors).then(|| Config {
             path: path.to_path_buf(),
             server,
             filters,
+            endpoints,
         }),
         problems,
     }
+}
+
+fn load_endpoints(
+    server: &Server,
+    problems: &mut Vec<Problem>,
+) -> crate::outbound::endpoints::Endpoints {
+    use crate::outbound::endpoints;
+    let Some(outbound) = &server.outbound else {
+        return endpoints::Endpoints::default();
+    };
+    let Some(dir) = &outbound.endpoints_dir else {
+        return endpoints::Endpoints::default();
+    };
+    let rules = endpoints::Rules {
+        allow_http: outbound.delivery.allow_http,
+        allow_internal: &outbound.delivery.allow_internal,
+    };
+    endpoints::load_dir(dir, &rules, problems)
 }
 
 /// Every filter file of the server's directory, with what spans files: routes and names

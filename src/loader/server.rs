@@ -15,8 +15,10 @@ use serde::Deserialize;
 use crate::config::diagnostics::{parse_quiet, report_unknown, suggest};
 use crate::config::{join_normalized, keys, parse_net, Report, Section};
 use crate::filters::dedup::config::{self as dedup, DedupSpec, SharedDedup};
+use crate::outbound::config::{self as outbound, Outbound, OutboundSpec};
 use crate::sinks::config::{self as sinks, SinkSpec};
 use crate::sinks::SinkConfig;
+use crate::store::config::{self as store, StoreConfig, StoreSpec};
 use crate::tls::config::{self as listeners, ListenSpec, Listener};
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +41,10 @@ struct ServerFile {
     header_timeout: Option<String>,
     #[serde(default)]
     pingora: Option<serde_yaml::Mapping>,
+    #[serde(default)]
+    store: Option<StoreSpec>,
+    #[serde(default)]
+    outbound: Option<OutboundSpec>,
 }
 
 pub struct Server {
@@ -61,6 +67,10 @@ pub struct Server {
     /// its previous response (so it is also the keep-alive idle limit).
     pub header_timeout: Duration,
     pub pingora: ServerConf,
+    /// The outbound ledger.
+    pub store: StoreConfig,
+    /// The dispatcher, when the server sends webhooks.
+    pub outbound: Option<Outbound>,
 }
 
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,6 +80,8 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     let parsed_sinks = sinks::parse(&raw.sinks, report)?;
     let mut nested = vec![("dedup", dedup::server_keys())];
     nested.extend(listeners::nested_keys());
+    nested.extend(outbound::nested_keys());
+    nested.push(store::nested_keys());
     report_unknown(
         report,
         &ignored,
@@ -80,11 +92,24 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     );
     let base = path.parent().unwrap_or(Path::new("."));
 
-    let (listen, addrs) =
-        listeners::load(&raw.listen, !raw.trusted_proxies.is_empty(), base, report);
+    // A node that only dispatches needs no listener, sink or filter.
+    let receives = raw.outbound.is_none() || !raw.listen.is_empty();
+    let (listen, mut addrs) = listeners::load(
+        &raw.listen,
+        !raw.trusted_proxies.is_empty(),
+        receives,
+        base,
+        report,
+    );
     let trusted_proxies = trusted_proxies(&raw.trusted_proxies, report);
     let dedup = dedup::load_server(raw.dedup.as_ref(), base, report);
-    let (sinks, fallbacks) = sinks::load(&raw.sinks, &parsed_sinks, &ignored, base, report);
+    let (sinks, fallbacks) =
+        sinks::load(&raw.sinks, &parsed_sinks, &ignored, receives, base, report);
+    let store = store::load(raw.store.as_ref(), base, report);
+    let outbound = raw
+        .outbound
+        .as_ref()
+        .map(|o| outbound::load(o, base, report));
     let pingora = pingora_conf(raw.pingora.as_ref(), report);
     let mut at = Section::new(report, &[]);
     let drain = at.duration("drain", raw.drain.as_deref(), Duration::ZERO, |d| {
@@ -108,6 +133,18 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     );
     let filters_dir = join_normalized(base, raw.filters.as_deref().unwrap_or("filters/"));
     check_admin(raw.admin.as_deref(), &addrs, report);
+    if let (Some(api), Some(admin)) = (
+        outbound.as_ref().and_then(|o| o.api),
+        raw.admin.as_deref().and_then(|a| a.parse().ok()),
+    ) {
+        addrs.push(admin);
+        if addrs.contains(&api) {
+            report.error(
+                &["outbound", "api"],
+                format!("outbound.api {api} is also a listener or the admin address: give it a port of its own"),
+            );
+        }
+    }
     if dedup.shared.is_none() && dedup.journal.is_none() {
         warn_unrecorded(&sinks, report);
     }
@@ -124,6 +161,8 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         drain,
         header_timeout,
         pingora,
+        store,
+        outbound,
     })
 }
 

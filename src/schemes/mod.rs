@@ -435,6 +435,11 @@ impl Keys {
         }
     }
 
+    /// The tag of `parts` under every key, the signing one first.
+    pub fn sign_each(&self, parts: &[&[u8]]) -> Vec<Vec<u8>> {
+        self.keys.iter().map(|key| key.tag(parts)).collect()
+    }
+
     /// True when any candidate equals the tag under any key. Each tag is computed once;
     /// comparisons are constant-time.
     pub fn matches(&self, parts: &[&[u8]], candidates: &[Vec<u8>]) -> bool {

@@ -91,19 +91,23 @@ impl Scheme for StandardWebhooks {
 
     fn sign(&self, msg: &Outbound<'_>) -> Vec<(String, String)> {
         let ts = msg.timestamp.to_string();
-        let tag = self
+        // One signature per active secret (the spec's space-separated list): during a
+        // rotation a receiver holding either secret verifies.
+        let signatures: Vec<String> = self
             .keys
-            .sign(&[msg.id.as_bytes(), b".", ts.as_bytes(), b".", msg.body]);
-        vec![
-            (self.headers.id.to_owned(), msg.id.to_owned()),
-            (self.headers.timestamp.to_owned(), ts),
-            (
-                self.headers.signature.to_owned(),
+            .sign_each(&[msg.id.as_bytes(), b".", ts.as_bytes(), b".", msg.body])
+            .iter()
+            .map(|tag| {
                 format!(
                     "v1,{}",
                     base64::engine::general_purpose::STANDARD.encode(tag)
-                ),
-            ),
+                )
+            })
+            .collect();
+        vec![
+            (self.headers.id.to_owned(), msg.id.to_owned()),
+            (self.headers.timestamp.to_owned(), ts),
+            (self.headers.signature.to_owned(), signatures.join(" ")),
         ]
     }
 }

@@ -148,15 +148,17 @@ pub struct Parsed {
 }
 
 /// The sinks' configs and (sink, the spool it falls back to). `ignored` are the key paths
-/// the first step left (those of other kinds are reported here).
+/// the first step left (those of other kinds are reported here); `required`: whether the
+/// server receives webhooks (a dispatcher-only node needs no sink).
 pub fn load(
     heads: &BTreeMap<String, SinkSpec>,
     parsed: &Parsed,
     ignored: &[String],
+    required: bool,
     base: &Path,
     report: &mut Report<'_>,
 ) -> (Configs, Vec<(String, String)>) {
-    if heads.is_empty() {
+    if heads.is_empty() && required {
         report.error(
             &["sinks"],
             "no sinks: add sinks: { spool: { type: spool, dir: spool/ } }",

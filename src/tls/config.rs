@@ -72,14 +72,16 @@ pub struct TlsListener {
 }
 
 /// The listeners, and the addresses they take (for the admin address's check).
-/// `trusted_proxies` says whether any proxy is trusted (PROXY protocol needs one).
+/// `trusted_proxies` says whether any proxy is trusted (PROXY protocol needs one);
+/// `required`, whether a config without listeners would do nothing.
 pub fn load(
     specs: &[ListenSpec],
     trusted_proxies: bool,
+    required: bool,
     base: &Path,
     report: &mut Report<'_>,
 ) -> (Vec<Listener>, Vec<SocketAddr>) {
-    if specs.is_empty() {
+    if specs.is_empty() && required {
         report.error(
             &["listen"],
             "no listeners: add listen: [{ addr: 127.0.0.1:8080 }]",

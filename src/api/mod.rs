@@ -1,0 +1,183 @@
+//! The internal API listener (`outbound.api`): `POST /outbound` enqueues a message.
+//!
+//! Every call needs `Authorization: Bearer <token>` (one of `outbound.tokens`, compared in
+//! constant time, never logged). A 202 is sent only after the ledger committed the message;
+//! a 503 means nothing was kept, so the caller's retry is safe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use subtle::ConstantTimeEq;
+
+use crate::metrics;
+use crate::outbound::message;
+use crate::outbound::{Dispatcher, Refused};
+use crate::store::Enqueued;
+
+/// How long a caller has to send its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room for the message's other fields beside the payload.
+const ENVELOPE_ROOM: usize = 16 * 1024;
+
+pub struct Api {
+    pub dispatcher: Arc<Dispatcher>,
+    pub tokens: Vec<Vec<u8>>,
+    pub max_payload: usize,
+}
+
+fn json(status: u16, body: serde_json::Value) -> http::Response<Vec<u8>> {
+    let mut body = serde_json::to_vec(&body).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len());
+    if status == 503 || status == 429 {
+        r = r.header(http::header::RETRY_AFTER, "1");
+    }
+    r.body(body).expect("static response parts are valid")
+}
+
+fn error(status: u16, reason: &str) -> http::Response<Vec<u8>> {
+    json(status, serde_json::json!({ "error": reason }))
+}
+
+impl Api {
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(value) = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let Some(token) = value.strip_prefix("Bearer ") else {
+            return false;
+        };
+        let mut ok = false;
+        for known in &self.tokens {
+            ok |= bool::from(known.as_slice().ct_eq(token.trim().as_bytes()));
+        }
+        ok
+    }
+
+    /// The whole body, or the status and reason to answer with.
+    async fn body(&self, session: &mut ServerSession) -> Result<Vec<u8>, (u16, &'static str)> {
+        let limit = self.max_payload + ENVELOPE_ROOM;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err((413, "payload_too_large"));
+        }
+        let mut body = Vec::new();
+        let read = async {
+            while let Some(chunk) = session
+                .read_request_body()
+                .await
+                .map_err(|_| (400, "invalid_request"))?
+            {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit {
+                    return Err((413, "payload_too_large"));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(Ok(())) => Ok(body),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err((408, "body_timeout")),
+        }
+    }
+
+    async fn outbound(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let rejected = || {
+            metrics::OUTBOUND_MESSAGES
+                .with_label_values(&["api", "rejected"])
+                .inc()
+        };
+        let body = match self.body(session).await {
+            Ok(b) => b,
+            Err((status, reason)) => {
+                rejected();
+                return error(status, reason);
+            }
+        };
+        let message = match message::parse(&body) {
+            Ok(m) => m,
+            Err(invalid) => {
+                rejected();
+                return invalid_message(invalid);
+            }
+        };
+        if message.payload.len() > self.max_payload {
+            rejected();
+            return error(413, "payload_too_large");
+        }
+        match self.dispatcher.enqueue(message, "api").await {
+            Ok(Enqueued::Queued {
+                message_id,
+                endpoints,
+            }) => {
+                metrics::OUTBOUND_MESSAGES
+                    .with_label_values(&["api", "queued"])
+                    .inc();
+                json(
+                    202,
+                    serde_json::json!({"status": "queued", "message_id": message_id, "endpoints": endpoints}),
+                )
+            }
+            Ok(Enqueued::Duplicate { message_id }) => {
+                metrics::OUTBOUND_MESSAGES
+                    .with_label_values(&["api", "duplicate"])
+                    .inc();
+                json(
+                    200,
+                    serde_json::json!({"status": "duplicate", "message_id": message_id}),
+                )
+            }
+            Err(Refused::Invalid(invalid)) => {
+                rejected();
+                invalid_message(invalid)
+            }
+            Err(Refused::UnknownTenant) => {
+                rejected();
+                error(404, "unknown_tenant")
+            }
+            Err(Refused::Store(e)) => {
+                tracing::warn!("POST /outbound: {e}");
+                error(503, "store_unavailable")
+            }
+        }
+    }
+}
+
+fn invalid_message(invalid: message::Invalid) -> http::Response<Vec<u8>> {
+    let mut body = serde_json::json!({"error": "invalid_message", "detail": invalid.detail});
+    if let Some(field) = invalid.field {
+        body["field"] = field.into();
+    }
+    json(400, body)
+}
+
+#[async_trait]
+impl ServeHttp for Api {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        let method = session.req_header().method.clone();
+        match (method.as_str(), path.as_str()) {
+            (_, "/outbound") if !self.authorized(session) => error(401, "unauthorized"),
+            ("POST", "/outbound") => self.outbound(session).await,
+            (_, "/outbound") => error(405, "method_not_allowed"),
+            _ => error(404, "not_found"),
+        }
+    }
+}

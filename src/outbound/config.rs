@@ -1,0 +1,181 @@
+//! The server file's `outbound:` block: the API listener, its tokens, the endpoints
+//! directory and how deliveries are made.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::config::secrets::{self, Source};
+use crate::config::{join_normalized, keys, parse_net, parse_size, Report, Section, SizeValue};
+
+#[derive(Debug, Deserialize)]
+pub struct OutboundSpec {
+    #[serde(default)]
+    api: Option<String>,
+    #[serde(default)]
+    tokens: Vec<String>,
+    #[serde(default)]
+    endpoints: Option<String>,
+    #[serde(default)]
+    delivery: Option<DeliverySpec>,
+    #[serde(default)]
+    max_payload: Option<SizeValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeliverySpec {
+    #[serde(default)]
+    concurrency: Option<usize>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    retry: Option<Vec<String>>,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default)]
+    allow_internal: Vec<String>,
+}
+
+pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 2] {
+    [
+        ("outbound", keys::<OutboundSpec>()),
+        ("delivery", keys::<DeliverySpec>()),
+    ]
+}
+
+pub struct Outbound {
+    pub api: Option<SocketAddr>,
+    /// Bearer tokens of the API (never logged).
+    pub tokens: Vec<Vec<u8>>,
+    pub endpoints_dir: Option<PathBuf>,
+    pub delivery: Delivery,
+    pub max_payload: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub concurrency: usize,
+    pub timeout: Duration,
+    /// The delay after each failed attempt; a delivery dies after the last.
+    pub retry: Vec<Duration>,
+    pub allow_http: bool,
+    pub allow_internal: Vec<IpNet>,
+}
+
+pub const DEFAULT_RETRY: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(300),
+    Duration::from_secs(1800),
+    Duration::from_secs(7200),
+    Duration::from_secs(18000),
+    Duration::from_secs(36000),
+    Duration::from_secs(36000),
+];
+pub const DEFAULT_MAX_PAYLOAD: usize = 256 * 1024;
+
+pub fn load(spec: &OutboundSpec, base: &Path, report: &mut Report<'_>) -> Outbound {
+    let mut at = Section::new(report, &["outbound"]);
+    let api = spec
+        .api
+        .as_deref()
+        .and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                at.error(
+                    &["api"],
+                    format!("outbound.api `{a}` is not IP:PORT (like 127.0.0.1:9091)"),
+                );
+                None
+            }
+        });
+    let mut tokens = Vec::new();
+    for reference in &spec.tokens {
+        match secrets::resolve(reference, base) {
+            Ok((t, Source::Literal)) => {
+                at.warn(&["tokens"], "an API token is written literally in the file: use env:NAME or file:PATH in production");
+                tokens.push(t.0);
+            }
+            Ok((t, _)) => tokens.push(t.0),
+            Err(e) => at.error(&["tokens"], e),
+        }
+    }
+    if api.is_some() && spec.tokens.is_empty() {
+        at.error(&["tokens"], "outbound.api needs tokens: [env:PORTCULLIS_API_TOKEN] (callers send Authorization: Bearer <token>)");
+    }
+    let max_payload = match spec.max_payload.as_ref().map(parse_size) {
+        None => DEFAULT_MAX_PAYLOAD,
+        Some(Ok(n)) if n > 0 && n <= 16 << 20 => n as usize,
+        Some(Ok(_)) => {
+            at.error(&["max_payload"], "max_payload must be from 1 byte to 16MiB");
+            DEFAULT_MAX_PAYLOAD
+        }
+        Some(Err(e)) => {
+            at.error(&["max_payload"], e);
+            DEFAULT_MAX_PAYLOAD
+        }
+    };
+    Outbound {
+        api,
+        tokens,
+        endpoints_dir: spec.endpoints.as_deref().map(|d| join_normalized(base, d)),
+        delivery: delivery(spec.delivery.as_ref(), &mut at),
+        max_payload,
+    }
+}
+
+fn delivery(spec: Option<&DeliverySpec>, at: &mut Section<'_, '_>) -> Delivery {
+    let mut d = Delivery {
+        concurrency: 20,
+        timeout: Duration::from_secs(5),
+        retry: DEFAULT_RETRY.to_vec(),
+        allow_http: false,
+        allow_internal: Vec::new(),
+    };
+    let Some(spec) = spec else { return d };
+    if let Some(n) = spec.concurrency {
+        if n == 0 || n > 10_000 {
+            at.error(
+                &["delivery", "concurrency"],
+                "delivery.concurrency must be from 1 to 10000",
+            );
+        } else {
+            d.concurrency = n;
+        }
+    }
+    d.timeout = at.duration_at(
+        &["delivery", "timeout"],
+        spec.timeout.as_deref(),
+        d.timeout,
+        |t| {
+            if t.is_zero() || t > Duration::from_secs(60) {
+                Err("delivery.timeout must be more than zero and at most 60s".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    if let Some(list) = &spec.retry {
+        let mut retry = Vec::new();
+        for text in list {
+            match crate::config::parse_duration(text) {
+                Ok(delay) => retry.push(delay),
+                Err(e) => at.error(&["delivery", "retry"], e),
+            }
+        }
+        d.retry = retry;
+    }
+    d.allow_http = spec.allow_http;
+    for cidr in &spec.allow_internal {
+        match parse_net(cidr) {
+            Some(net) => d.allow_internal.push(net),
+            None => at.error(
+                &["delivery", "allow_internal"],
+                format!("`{cidr}` is not an IP address or CIDR"),
+            ),
+        }
+    }
+    d
+}

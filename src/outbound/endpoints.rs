@@ -1,0 +1,343 @@
+//! `endpoints/TENANT.yaml`: a tenant's outbound endpoints, each with its URL, secrets and
+//! signing scheme (Standard Webhooks by default; any preset that signs, or `hmac` with its
+//! `signature:`/`timestamp:` blocks, the X-WSS style among them), the event types it takes
+//! and the headers it adds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::ssrf::{self, Target};
+use crate::config::diagnostics::{self, parse, Report};
+use crate::config::secrets::{self, Source};
+use crate::config::{keys, Problem, Section};
+use crate::schemes::{self, Scheme, SchemeConfig, SignatureSpec, TimestampSpec};
+
+#[derive(Debug, Deserialize)]
+struct TenantFile {
+    tenant: String,
+    #[serde(default)]
+    endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EndpointSpec {
+    name: String,
+    url: String,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    signature: Option<SignatureSpec>,
+    #[serde(default)]
+    timestamp: Option<TimestampSpec>,
+    #[serde(default)]
+    event_types: Vec<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// A checked endpoint.
+pub struct Endpoint {
+    pub tenant: String,
+    pub name: String,
+    pub url: String,
+    pub target: Target,
+    pub scheme: Arc<dyn Scheme>,
+    /// Patterns (`order.*`, `*`); empty takes every type.
+    pub event_types: Vec<String>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub timeout: Option<Duration>,
+}
+
+impl Endpoint {
+    pub fn takes(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|p| matches(p, event_type))
+    }
+}
+
+/// `*` matches any run of characters (dots included); everything else literally.
+fn matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Every tenant's endpoints, by tenant.
+#[derive(Default)]
+pub struct Endpoints {
+    by_tenant: BTreeMap<String, Vec<Arc<Endpoint>>>,
+}
+
+impl Endpoints {
+    pub fn tenant(&self, tenant: &str) -> Option<&[Arc<Endpoint>]> {
+        self.by_tenant.get(tenant).map(Vec::as_slice)
+    }
+
+    pub fn get(&self, tenant: &str, name: &str) -> Option<&Arc<Endpoint>> {
+        self.tenant(tenant)?.iter().find(|e| e.name == name)
+    }
+
+    /// The longest `timeout` any endpoint sets (zero when none does).
+    pub fn max_timeout(&self) -> Duration {
+        self.by_tenant
+            .values()
+            .flatten()
+            .filter_map(|e| e.timeout)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    pub fn count(&self) -> usize {
+        self.by_tenant.values().map(Vec::len).sum()
+    }
+}
+
+/// What an endpoint's URL must pass at load (the same guard as at delivery, minus DNS).
+pub struct Rules<'a> {
+    pub allow_http: bool,
+    pub allow_internal: &'a [IpNet],
+}
+
+/// Loads every `*.yaml` of `dir`.
+pub fn load_dir(dir: &Path, rules: &Rules<'_>, problems: &mut Vec<Problem>) -> Endpoints {
+    let mut endpoints = Endpoints::default();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect(),
+        Err(e) => {
+            problems.push(Problem {
+                file: dir.to_path_buf(),
+                line: 1,
+                severity: crate::config::Severity::Error,
+                message: format!("endpoints directory cannot be read: {e}"),
+            });
+            return endpoints;
+        }
+    };
+    files.sort();
+    for file in files {
+        let Some(text) = diagnostics::read(&file, problems) else {
+            continue;
+        };
+        let mut report = Report::new(&file, &text, problems);
+        let Some((tenant, list)) = load_file(&file, rules, &mut report) else {
+            continue;
+        };
+        if endpoints.by_tenant.contains_key(&tenant) {
+            report.error(
+                &["tenant"],
+                format!("tenant `{tenant}` is defined by another file too"),
+            );
+            continue;
+        }
+        endpoints.by_tenant.insert(tenant, list);
+    }
+    endpoints
+}
+
+fn nested_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    let mut nested = vec![("endpoints", keys::<EndpointSpec>())];
+    nested.extend(schemes::config::nested_keys());
+    nested
+}
+
+fn load_file(
+    file: &Path,
+    rules: &Rules<'_>,
+    report: &mut Report<'_>,
+) -> Option<(String, Vec<Arc<Endpoint>>)> {
+    let mark = report.problems.len();
+    let raw: TenantFile = parse(
+        report,
+        keys::<TenantFile>(),
+        &nested_keys(),
+        "endpoints reference",
+    )?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut at = Section::new(report, &[]);
+    if !valid_name(&raw.tenant) {
+        at.error(&["tenant"], "tenant must be letters, digits, `-` or `_`");
+    }
+    let mut list: Vec<Arc<Endpoint>> = Vec::new();
+    for (i, spec) in raw.endpoints.iter().enumerate() {
+        let line = nth_line(at.text(), "name:", i);
+        if list.iter().any(|e| e.name == spec.name) {
+            at.error_at(line, format!("endpoint name `{}` is used twice", spec.name));
+            continue;
+        }
+        if let Some(e) = endpoint(&raw.tenant, spec, base, rules, line, &mut at) {
+            list.push(Arc::new(e));
+        }
+    }
+    if at.errors_since(mark) {
+        return None;
+    }
+    Some((raw.tenant, list))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The line of the `nth` (from 0) occurrence of `key` in the file.
+fn nth_line(text: &str, key: &str, nth: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().trim_start_matches("- ").starts_with(key))
+        .nth(nth)
+        .map(|(i, _)| i + 1)
+        .unwrap_or(1)
+}
+
+fn endpoint(
+    tenant: &str,
+    spec: &EndpointSpec,
+    base: &Path,
+    rules: &Rules<'_>,
+    line: usize,
+    at: &mut Section<'_, '_>,
+) -> Option<Endpoint> {
+    let name = &spec.name;
+    let mut fail = |message: String| at.error_at(line, format!("endpoint `{name}`: {message}"));
+    if !valid_name(name) {
+        fail("name must be letters, digits, `-` or `_`".into());
+    }
+    let target = match ssrf::parse(&spec.url, rules.allow_http) {
+        Ok(t) => t,
+        Err(e) => {
+            fail(e);
+            return None;
+        }
+    };
+    let literal = match &target.host {
+        url::Host::Ipv4(ip) => Some(std::net::IpAddr::V4(*ip)),
+        url::Host::Ipv6(ip) => Some(std::net::IpAddr::V6(*ip)),
+        url::Host::Domain(_) => None,
+    };
+    if let Some(ip) = literal.filter(|ip| ssrf::forbidden(*ip)) {
+        if !rules.allow_internal.iter().any(|n| n.contains(&ip)) {
+            fail(format!("url `{}` is an internal address ({ip}): deliveries would be refused; list it in outbound.delivery.allow_internal if it is meant", spec.url));
+        }
+    }
+    let scheme_name = spec.scheme.as_deref().unwrap_or("standard-webhooks");
+    let Some(preset) =
+        schemes::preset(scheme_name).filter(|p| p.needs_secret && p.name != "url-key")
+    else {
+        fail(format!("scheme `{scheme_name}` does not sign: use standard-webhooks, hmac or a provider preset"));
+        return None;
+    };
+    let mut secrets = Vec::new();
+    for reference in &spec.secrets {
+        match secrets::resolve(reference, base) {
+            Ok((secret, Source::Literal)) => {
+                at.warn(&["endpoints", "secrets"], format!("endpoint `{name}`: a secret is written literally in the file: use env:NAME or file:PATH in production"));
+                secrets.push(secret);
+            }
+            Ok((secret, _)) => secrets.push(secret),
+            Err(e) => at.error_at(line, format!("endpoint `{name}`: {e}")),
+        }
+    }
+    if spec.secrets.is_empty() {
+        at.error_at(
+            line,
+            format!("endpoint `{name}`: needs at least one secret (secrets: [env:NAME])"),
+        );
+        return None;
+    }
+    let timeout = spec
+        .timeout
+        .as_deref()
+        .and_then(|t| match crate::config::parse_duration(t) {
+            Ok(d) if !d.is_zero() && d <= Duration::from_secs(60) => Some(d),
+            _ => {
+                at.error_at(
+                    line,
+                    format!("endpoint `{name}`: timeout `{t}` must be a duration from 1ms to 60s"),
+                );
+                None
+            }
+        });
+    let mut headers = Vec::new();
+    for (k, v) in &spec.headers {
+        match (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            (Ok(k), Ok(v)) => headers.push((k, v)),
+            _ => at.error_at(
+                line,
+                format!("endpoint `{name}`: header `{k}` is not a valid header"),
+            ),
+        }
+    }
+    let scheme = schemes::build(&SchemeConfig {
+        preset,
+        secrets: &secrets,
+        tolerance: None,
+        signature: spec.signature.as_ref(),
+        timestamp: spec.timestamp.as_ref(),
+        public_url: Some(&spec.url),
+        id_header: None,
+    });
+    let scheme = match scheme {
+        Ok(s) => s,
+        Err(e) => {
+            at.error_at(line, format!("endpoint `{name}`: {e}"));
+            return None;
+        }
+    };
+    Some(Endpoint {
+        tenant: tenant.to_owned(),
+        name: name.clone(),
+        url: spec.url.clone(),
+        target,
+        scheme: Arc::from(scheme),
+        event_types: spec.event_types.clone(),
+        headers,
+        timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn event_type_patterns() {
+        assert!(matches("order.*", "order.updated"));
+        assert!(matches("order.*", "order.a.b"));
+        assert!(!matches("order.*", "orders.updated"));
+        assert!(matches("*", "anything"));
+        assert!(matches("*.created", "user.created"));
+        assert!(matches("a*b*c", "aXbYc"));
+        assert!(!matches("a*b*c", "aXcYb"));
+        assert!(matches("exact", "exact"));
+        assert!(!matches("exact", "exactly"));
+    }
+}

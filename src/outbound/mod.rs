@@ -1,0 +1,119 @@
+//! The outbound dispatcher: messages from the internal API (and, to come, brokers and the
+//! inbound side) are written to the ledger with one delivery per matching endpoint, then
+//! signed and delivered by the [`worker`] with retries and dead letters, through the SSRF
+//! guard. The ledger (`crate::store`) is the truth; nothing is queued outside it.
+
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod endpoints;
+pub mod message;
+pub mod ssrf;
+pub mod worker;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::store::{Enqueued, NewMessage, Store, StoreError};
+use config::Delivery;
+use endpoints::Endpoints;
+use message::{Invalid, Message};
+
+/// How long a sender's (tenant, id) names one message.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+pub struct Dispatcher {
+    pub store: Arc<Store>,
+    pub endpoints: Endpoints,
+    pub delivery: Delivery,
+    pub client: delivery::Client,
+    /// This node's name on the leases it takes.
+    pub owner: String,
+    /// Rung after an enqueue, so the worker does not wait for its next poll.
+    pub wake: Notify,
+}
+
+/// Why a message was not queued.
+#[derive(Debug)]
+pub enum Refused {
+    Invalid(Invalid),
+    UnknownTenant,
+    Store(StoreError),
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<Store>, endpoints: Endpoints, delivery: Delivery) -> Dispatcher {
+        let owner = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Dispatcher {
+            client: delivery::Client::new(delivery.allow_internal.clone()),
+            store,
+            endpoints,
+            delivery,
+            owner,
+            wake: Notify::new(),
+        }
+    }
+
+    /// Writes `message` to the ledger for every endpoint of its tenant that takes its type.
+    pub async fn enqueue(
+        &self,
+        message: Message,
+        source: &'static str,
+    ) -> Result<Enqueued, Refused> {
+        let Some(all) = self.endpoints.tenant(&message.tenant) else {
+            return Err(Refused::UnknownTenant);
+        };
+        if let Some(names) = &message.endpoints {
+            if let Some(unknown) = names.iter().find(|n| !all.iter().any(|e| &e.name == *n)) {
+                return Err(Refused::Invalid(Invalid {
+                    field: Some("endpoints"),
+                    detail: format!("tenant `{}` has no endpoint `{unknown}`", message.tenant),
+                }));
+            }
+        }
+        let endpoints = all
+            .iter()
+            .filter(|e| e.takes(&message.event_type))
+            .filter(|e| {
+                message
+                    .endpoints
+                    .as_ref()
+                    .is_none_or(|n| n.contains(&e.name))
+            })
+            .map(|e| e.name.clone())
+            .collect();
+        let (event_id, idempotency_ms) = match message.id {
+            Some(id) => (id, IDEMPOTENCY_WINDOW_MS),
+            // No id, no idempotency: a key of its own that names nothing else.
+            None => (format!("anon:{:032x}", rand::random::<u128>()), 0),
+        };
+        let enqueued = self
+            .store
+            .enqueue(NewMessage {
+                tenant: message.tenant,
+                event_id,
+                event_type: message.event_type,
+                payload: message.payload,
+                ordering_key: message.ordering_key,
+                source,
+                endpoints,
+                idempotency_ms,
+            })
+            .await
+            .map_err(Refused::Store)?;
+        self.wake.notify_one();
+        Ok(enqueued)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".into())
+}

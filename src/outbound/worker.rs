@@ -1,0 +1,243 @@
+//! The delivery worker: claims due deliveries from the ledger under a lease, attempts each
+//! under the node's concurrency limit, records the outcome and the next step.
+//!
+//! A permit of the node's semaphore is taken before an attempt is spawned (never more
+//! attempts in flight than `concurrency`); the lease outlives the attempt's hard timeout (by 5 s), so
+//! a node that dies mid-attempt only delays the delivery until its lease runs out and another
+//! claim picks it up (at least once, with the same `webhook-id`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use super::delivery::Attempted;
+use super::Dispatcher;
+use crate::metrics;
+use crate::store::{now_ms, Claimed, Next, Outcome};
+
+/// How often the ledger is polled when nothing woke the worker.
+const POLL: Duration = Duration::from_millis(200);
+
+pub struct Worker {
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+#[async_trait]
+impl BackgroundService for Worker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let d = &self.dispatcher;
+        let permits = Arc::new(Semaphore::new(d.delivery.concurrency));
+        // An attempt is bounded by its timeout (the longest of any endpoint); the margin
+        // covers recording the outcome.
+        let longest = d.endpoints.max_timeout().max(d.delivery.timeout);
+        let lease_ms = longest.as_millis() as i64 + 5_000;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let free = permits.available_permits();
+            let claimed = if free == 0 {
+                Ok(Vec::new())
+            } else {
+                d.store.claim(&d.owner, lease_ms, free as i64).await
+            };
+            match claimed {
+                Ok(list) if !list.is_empty() => {
+                    for claim in list {
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let d = self.dispatcher.clone();
+                        tokio::spawn(async move {
+                            metrics::OUTBOUND_IN_FLIGHT.inc();
+                            attempt(&d, &claim).await;
+                            metrics::OUTBOUND_IN_FLIGHT.dec();
+                            drop(permit);
+                            d.wake.notify_one();
+                        });
+                    }
+                }
+                Ok(_) => {
+                    tokio::select! {
+                        _ = d.wake.notified() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("outbound: cannot claim deliveries: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn attempt(d: &Dispatcher, claim: &Claimed) {
+    let message = match d.store.message(&claim.message_id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return record(d, claim, dead("message_missing")).await,
+        Err(e) => {
+            tracing::warn!("outbound: {e}");
+            return;
+        }
+    };
+    let Some(endpoint) = d.endpoints.get(&claim.tenant, &claim.endpoint).cloned() else {
+        return record(d, claim, dead("endpoint_removed")).await;
+    };
+    let timeout = endpoint.timeout.unwrap_or(d.delivery.timeout);
+    let attempted = d
+        .client
+        .attempt(&endpoint, &message.id, &message.payload, timeout)
+        .await;
+    metrics::OUTBOUND_ATTEMPTS
+        .with_label_values(&[attempted.outcome])
+        .inc();
+    metrics::OUTBOUND_ATTEMPT_DURATION.observe(attempted.latency.as_secs_f64());
+    if attempted.outcome == "delivered" {
+        let lag = (now_ms() - message.created_at).max(0) as f64 / 1000.0;
+        metrics::OUTBOUND_DELIVERY_LAG.observe(lag);
+    }
+    let next = next_step(&attempted, claim.attempts + 1, &d.delivery.retry);
+    tracing::info!(
+        target: "portcullis::outbound",
+        message_id = %message.id,
+        tenant = %claim.tenant,
+        endpoint = %claim.endpoint,
+        attempt = claim.attempts + 1,
+        outcome = attempted.outcome,
+        status = attempted.status,
+        latency_ms = attempted.latency.as_millis() as u64,
+        detail = attempted.detail.as_deref(),
+        "attempt"
+    );
+    if attempted.outcome == "gone" {
+        if let Err(e) = d
+            .store
+            .disable_endpoint(&claim.tenant, &claim.endpoint, "gone")
+            .await
+        {
+            tracing::warn!(
+                "outbound: cannot disable {}/{}: {e}",
+                claim.tenant,
+                claim.endpoint
+            );
+        }
+    }
+    let outcome = Outcome {
+        outcome: attempted.outcome,
+        status: attempted.status,
+        latency_ms: attempted.latency.as_millis() as i64,
+        preview: attempted.preview,
+        next,
+    };
+    record(d, claim, outcome).await;
+}
+
+fn dead(reason: &'static str) -> Outcome {
+    Outcome {
+        outcome: reason,
+        status: None,
+        latency_ms: 0,
+        preview: None,
+        next: Next::Dead(reason),
+    }
+}
+
+async fn record(d: &Dispatcher, claim: &Claimed, outcome: Outcome) {
+    if let Next::Dead(reason) = &outcome.next {
+        metrics::OUTBOUND_DEAD_LETTERS
+            .with_label_values(&[reason])
+            .inc();
+    }
+    if let Err(e) = d.store.record(claim, &d.owner, &outcome).await {
+        // The lease runs out and the delivery is attempted again: at least once.
+        tracing::warn!(
+            "outbound: cannot record an attempt of {}: {e}",
+            claim.message_id
+        );
+    }
+}
+
+/// What follows attempt number `made` (from 1) with this result.
+pub fn next_step(a: &Attempted, made: i64, schedule: &[Duration]) -> Next {
+    match a.outcome {
+        "delivered" => return Next::Delivered,
+        "gone" => return Next::Dead("endpoint_gone"),
+        _ => {}
+    }
+    let Some(delay) = schedule.get((made - 1).max(0) as usize) else {
+        return Next::Dead("retries_exhausted");
+    };
+    let mut delay = jitter(*delay);
+    if let (Some(after), Some(last)) = (a.retry_after, schedule.last()) {
+        delay = delay.max(after.min(*last));
+    }
+    Next::RetryAt(now_ms() + delay.as_millis() as i64)
+}
+
+/// ±20%, so retries of one outage do not arrive together.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::thread_rng().gen_range(0.8..=1.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempted(outcome: &'static str, retry_after: Option<u64>) -> Attempted {
+        Attempted {
+            outcome,
+            status: None,
+            preview: None,
+            retry_after: retry_after.map(Duration::from_secs),
+            latency: Duration::ZERO,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn the_schedule_runs_out_into_a_dead_letter() {
+        let schedule = [Duration::from_secs(10), Duration::from_secs(100)];
+        let at = |n| match next_step(&attempted("http_status", None), n, &schedule) {
+            Next::RetryAt(at) => at - now_ms(),
+            other => panic!("{other:?}"),
+        };
+        assert!((7_900..=12_100).contains(&at(1)), "{}", at(1));
+        assert!((79_900..=120_100).contains(&at(2)), "{}", at(2));
+        assert!(matches!(
+            next_step(&attempted("timeout", None), 3, &schedule),
+            Next::Dead("retries_exhausted")
+        ));
+        assert!(matches!(
+            next_step(&attempted("gone", None), 1, &schedule),
+            Next::Dead("endpoint_gone")
+        ));
+        assert!(matches!(
+            next_step(&attempted("delivered", None), 3, &schedule),
+            Next::Delivered
+        ));
+    }
+
+    #[test]
+    fn retry_after_stretches_the_delay_up_to_the_last_one() {
+        let schedule = [Duration::from_secs(1), Duration::from_secs(60)];
+        let wait = |after| match next_step(&attempted("throttled", Some(after)), 1, &schedule) {
+            Next::RetryAt(at) => at - now_ms(),
+            other => panic!("{other:?}"),
+        };
+        assert!((29_900..=30_100).contains(&wait(30)));
+        assert!(
+            (59_900..=60_100).contains(&wait(3600)),
+            "capped at the last delay"
+        );
+    }
+}

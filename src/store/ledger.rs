@@ -1,0 +1,420 @@
+//! The ledger's queries: enqueue (group-committed), claim with a lease, record an attempt.
+//!
+//! Enqueues go through one committer task that takes every message waiting and writes them
+//! in one transaction: under load many API calls share one commit (one fsync on SQLite)
+//! instead of queueing for their own, and each caller is answered only after the commit.
+
+use std::sync::OnceLock;
+
+use sqlx::AnyPool;
+use sqlx::{Any, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{now_ms, Backend, Store, StoreError};
+
+/// Most messages written in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A message as a source hands it over, with the endpoints it goes to.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub tenant: String,
+    /// The sender's id (the idempotency key).
+    pub event_id: String,
+    pub event_type: String,
+    /// The payload's exact bytes (JSON text).
+    pub payload: String,
+    pub ordering_key: Option<String>,
+    pub source: &'static str,
+    pub endpoints: Vec<String>,
+    /// How long (tenant, event_id) names this message.
+    pub idempotency_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued {
+        message_id: String,
+        endpoints: usize,
+    },
+    Duplicate {
+        message_id: String,
+    },
+}
+
+/// A delivery a worker holds the lease of.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub message_id: String,
+    pub tenant: String,
+    pub endpoint: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub id: String,
+    pub tenant: String,
+    pub event_type: String,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+/// What an attempt ended in, and what happens next.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub outcome: &'static str,
+    pub status: Option<u16>,
+    pub latency_ms: i64,
+    pub preview: Option<String>,
+    pub next: Next,
+}
+
+#[derive(Debug, Clone)]
+pub enum Next {
+    Delivered,
+    RetryAt(i64),
+    Dead(&'static str),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attempt {
+    pub endpoint: String,
+    pub attempt: i64,
+    pub at: i64,
+    pub outcome: String,
+    pub status: Option<i64>,
+    pub latency_ms: i64,
+    pub preview: Option<String>,
+}
+
+struct Job {
+    message: NewMessage,
+    done: oneshot::Sender<Result<Enqueued, String>>,
+}
+
+#[derive(Default)]
+pub struct Committer {
+    tx: OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+impl Store {
+    /// Writes the message and its deliveries; returns once committed (or says it was not).
+    pub async fn enqueue(&self, message: NewMessage) -> Result<Enqueued, StoreError> {
+        let pool = self.pool().await?.clone();
+        let tx = self.committer.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(commit_loop(pool, rx));
+            tx
+        });
+        let (done, answer) = oneshot::channel();
+        tx.send(Job { message, done })
+            .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?
+            .map_err(StoreError::Unavailable)
+    }
+
+    /// Leases up to `limit` due deliveries for `lease_ms` to `owner`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let pool = self.pool().await?;
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = $1, lease_owner = $2 \
+             WHERE (message_id, endpoint) IN (SELECT message_id, endpoint FROM deliveries \
+             WHERE status = 'pending' AND next_at <= $3 AND lease_until <= $3 \
+             ORDER BY next_at LIMIT $4{lock}) \
+             RETURNING message_id, tenant, endpoint, attempts"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now + lease_ms)
+            .bind(owner)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    message_id: r.try_get(0)?,
+                    tenant: r.try_get(1)?,
+                    endpoint: r.try_get(2)?,
+                    attempts: r.try_get::<i64, _>(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn message(&self, id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        let pool = self.pool().await?;
+        let row = sqlx::query(
+            "SELECT id, tenant, event_type, payload, created_at FROM messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredMessage {
+                id: r.try_get(0)?,
+                tenant: r.try_get(1)?,
+                event_type: r.try_get(2)?,
+                payload: r.try_get(3)?,
+                created_at: r.try_get(4)?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| e.into())
+    }
+
+    /// Records an attempt of a leased delivery and its next step, in one transaction.
+    pub async fn record(
+        &self,
+        claimed: &Claimed,
+        owner: &str,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError> {
+        let pool = self.pool().await?;
+        let now = now_ms();
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO attempts (message_id, endpoint, attempt, at, outcome, status, latency_ms, preview) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&claimed.message_id)
+        .bind(&claimed.endpoint)
+        .bind(claimed.attempts + 1)
+        .bind(now)
+        .bind(outcome.outcome)
+        .bind(outcome.status.map(i64::from))
+        .bind(outcome.latency_ms)
+        .bind(outcome.preview.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        let (status, next_at, dead_reason) = match &outcome.next {
+            Next::Delivered => ("delivered", now, None),
+            Next::RetryAt(at) => ("pending", *at, None),
+            Next::Dead(reason) => ("dead", now, Some(*reason)),
+        };
+        sqlx::query(
+            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_at = $2, \
+             lease_until = 0, lease_owner = NULL, last_outcome = $3, dead_reason = $4, updated_at = $5 \
+             WHERE message_id = $6 AND endpoint = $7 AND lease_owner = $8",
+        )
+        .bind(status)
+        .bind(next_at)
+        .bind(outcome.outcome)
+        .bind(dead_reason)
+        .bind(now)
+        .bind(&claimed.message_id)
+        .bind(&claimed.endpoint)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stops an endpoint: no new deliveries, and its pending ones become dead letters
+    /// `endpoint_gone` (they would meet the same answer).
+    pub async fn disable_endpoint(
+        &self,
+        tenant: &str,
+        endpoint: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let pool = self.pool().await?;
+        let now = now_ms();
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO endpoint_state (tenant, endpoint, disabled_at, reason) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, endpoint) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(endpoint)
+        .bind(now)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE deliveries SET status = 'dead', dead_reason = 'endpoint_gone', updated_at = $1 \
+             WHERE tenant = $2 AND endpoint = $3 AND status = 'pending' AND lease_until < $1",
+        )
+        .bind(now)
+        .bind(tenant)
+        .bind(endpoint)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every attempt of a message, oldest first.
+    pub async fn attempts(&self, message_id: &str) -> Result<Vec<Attempt>, StoreError> {
+        let pool = self.pool().await?;
+        let rows = sqlx::query(
+            "SELECT endpoint, attempt, at, outcome, status, latency_ms, preview FROM attempts \
+             WHERE message_id = $1 ORDER BY at, attempt",
+        )
+        .bind(message_id)
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Attempt {
+                    endpoint: r.try_get(0)?,
+                    attempt: r.try_get(1)?,
+                    at: r.try_get(2)?,
+                    outcome: r.try_get(3)?,
+                    status: r.try_get(4)?,
+                    latency_ms: r.try_get(5)?,
+                    preview: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// A delivery's state: (status, attempts, dead_reason).
+    pub async fn delivery(
+        &self,
+        message_id: &str,
+        endpoint: &str,
+    ) -> Result<Option<(String, i64, Option<String>)>, StoreError> {
+        let pool = self.pool().await?;
+        let row = sqlx::query(
+            "SELECT status, attempts, dead_reason FROM deliveries WHERE message_id = $1 AND endpoint = $2",
+        )
+        .bind(message_id)
+        .bind(endpoint)
+        .fetch_optional(pool)
+        .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()
+            .map_err(|e: sqlx::Error| e.into())
+    }
+}
+
+async fn commit_loop(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs = std::mem::take(&mut batch);
+        match commit(&pool, &jobs).await {
+            Ok(results) => {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.done.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                tracing::warn!("ledger commit failed: {e}");
+                for job in jobs {
+                    let _ = job.done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit(pool: &AnyPool, jobs: &[Job]) -> Result<Vec<Enqueued>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        results.push(insert(&mut tx, &job.message).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn insert(tx: &mut Transaction<'_, Any>, m: &NewMessage) -> Result<Enqueued, sqlx::Error> {
+    let now = now_ms();
+    let message_id = new_message_id();
+    // A key whose window has passed is taken over by the new message.
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency (tenant, event_id, message_id, expires_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (tenant, event_id) DO UPDATE SET message_id = excluded.message_id, \
+         expires_at = excluded.expires_at WHERE idempotency.expires_at < $5",
+    )
+    .bind(&m.tenant)
+    .bind(&m.event_id)
+    .bind(&message_id)
+    .bind(now + m.idempotency_ms)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        let existing: String =
+            sqlx::query("SELECT message_id FROM idempotency WHERE tenant = $1 AND event_id = $2")
+                .bind(&m.tenant)
+                .bind(&m.event_id)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get(0)?;
+        return Ok(Enqueued::Duplicate {
+            message_id: existing,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO messages (id, tenant, event_id, event_type, payload, ordering_key, source, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&message_id)
+    .bind(&m.tenant)
+    .bind(&m.event_id)
+    .bind(&m.event_type)
+    .bind(&m.payload)
+    .bind(m.ordering_key.as_deref())
+    .bind(m.source)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let disabled: Vec<String> =
+        sqlx::query("SELECT endpoint FROM endpoint_state WHERE tenant = $1")
+            .bind(&m.tenant)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+    let endpoints: Vec<&String> = m
+        .endpoints
+        .iter()
+        .filter(|e| !disabled.contains(e))
+        .collect();
+    for endpoint in &endpoints {
+        sqlx::query(
+            "INSERT INTO deliveries (message_id, tenant, endpoint, status, attempts, next_at, lease_until, updated_at) \
+             VALUES ($1, $2, $3, 'pending', 0, $4, 0, $4)",
+        )
+        .bind(&message_id)
+        .bind(&m.tenant)
+        .bind(*endpoint)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(Enqueued::Queued {
+        message_id,
+        endpoints: endpoints.len(),
+    })
+}
+
+/// `msg_` + 24 random base-62 characters (143 bits).
+fn new_message_id() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    format!(
+        "msg_{}",
+        Alphanumeric.sample_string(&mut rand::thread_rng(), 24)
+    )
+}

@@ -1,0 +1,644 @@
+//! The outbound dispatcher through the real binary: `POST /outbound` on the API listener,
+//! the SQLite ledger, signed deliveries to real local receivers, retries, dead letters, the
+//! SSRF guard and a SIGKILL mid-run.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::receiver::{Receiver, Reply};
+use common::*;
+
+const TOKEN: &str = "test-token-1";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+struct Dispatcher {
+    server: Server,
+    api: u16,
+}
+
+impl Dispatcher {
+    /// A gateway with an outbound block: `endpoints` are (file, YAML), `delivery` the
+    /// `outbound.delivery` flow mapping.
+    fn start(endpoints: &[(&str, String)], delivery: &str) -> Dispatcher {
+        Self::start_on_store(endpoints, delivery, "sqlite://state/ledger.db")
+    }
+
+    fn start_on_store(endpoints: &[(&str, String)], delivery: &str, store: &str) -> Dispatcher {
+        let dir = Server::prepare(&[]);
+        for (name, yaml) in endpoints {
+            write(dir.path(), &format!("endpoints/{name}"), yaml);
+        }
+        let api = free_port();
+        let extra = format!(
+            "store: {{ url: \"{store}\" }}\noutbound:\n  api: 127.0.0.1:{api}\n  tokens: [\"{TOKEN}\"]\n  endpoints: endpoints/\n  max_payload: 4KiB\n  delivery: {delivery}\n"
+        );
+        let port = free_port();
+        let server = Server::start_in(
+            dir,
+            port,
+            &format!("  - addr: 127.0.0.1:{port}"),
+            spool_sink(),
+            &extra,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "no API listener");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dispatcher { server, api }
+    }
+
+    fn send(&self, body: &str) -> Response {
+        self.send_as(Some(TOKEN), body)
+    }
+
+    fn send_as(&self, token: Option<&str>, body: &str) -> Response {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(t) = token {
+            headers.push(("authorization".into(), format!("Bearer {t}")));
+        }
+        post(self.api, "/outbound", &headers, body.as_bytes())
+    }
+
+    /// Sends a message and returns its message id (asserting the 202).
+    fn queue(&self, tenant: &str, event_type: &str, id: &str, payload: &str) -> String {
+        let r = self.send(&format!(
+            r#"{{"tenant":"{tenant}","event_type":"{event_type}","id":"{id}","payload":{payload}}}"#
+        ));
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["message_id"].as_str().unwrap().to_owned()
+    }
+
+    fn attempts(&self, message_id: &str) -> Vec<serde_json::Value> {
+        let conf = self.server.dir.path().join("portcullis.yaml");
+        let (_, out, _) = portcullis(&[
+            "outbound",
+            "attempts",
+            "-c",
+            conf.to_str().unwrap(),
+            message_id,
+            "--json",
+        ]);
+        serde_json::from_str::<Vec<serde_json::Value>>(out.trim()).unwrap_or_default()
+    }
+
+    /// Waits until the message has `n` attempts recorded at `endpoint`.
+    fn wait_attempts(&self, message_id: &str, endpoint: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let all: Vec<_> = self
+                .attempts(message_id)
+                .into_iter()
+                .filter(|a| a["endpoint"] == endpoint)
+                .collect();
+            if all.len() >= n {
+                return all;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{message_id} has {} of {n} attempts at {endpoint}; log:\n{}",
+                all.len(),
+                self.server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        String::from_utf8_lossy(&self.server.admin_get("/metrics").body).into_owned()
+    }
+}
+
+fn endpoint(name: &str, url: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    url: {url}\n    secrets: [\"{SECRET}\"]\n{extra}")
+}
+
+fn tenant(name: &str, endpoints: &[String]) -> String {
+    format!("tenant: {name}\nendpoints:\n{}", endpoints.concat())
+}
+
+const LOCAL: &str = "{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [100ms, 200ms] }";
+
+#[test]
+fn the_api_answers_with_the_contract_statuses() {
+    let rx = Receiver::ok();
+    let url = format!("http://127.0.0.1:{}/hook", rx.port);
+    let d = Dispatcher::start(
+        &[(
+            "acme.yaml",
+            tenant(
+                "acme",
+                &[
+                    endpoint("orders", &url, "    event_types: [\"order.*\"]\n"),
+                    endpoint("all", &url, ""),
+                ],
+            ),
+        )],
+        LOCAL,
+    );
+    let msg = |id: &str, t: &str| {
+        format!(r#"{{"tenant":"acme","event_type":"{t}","id":"{id}","payload":{{"n":1}}}}"#)
+    };
+    let r = d.send(&msg("e1", "order.updated"));
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["status"], "queued");
+    assert_eq!(r.json()["endpoints"], 2);
+    let first = r.json()["message_id"].as_str().unwrap().to_owned();
+    assert!(first.starts_with("msg_"));
+
+    let again = d.send(&msg("e1", "order.updated"));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["status"], "duplicate");
+    assert_eq!(again.json()["message_id"], first.as_str());
+
+    // Only the endpoint taking every type matches; `endpoints` targets by name.
+    assert_eq!(d.send(&msg("e2", "user.created")).json()["endpoints"], 1);
+    let targeted = d.send(
+        r#"{"tenant":"acme","event_type":"order.x","id":"e3","payload":1,"endpoints":["orders"]}"#,
+    );
+    assert_eq!(targeted.json()["endpoints"], 1);
+    let unknown_ep = d.send(
+        r#"{"tenant":"acme","event_type":"order.x","id":"e4","payload":1,"endpoints":["nope"]}"#,
+    );
+    assert_eq!(
+        (unknown_ep.status, unknown_ep.json()["field"].clone()),
+        (400, "endpoints".into())
+    );
+
+    assert_eq!(d.send_as(None, &msg("e5", "a")).reason(), "unauthorized");
+    assert_eq!(d.send_as(None, &msg("e5", "a")).status, 401);
+    assert_eq!(d.send_as(Some("wrong"), &msg("e5", "a")).status, 401);
+    let unknown = d.send(r#"{"tenant":"nobody","event_type":"a","payload":1}"#);
+    assert_eq!(
+        (unknown.status, unknown.reason()),
+        (404, "unknown_tenant".into())
+    );
+    for (body, field) in [
+        (r#"{"event_type":"a","payload":1}"#, Some("tenant")),
+        (r#"{"tenant":"acme","payload":1}"#, Some("event_type")),
+        (r#"{"tenant":"acme","event_type":"a"}"#, Some("payload")),
+        ("not json", None),
+        (r#"{"tenant":"acme","event_type":"a","payload":1"#, None),
+    ] {
+        let r = d.send(body);
+        assert_eq!(
+            (r.status, r.reason()),
+            (400, "invalid_message".into()),
+            "{body}"
+        );
+        assert_eq!(r.json()["field"].as_str(), field, "{body}");
+    }
+    let big = format!(
+        r#"{{"tenant":"acme","event_type":"a","payload":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(d.send(&big).status, 413);
+    let huge = "x".repeat(64 * 1024);
+    assert_eq!(d.send(&huge).reason(), "payload_too_large");
+    let get = request(
+        d.api,
+        format!("GET /outbound HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(get.status, 405);
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains(r#"portcullis_outbound_messages_total{outcome="queued",source="api"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"portcullis_outbound_messages_total{outcome="duplicate",source="api"} 1"#),
+        "{metrics}"
+    );
+    // Every delivery arrives (two for e1, one each for e2 and e3).
+    rx.wait_for(4);
+}
+
+#[test]
+fn deliveries_carry_the_exact_payload_signed_so_receivers_verify_them() {
+    let rx = Receiver::ok();
+    let base = format!("http://127.0.0.1:{}", rx.port);
+    let standard = format!(
+        "  - name: standard\n    url: {base}/std\n    secrets: [\"{SECRET}\", \"whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24=\"]\n    headers: {{ X-Env: test }}\n"
+    );
+    let wss = format!(
+        "  - name: wss\n    url: {base}/wss\n    secrets: [\"legacy-secret\"]\n    scheme: hmac\n    signature: {{ header: X-WSS-Signature, algorithm: sha256, encoding: hex, signed: \"{{timestamp}}{{body}}\" }}\n    timestamp: {{ header: X-WSS-Timestamp, format: unix }}\n"
+    );
+    let d = Dispatcher::start(&[("acme.yaml", tenant("acme", &[standard, wss]))], LOCAL);
+    let payload = r#"{"order": 42,  "status":"shipped", "price": 1.50}"#;
+    let id = d.queue("acme", "order.updated", "evt_1", payload);
+    let got = rx.wait_for(2);
+    for delivery in &got {
+        assert_eq!(
+            delivery.body,
+            payload.as_bytes(),
+            "the bytes sent, never re-serialised"
+        );
+        assert_eq!(delivery.header("webhook-id"), Some(id.as_str()));
+        assert_eq!(delivery.header("content-type"), Some("application/json"));
+        assert!(delivery
+            .header("user-agent")
+            .unwrap()
+            .starts_with("Portcullis/"));
+    }
+    let std = got.iter().find(|r| r.path == "/std").unwrap();
+    assert_eq!(std.header("x-env"), Some("test"));
+    let sigs = std.header("webhook-signature").unwrap();
+    assert_eq!(
+        sigs.split(' ').count(),
+        2,
+        "one signature per active secret: {sigs}"
+    );
+
+    let wss = got.iter().find(|r| r.path == "/wss").unwrap();
+    let ts = wss.header("x-wss-timestamp").unwrap();
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"legacy-secret").unwrap();
+    mac.update(ts.as_bytes());
+    mac.update(payload.as_bytes());
+    assert_eq!(
+        wss.header("x-wss-signature").unwrap(),
+        hex::encode(mac.finalize().into_bytes())
+    );
+
+    // The standardwebhooks package verifies with either secret.
+    let script = r#"
+import sys, json
+from standardwebhooks import Webhook
+d = json.load(sys.stdin)
+for secret in d["secrets"]:
+    Webhook(secret).verify(d["body"], d["headers"])
+print("verified")
+"#;
+    let input = serde_json::json!({
+        "secrets": [SECRET, "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="],
+        "body": payload,
+        "headers": {
+            "webhook-id": std.header("webhook-id"),
+            "webhook-timestamp": std.header("webhook-timestamp"),
+            "webhook-signature": sigs,
+        },
+    });
+    let present = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_BROKERS").is_none(),
+            "no standardwebhooks package (pip install -r tests/sdk/requirements.txt), and PORTCULLIS_REQUIRE_BROKERS=1"
+        );
+        eprintln!("skipped: no python standardwebhooks package");
+        return;
+    }
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn failures_retry_with_the_same_id_then_become_dead_letters() {
+    // flaky: 500, 500, then 200; broken: always 500.
+    let flaky = Receiver::start(|n| Reply::Status(if n < 2 { 500 } else { 200 }));
+    let broken = Receiver::start(|_| Reply::Full(500, vec![], vec![b'e'; 100_000]));
+    let d = Dispatcher::start(
+        &[(
+            "acme.yaml",
+            tenant(
+                "acme",
+                &[
+                    endpoint("flaky", &format!("http://127.0.0.1:{}/", flaky.port), ""),
+                    endpoint("broken", &format!("http://127.0.0.1:{}/", broken.port), ""),
+                ],
+            ),
+        )],
+        LOCAL,
+    );
+    let id = d.queue("acme", "a", "e1", "{}");
+    let flaky_attempts = d.wait_attempts(&id, "flaky", 3);
+    let outcomes: Vec<_> = flaky_attempts
+        .iter()
+        .map(|a| a["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, ["http_status", "http_status", "delivered"]);
+    assert!(flaky
+        .all()
+        .iter()
+        .all(|r| r.header("webhook-id") == Some(id.as_str())));
+
+    // A first attempt and the two retries of the schedule, then no more.
+    let broken_attempts = d.wait_attempts(&id, "broken", 3);
+    assert!(broken_attempts
+        .iter()
+        .all(|a| a["outcome"] == "http_status" && a["status"] == 500));
+    let preview = broken_attempts[0]["preview"].as_str().unwrap();
+    assert_eq!(preview.len(), 512, "only the first 512 bytes are kept");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d
+        .metrics()
+        .contains(r#"portcullis_outbound_dead_letters_total{reason="retries_exhausted"} 1"#)
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", d.metrics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(broken.count(), 3, "a dead letter is not attempted again");
+    assert_eq!(flaky.count(), 3);
+    assert!(broken
+        .all()
+        .iter()
+        .all(|r| r.header("webhook-id") == Some(id.as_str())));
+}
+
+#[test]
+fn each_outcome_of_the_contract_is_recorded_and_acted_on() {
+    let elsewhere = Receiver::ok();
+    let location = format!("http://127.0.0.1:{}/moved", elsewhere.port);
+    let redirect = Receiver::start(move |n| {
+        if n == 0 {
+            Reply::Full(302, vec![("Location".into(), location.clone())], vec![])
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let throttled = Receiver::start(|n| {
+        if n == 0 {
+            Reply::Full(429, vec![("Retry-After".into(), "0".into())], vec![])
+        } else {
+            Reply::Status(204)
+        }
+    });
+    let slow = Receiver::start(|n| {
+        if n == 0 {
+            Reply::Hang(Duration::from_secs(3))
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let gone = Receiver::start(|_| Reply::Status(410));
+    let url = |rx: &Receiver| format!("http://127.0.0.1:{}/", rx.port);
+    let d = Dispatcher::start(
+        &[(
+            "acme.yaml",
+            tenant(
+                "acme",
+                &[
+                    endpoint("redirect", &url(&redirect), ""),
+                    endpoint("throttled", &url(&throttled), ""),
+                    endpoint("slow", &url(&slow), "    timeout: 300ms\n"),
+                    endpoint("gone", &url(&gone), ""),
+                ],
+            ),
+        )],
+        LOCAL,
+    );
+    let id = d.queue("acme", "a", "e1", "{}");
+    let outcomes = |ep| -> Vec<String> {
+        d.wait_attempts(&id, ep, 2)
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(outcomes("redirect"), ["redirect", "delivered"]);
+    assert_eq!(elsewhere.count(), 0, "a redirect is never followed");
+    assert_eq!(outcomes("throttled"), ["throttled", "delivered"]);
+    assert_eq!(outcomes("slow"), ["timeout", "delivered"]);
+    let gone_attempts = d.wait_attempts(&id, "gone", 1);
+    assert_eq!(gone_attempts[0]["outcome"], "gone");
+    // 410 disables the endpoint: the next message no longer goes there.
+    let next = d.send(r#"{"tenant":"acme","event_type":"a","id":"e2","payload":{}}"#);
+    assert_eq!(
+        next.json()["endpoints"],
+        3,
+        "{}",
+        String::from_utf8_lossy(&next.body)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(gone.count(), 1);
+    assert!(d
+        .metrics()
+        .contains(r#"portcullis_outbound_dead_letters_total{reason="endpoint_gone"} 1"#));
+}
+
+#[test]
+fn internal_addresses_are_refused_at_load_and_at_delivery() {
+    // Literal internal addresses, however spelt: `check` refuses the endpoint.
+    for host in [
+        "127.0.0.1",
+        "127.1",
+        "2130706433",
+        "0x7f.0.0.1",
+        "0177.0.0.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "169.254.169.254",
+        "10.1.2.3",
+        "[fd00::1]",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "filters/.keep", "");
+        write(
+            dir.path(),
+            "endpoints/t.yaml",
+            &tenant("t", &[endpoint("e", &format!("http://{host}:9/"), "")]),
+        );
+        let conf = write(
+            dir.path(),
+            "portcullis.yaml",
+            "outbound:\n  api: 127.0.0.1:1\n  tokens: [x]\n  endpoints: endpoints/\n  delivery: { allow_http: true }\nstore: { url: \"sqlite://s/l.db\" }\n",
+        );
+        let (code, out, _) = portcullis(&["check", "-c", &conf]);
+        assert_eq!(code, 1, "{host}: {out}");
+        assert!(out.contains("is an internal address"), "{host}: {out}");
+    }
+
+    // A name that resolves to loopback passes the load and is refused at delivery.
+    let rx = Receiver::ok();
+    let d = Dispatcher::start(
+        &[(
+            "t.yaml",
+            tenant(
+                "t",
+                &[endpoint("e", &format!("http://localhost:{}/", rx.port), "")],
+            ),
+        )],
+        "{ allow_http: true, retry: [100ms] }",
+    );
+    let id = d.queue("t", "a", "e1", "{}");
+    let attempts = d.wait_attempts(&id, "e", 2);
+    assert!(
+        attempts.iter().all(|a| a["outcome"] == "ssrf_blocked"),
+        "{attempts:?}"
+    );
+    assert_eq!(rx.count(), 0, "the receiver sees nothing");
+    assert!(d
+        .metrics()
+        .contains(r#"portcullis_outbound_attempts_total{outcome="ssrf_blocked"} 2"#));
+}
+
+#[test]
+fn a_killed_dispatcher_delivers_every_queued_message_after_restart() {
+    // The receiver is down while the messages are queued; the process is then SIGKILLed.
+    let port = free_port();
+    let retry = format!("[{}]", vec!["100ms"; 100].join(", "));
+    let mut d = Dispatcher::start(
+        &[(
+            "t.yaml",
+            tenant(
+                "t",
+                &[endpoint("e", &format!("http://127.0.0.1:{port}/"), "")],
+            ),
+        )],
+        &format!("{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: {retry} }}"),
+    );
+    let ids: Vec<String> = (0..20)
+        .map(|i| d.queue("t", "a", &format!("e{i}"), &format!("{{\"n\":{i}}}")))
+        .collect();
+    d.server.restart(); // SIGKILL, then start again on the same ledger
+    let rx = Receiver::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), |_| {
+        Reply::Status(200)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: std::collections::HashSet<String> = rx
+            .all()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        if ids.iter().all(|id| seen.contains(id)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 20 delivered after the restart",
+            seen.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Queued once, so a retry of the same id after the restart is still a duplicate.
+    let again = d.send(r#"{"tenant":"t","event_type":"a","id":"e3","payload":{}}"#);
+    assert_eq!(again.json()["message_id"], ids[3].as_str());
+}
+
+/// A database of its own on the machine's PostgreSQL, dropped afterwards.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    fn create() -> Option<PgDatabase> {
+        if !broker("PostgreSQL", "127.0.0.1:5432") {
+            return None;
+        }
+        let name = unique("portcullis_test").replace(['-', '.', ':'], "_");
+        Self::psql(&format!("CREATE DATABASE {name}"));
+        Some(PgDatabase { name })
+    }
+
+    fn psql(sql: &str) {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql (apt-get install postgresql-client)");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+#[test]
+fn the_postgresql_ledger_queues_retries_and_survives_a_kill() {
+    let Some(db) = PgDatabase::create() else {
+        return;
+    };
+    let rx = Receiver::start(|n| Reply::Status(if n == 0 { 500 } else { 200 }));
+    let mut d = Dispatcher::start_on_store(
+        &[(
+            "t.yaml",
+            tenant(
+                "t",
+                &[endpoint("e", &format!("http://127.0.0.1:{}/", rx.port), "")],
+            ),
+        )],
+        LOCAL,
+        &db.url(),
+    );
+    let first = d.queue("t", "a", "e0", r#"{"n":0}"#);
+    let again = d.send(r#"{"tenant":"t","event_type":"a","id":"e0","payload":{}}"#);
+    assert_eq!(
+        (again.status, again.json()["message_id"].clone()),
+        (200, first.as_str().into())
+    );
+    let attempts = d.wait_attempts(&first, "e", 2);
+    let outcomes: Vec<_> = attempts.iter().map(|a| a["outcome"].clone()).collect();
+    assert_eq!(outcomes, ["http_status", "delivered"]);
+
+    let ids: Vec<String> = (1..=10)
+        .map(|i| d.queue("t", "a", &format!("e{i}"), &format!("{{\"n\":{i}}}")))
+        .collect();
+    d.server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: std::collections::HashSet<String> = rx
+            .all()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        if ids.iter().all(|id| seen.contains(id)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 10 delivered",
+            seen.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(d);
+}
