@@ -111,6 +111,28 @@ impl Dispatcher {
     }
 }
 
+/// Waits until the receiver saw every message id (as `webhook-id`) at least once.
+fn wait_delivered(rx: &Receiver, ids: &[String]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: std::collections::HashSet<String> = rx
+            .all()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        let missing = ids.iter().filter(|id| !seen.contains(*id)).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} of {} messages never delivered",
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn endpoint(name: &str, url: &str, extra: &str) -> String {
     format!("  - name: {name}\n    url: {url}\n    secrets: [\"{SECRET}\"]\n{extra}")
 }
@@ -517,23 +539,7 @@ fn a_killed_dispatcher_delivers_every_queued_message_after_restart() {
     let rx = Receiver::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), |_| {
         Reply::Status(200)
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen: std::collections::HashSet<String> = rx
-            .all()
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
-        if ids.iter().all(|id| seen.contains(id)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 20 delivered after the restart",
-            seen.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_delivered(&rx, &ids);
     // Queued once, so a retry of the same id after the restart is still a duplicate.
     let again = d.send(r#"{"tenant":"t","event_type":"a","id":"e3","payload":{}}"#);
     assert_eq!(again.json()["message_id"], ids[3].as_str());
@@ -623,22 +629,6 @@ fn the_postgresql_ledger_queues_retries_and_survives_a_kill() {
         .map(|i| d.queue("t", "a", &format!("e{i}"), &format!("{{\"n\":{i}}}")))
         .collect();
     d.server.restart();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen: std::collections::HashSet<String> = rx
-            .all()
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
-        if ids.iter().all(|id| seen.contains(id)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 10 delivered",
-            seen.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_delivered(&rx, &ids);
     drop(d);
 }
