@@ -80,7 +80,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         endpoints,
         ..
     } = config;
-    let outbound = settings.outbound.take().map(|o| {
+    let mut outbound = settings.outbound.take().map(|o| {
         crate::metrics::register_outbound_series();
         let store = std::sync::Arc::new(crate::store::Store::new(&settings.store));
         let dispatcher = std::sync::Arc::new(crate::outbound::Dispatcher::new(
@@ -213,7 +213,11 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     if !listeners.is_empty() {
         server.add_service(proxy).add_dependency(&bootstrap);
     }
-    if let Some((o, dispatcher)) = &outbound {
+    if let Some((o, dispatcher)) = &mut outbound {
+        let sources = std::mem::take(&mut o.sources);
+        for consumer in crate::outbound::sources::services(sources, dispatcher) {
+            server.add_service(background_service("outbound source", consumer));
+        }
         server.add_service(background_service(
             "outbound worker",
             crate::outbound::worker::Worker {

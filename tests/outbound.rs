@@ -632,3 +632,145 @@ fn the_postgresql_ledger_queues_retries_and_survives_a_kill() {
     wait_delivered(&rx, &ids);
     drop(d);
 }
+
+#[test]
+fn a_redis_stream_source_acks_after_commit_and_takes_over_a_dead_consumers_entries() {
+    if !broker("Redis", "127.0.0.1:6379") {
+        return;
+    }
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let stream = unique("outbound-src");
+    let xadd = |conn: &mut redis::Connection, fields: &[(&str, &str)]| -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query(conn).unwrap()
+    };
+    // A node read this entry and died before committing it.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("portcullis")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .unwrap();
+    xadd(
+        &mut conn,
+        &[
+            ("tenant", "t"),
+            ("event_type", "a"),
+            ("id", "orphan"),
+            ("payload", r#"{"n": 0}"#),
+        ],
+    );
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("portcullis")
+        .arg("dead-node")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut conn)
+        .unwrap();
+    // Written before the dispatcher started: delivered too.
+    xadd(
+        &mut conn,
+        &[
+            ("tenant", "t"),
+            ("event_type", "a"),
+            ("id", "early"),
+            ("payload", r#"{"n":  1}"#),
+        ],
+    );
+    xadd(&mut conn, &[("event_type", "a"), ("payload", "{}")]); // no tenant
+    xadd(
+        &mut conn,
+        &[
+            ("tenant", "t"),
+            ("event_type", "a"),
+            ("payload", "{not json"),
+        ],
+    );
+    xadd(
+        &mut conn,
+        &[("tenant", "nobody"), ("event_type", "a"), ("payload", "{}")],
+    );
+
+    let rx = Receiver::ok();
+    let delivery = format!(
+        "{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [100ms] }}\n  sources:\n    - {{ type: redis, url: \"redis://127.0.0.1:6379\", stream: \"{stream}\", consumer: node-1, claim_idle: 1s }}"
+    );
+    let d = Dispatcher::start(
+        &[(
+            "t.yaml",
+            tenant(
+                "t",
+                &[endpoint("e", &format!("http://127.0.0.1:{}/", rx.port), "")],
+            ),
+        )],
+        &delivery,
+    );
+    xadd(
+        &mut conn,
+        &[
+            ("tenant", "t"),
+            ("event_type", "a"),
+            ("id", "late"),
+            ("payload", r#"{"n":2}"#),
+        ],
+    );
+    let got = rx.wait_for(3);
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [r#"{"n":  1}"#, r#"{"n": 0}"#, r#"{"n":2}"#],
+        "payloads byte for byte"
+    );
+
+    // Everything is acked: the delivered entries after their commit, the three that are no
+    // message after their dead letter.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("portcullis")
+            .query(&mut conn)
+            .unwrap();
+        if pending.0 == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} entries still pending",
+            pending.0
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains(r#"portcullis_outbound_dead_letters_total{reason="invalid_message"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"portcullis_outbound_dead_letters_total{reason="unknown_tenant"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"portcullis_outbound_messages_total{outcome="queued",source="redis"} 3"#),
+        "{metrics}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.count(), 3, "each entry once");
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+}

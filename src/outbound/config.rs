@@ -23,6 +23,8 @@ pub struct OutboundSpec {
     delivery: Option<DeliverySpec>,
     #[serde(default)]
     max_payload: Option<SizeValue>,
+    #[serde(default)]
+    sources: Vec<super::sources::SourceSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +55,7 @@ pub struct Outbound {
     pub endpoints_dir: Option<PathBuf>,
     pub delivery: Delivery,
     pub max_payload: usize,
+    pub sources: Vec<super::sources::Source>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +126,7 @@ pub fn load(spec: &OutboundSpec, base: &Path, report: &mut Report<'_>) -> Outbou
         endpoints_dir: spec.endpoints.as_deref().map(|d| join_normalized(base, d)),
         delivery: delivery(spec.delivery.as_ref(), &mut at),
         max_payload,
+        sources: super::sources::load(&spec.sources, &mut at),
     }
 }
 

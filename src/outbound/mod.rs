@@ -8,6 +8,7 @@ pub mod config;
 pub mod delivery;
 pub mod endpoints;
 pub mod message;
+pub mod sources;
 pub mod ssrf;
 pub mod worker;
 
@@ -112,7 +113,7 @@ impl Dispatcher {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "node".into())

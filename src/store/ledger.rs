@@ -260,6 +260,29 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps an entry a source could not take as a message.
+    pub async fn record_invalid(
+        &self,
+        source: &str,
+        reason: &str,
+        detail: &str,
+        raw: &str,
+    ) -> Result<(), StoreError> {
+        let pool = self.pool().await?;
+        sqlx::query(
+            "INSERT INTO invalid_messages (id, source, reason, detail, raw, at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(new_message_id().replacen("msg_", "inv_", 1))
+        .bind(source)
+        .bind(reason)
+        .bind(detail)
+        .bind(raw)
+        .bind(now_ms())
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
     /// Every attempt of a message, oldest first.
     pub async fn attempts(&self, message_id: &str) -> Result<Vec<Attempt>, StoreError> {
         let pool = self.pool().await?;

@@ -1,0 +1,114 @@
+//! Broker sources of outbound messages (`outbound.sources`). Each reads its broker, hands
+//! every entry to the dispatcher and acknowledges it only after the ledger committed it; an
+//! entry that is not a message is kept as a dead letter (`invalid_message`, `unknown_tenant`)
+//! and acknowledged, so it never blocks the stream and is never dropped silently.
+
+pub mod redis;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::message::Message;
+use super::{Dispatcher, Refused};
+use crate::config::Section;
+use crate::metrics;
+
+/// One `outbound.sources` entry, by its `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceSpec {
+    Redis(redis::Spec),
+}
+
+pub enum Source {
+    Redis(redis::Config),
+}
+
+pub fn load(specs: &[SourceSpec], at: &mut Section<'_, '_>) -> Vec<Source> {
+    specs
+        .iter()
+        .filter_map(|spec| match spec {
+            SourceSpec::Redis(s) => s.load(at).map(Source::Redis),
+        })
+        .collect()
+}
+
+/// What became of one entry.
+pub enum Handled {
+    /// In the ledger (queued or a duplicate): acknowledge it.
+    Committed,
+    /// Not a message; recorded as a dead letter: acknowledge it.
+    DeadLetter,
+    /// The ledger could not take it: leave it unacknowledged, try again later.
+    Retry,
+}
+
+/// Hands one message (or why it is none) to the ledger.
+pub async fn handle(
+    dispatcher: &Dispatcher,
+    source: &'static str,
+    parsed: Result<Message, (&'static str, String)>,
+    raw: &str,
+) -> Handled {
+    let refused = match parsed {
+        Err(refusal) => refusal,
+        Ok(message) => match dispatcher.enqueue(message, source).await {
+            Ok(enqueued) => {
+                let outcome = match enqueued {
+                    crate::store::Enqueued::Queued { .. } => "queued",
+                    crate::store::Enqueued::Duplicate { .. } => "duplicate",
+                };
+                metrics::OUTBOUND_MESSAGES
+                    .with_label_values(&[source, outcome])
+                    .inc();
+                return Handled::Committed;
+            }
+            Err(Refused::Store(e)) => {
+                tracing::warn!("outbound source {source}: {e}");
+                return Handled::Retry;
+            }
+            Err(Refused::Invalid(invalid)) => ("invalid_message", invalid.detail),
+            Err(Refused::UnknownTenant) => ("unknown_tenant", "no such tenant".to_owned()),
+        },
+    };
+    let (reason, detail) = refused;
+    match dispatcher
+        .store
+        .record_invalid(source, reason, &detail, raw)
+        .await
+    {
+        Ok(()) => {
+            metrics::OUTBOUND_MESSAGES
+                .with_label_values(&[source, "rejected"])
+                .inc();
+            metrics::OUTBOUND_DEAD_LETTERS
+                .with_label_values(&[reason])
+                .inc();
+            tracing::warn!(
+                source,
+                reason,
+                detail,
+                "outbound: an entry is not a message; kept as a dead letter"
+            );
+            Handled::DeadLetter
+        }
+        Err(e) => {
+            tracing::warn!("outbound source {source}: {e}");
+            Handled::Retry
+        }
+    }
+}
+
+/// The background service of each source.
+pub fn services(sources: Vec<Source>, dispatcher: &Arc<Dispatcher>) -> Vec<redis::Consumer> {
+    sources
+        .into_iter()
+        .map(|s| match s {
+            Source::Redis(config) => redis::Consumer {
+                config,
+                dispatcher: dispatcher.clone(),
+            },
+        })
+        .collect()
+}
