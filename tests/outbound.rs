@@ -535,6 +535,11 @@ fn a_killed_dispatcher_delivers_every_queued_message_after_restart() {
     let ids: Vec<String> = (0..20)
         .map(|i| d.queue("t", "a", &format!("e{i}"), &format!("{{\"n\":{i}}}")))
         .collect();
+    use std::os::unix::fs::PermissionsExt;
+    let state = d.server.dir.path().join("state");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("ledger.db")), 0o600, "payloads are in it");
     d.server.restart(); // SIGKILL, then start again on the same ledger
     let rx = Receiver::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), |_| {
         Reply::Status(200)

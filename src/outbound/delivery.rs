@@ -79,6 +79,10 @@ impl Client {
         };
         let mut peer = HttpPeer::new(addr, target.tls, target.host.to_string());
         peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+        if target.tls {
+            // ALPN offers h2 first, then HTTP/1.1.
+            peer.options.set_http_version(2, 1);
+        }
         let req = match request(endpoint, id, payload) {
             Ok(r) => r,
             Err(e) => return failed("connect_error", format!("request: {e}")),

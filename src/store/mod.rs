@@ -88,7 +88,7 @@ impl Store {
             .get_or_try_init(|| async {
                 sqlx::any::install_default_drivers();
                 if self.backend == Backend::Sqlite {
-                    create_parent(&self.url)?;
+                    prepare_file(&self.url)?;
                 }
                 let sqlite = self.backend == Backend::Sqlite;
                 let url = if sqlite && !self.url.contains('?') {
@@ -130,8 +130,9 @@ impl Store {
     }
 }
 
-/// SQLite creates the file, not its directory.
-fn create_parent(url: &str) -> Result<(), StoreError> {
+/// Makes the SQLite file's directory (0700) and the file itself (0600; SQLite gives its WAL
+/// and shared-memory files the same mode): payloads are in it.
+fn prepare_file(url: &str) -> Result<(), StoreError> {
     let path = url
         .trim_start_matches("sqlite://")
         .split('?')
@@ -150,6 +151,13 @@ fn create_parent(url: &str) -> Result<(), StoreError> {
                 })?;
         }
     }
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot create {path}: {e}")))?;
     Ok(())
 }
 
