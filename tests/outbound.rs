@@ -26,7 +26,15 @@ impl Dispatcher {
     }
 
     fn start_on_store(endpoints: &[(&str, String)], delivery: &str, store: &str) -> Dispatcher {
-        let dir = Server::prepare(&[]);
+        Self::start_in(Server::prepare(&[]), endpoints, delivery, store)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        endpoints: &[(&str, String)],
+        delivery: &str,
+        store: &str,
+    ) -> Dispatcher {
         for (name, yaml) in endpoints {
             write(dir.path(), &format!("endpoints/{name}"), yaml);
         }
@@ -778,4 +786,82 @@ fn a_redis_stream_source_acks_after_commit_and_takes_over_a_dead_consumers_entri
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rx.count(), 3, "each entry once");
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+}
+
+#[test]
+fn https_endpoints_are_verified_against_the_trusted_roots_and_get_the_delivery() {
+    // A CA the dispatcher trusts (SSL_CERT_FILE, as rustls-native-certs reads it) and a
+    // receiver certificate for `localhost` signed by it.
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let rx = Receiver::start_tls(std::sync::Arc::new(config), |_| Reply::Status(200));
+    // An untrusted certificate (a CA of nobody's) fails the handshake: tls_error, no delivery.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let stranger = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&other_key)
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let untrusted = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![stranger.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(other_key.serialize_der().into()),
+        )
+        .unwrap();
+    let impostor = Receiver::start_tls(std::sync::Arc::new(untrusted), |_| Reply::Status(200));
+
+    let dir = Server::prepare(&[]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("env"),
+        format!("SSL_CERT_FILE={}\n", ca_file.display()),
+    )
+    .unwrap();
+    let d = Dispatcher::start_in(
+        dir,
+        &[(
+            "t.yaml",
+            tenant(
+                "t",
+                &[
+                    endpoint("good", &format!("https://localhost:{}/hook", rx.port), ""),
+                    endpoint(
+                        "bad",
+                        &format!("https://localhost:{}/hook", impostor.port),
+                        "",
+                    ),
+                ],
+            ),
+        )],
+        "{ allow_internal: [127.0.0.1/32, \"::1/128\"], retry: [100ms] }",
+        "sqlite://state/ledger.db",
+    );
+    let id = d.queue("t", "a", "e1", r#"{"tls":true}"#);
+    let got = rx.wait_for(1);
+    assert_eq!(got[0].body, br#"{"tls":true}"#);
+    assert_eq!(got[0].header("webhook-id"), Some(id.as_str()));
+    let bad = d.wait_attempts(&id, "bad", 2);
+    assert!(bad.iter().all(|a| a["outcome"] == "tls_error"), "{bad:?}");
+    assert_eq!(impostor.count(), 0);
 }

@@ -94,14 +94,21 @@ impl Server {
         server
     }
 
+    /// Starts the binary on `dir`'s config; `dir/env` (KEY=VALUE lines), if present, adds
+    /// to its environment.
     fn spawn(dir: &Path, extra_args: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("log.txt"))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "-c"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        if let Ok(env) = std::fs::read_to_string(dir.join("env")) {
+            for (k, v) in env.lines().filter_map(|l| l.split_once('=')) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.args(["run", "-c"])
             .arg(dir.join("portcullis.yaml"))
             .args(extra_args)
             .env("RUST_LOG", "debug")

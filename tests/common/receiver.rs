@@ -1,8 +1,8 @@
 //! A scripted webhook receiver for outbound tests: a real HTTP/1.1 server on 127.0.0.1 that
 //! records every request and answers the n-th one as its script says.
 
-use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufReader, Read, Write};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +63,31 @@ impl Receiver {
         Receiver { port, received }
     }
 
+    /// The same over TLS with `config` (a rustls server config).
+    pub fn start_tls(
+        config: Arc<rustls::ServerConfig>,
+        script: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Script> = Arc::new(script);
+        let r = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (r, script, config) = (r.clone(), script.clone(), config.clone());
+                std::thread::spawn(move || {
+                    let Ok(tls) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    serve(rustls::StreamOwned::new(tls, conn), r, script)
+                });
+            }
+        });
+        Receiver { port, received }
+    }
+
     pub fn ok() -> Receiver {
         Self::start(|_| Reply::Status(200))
     }
@@ -90,8 +115,7 @@ impl Receiver {
     }
 }
 
-fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Delivered>>>, script: Arc<Script>) {
-    let mut writer = conn.try_clone().unwrap();
+fn serve<S: Read + Write>(conn: S, received: Arc<Mutex<Vec<Delivered>>>, script: Arc<Script>) {
     let mut reader = BufReader::new(conn);
     loop {
         let Some((line, headers, body)) = super::read_request(&mut reader) else {
@@ -120,7 +144,11 @@ fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Delivered>>>, script: Arc<Scri
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&body).is_err() {
+        let writer = reader.get_mut();
+        if writer.write_all(head.as_bytes()).is_err()
+            || writer.write_all(&body).is_err()
+            || writer.flush().is_err()
+        {
             return;
         }
     }
