@@ -865,3 +865,91 @@ fn https_endpoints_are_verified_against_the_trusted_roots_and_get_the_delivery()
     assert!(bad.iter().all(|a| a["outcome"] == "tls_error"), "{bad:?}");
     assert_eq!(impostor.count(), 0);
 }
+
+#[test]
+fn a_jetstream_source_acks_after_commit_and_keeps_malformed_messages_as_dead_letters() {
+    if !broker("NATS", "127.0.0.1:4222") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = unique("OUTSRC").replace(['-', '.', ':'], "_");
+    let subject = format!("dispatch.{name}");
+    let js = runtime.block_on(async {
+        let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        js
+    });
+    let publish = |body: &str| {
+        runtime.block_on(async {
+            js.publish(subject.clone(), body.to_owned().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        })
+    };
+    publish(r#"{"tenant":"t","event_type":"a","id":"early","payload":{"n": 1}}"#);
+    publish("not a message");
+    let rx = Receiver::ok();
+    let delivery = format!(
+        "{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [100ms] }}\n  sources:\n    - {{ type: nats, url: \"nats://127.0.0.1:4222\", stream: \"{name}\", subject: \"{subject}\" }}"
+    );
+    let d = Dispatcher::start(
+        &[(
+            "t.yaml",
+            tenant(
+                "t",
+                &[endpoint("e", &format!("http://127.0.0.1:{}/", rx.port), "")],
+            ),
+        )],
+        &delivery,
+    );
+    publish(r#"{"tenant":"t","event_type":"a","id":"late","payload":[2]}"#);
+    publish(r#"{"tenant":"t","event_type":"a","id":"late","payload":[2]}"#); // a duplicate
+    let got = rx.wait_for(2);
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["[2]", r#"{"n": 1}"#]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = runtime.block_on(async {
+            let stream = js.get_stream(&name).await.unwrap();
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer("portcullis").await.unwrap();
+            consumer.info().await.unwrap().clone()
+        });
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{info:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains(r#"portcullis_outbound_dead_letters_total{reason="invalid_message"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"portcullis_outbound_messages_total{outcome="duplicate",source="nats"} 1"#),
+        "{metrics}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.count(), 2);
+    runtime.block_on(async {
+        let _ = js.delete_stream(&name).await;
+    });
+}

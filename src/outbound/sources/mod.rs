@@ -3,6 +3,7 @@
 //! entry that is not a message is kept as a dead letter (`invalid_message`, `unknown_tenant`)
 //! and acknowledged, so it never blocks the stream and is never dropped silently.
 
+pub mod nats;
 pub mod redis;
 
 use std::sync::Arc;
@@ -19,10 +20,12 @@ use crate::metrics;
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceSpec {
     Redis(redis::Spec),
+    Nats(nats::Spec),
 }
 
 pub enum Source {
     Redis(redis::Config),
+    Nats(nats::Config),
 }
 
 pub fn load(specs: &[SourceSpec], at: &mut Section<'_, '_>) -> Vec<Source> {
@@ -30,6 +33,7 @@ pub fn load(specs: &[SourceSpec], at: &mut Section<'_, '_>) -> Vec<Source> {
         .iter()
         .filter_map(|spec| match spec {
             SourceSpec::Redis(s) => s.load(at).map(Source::Redis),
+            SourceSpec::Nats(s) => s.load(at).map(Source::Nats),
         })
         .collect()
 }
@@ -100,15 +104,35 @@ pub async fn handle(
     }
 }
 
+/// A source's background service.
+pub enum Service {
+    Redis(redis::Consumer),
+    Nats(nats::Consumer),
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Service {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        match self {
+            Service::Redis(c) => c.start(shutdown).await,
+            Service::Nats(c) => c.start(shutdown).await,
+        }
+    }
+}
+
 /// The background service of each source.
-pub fn services(sources: Vec<Source>, dispatcher: &Arc<Dispatcher>) -> Vec<redis::Consumer> {
+pub fn services(sources: Vec<Source>, dispatcher: &Arc<Dispatcher>) -> Vec<Service> {
     sources
         .into_iter()
         .map(|s| match s {
-            Source::Redis(config) => redis::Consumer {
+            Source::Redis(config) => Service::Redis(redis::Consumer {
                 config,
                 dispatcher: dispatcher.clone(),
-            },
+            }),
+            Source::Nats(config) => Service::Nats(nats::Consumer {
+                config,
+                dispatcher: dispatcher.clone(),
+            }),
         })
         .collect()
 }

@@ -1,0 +1,133 @@
+//! A JetStream source: a durable pull consumer on `stream` (filtered to `subject`), each
+//! message acknowledged only after the ledger committed it. A message the ledger could not
+//! take is NAKed for redelivery; one that dies with its node is redelivered after `ack_wait`.
+//! The payload of a NATS message is the message object of `POST /outbound`, as JSON.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use async_trait::async_trait;
+use futures::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Deserialize;
+
+use super::Handled;
+use crate::config::Section;
+use crate::outbound::message;
+use crate::outbound::Dispatcher;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    url: String,
+    stream: String,
+    subject: String,
+    #[serde(default)]
+    durable: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    pub stream: String,
+    pub subject: String,
+    pub durable: String,
+}
+
+impl Spec {
+    pub fn load(&self, at: &mut Section<'_, '_>) -> Option<Config> {
+        if self.stream.is_empty() || self.subject.is_empty() {
+            at.error(
+                &["sources"],
+                "nats source: stream and subject must not be empty",
+            );
+            return None;
+        }
+        Some(Config {
+            url: self.url.clone(),
+            stream: self.stream.clone(),
+            subject: self.subject.clone(),
+            durable: self.durable.clone().unwrap_or_else(|| "portcullis".into()),
+        })
+    }
+}
+
+/// How long JetStream waits for an ack before redelivering.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Consumer {
+    pub config: Config,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+#[async_trait]
+impl BackgroundService for Consumer {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            let run = self.run();
+            tokio::select! {
+                result = run => {
+                    if let Err(e) = result {
+                        tracing::warn!(stream = %self.config.stream, "outbound nats source: {e}");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl Consumer {
+    async fn run(&self) -> Result<(), String> {
+        let cfg = &self.config;
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: cfg.stream.clone(),
+                subjects: vec![cfg.subject.clone()],
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &cfg.durable,
+                consumer::pull::Config {
+                    durable_name: Some(cfg.durable.clone()),
+                    filter_subject: cfg.subject.clone(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("consumer {}: {e}", cfg.durable))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("pull: {e}"))?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| format!("pull: {e}"))?;
+            let raw = String::from_utf8_lossy(&msg.payload).into_owned();
+            let parsed = message::parse(&msg.payload).map_err(|e| ("invalid_message", e.detail));
+            let ack = match super::handle(&self.dispatcher, "nats", parsed, &raw).await {
+                Handled::Committed | Handled::DeadLetter => AckKind::Ack,
+                Handled::Retry => AckKind::Nak(Some(Duration::from_secs(1))),
+            };
+            msg.ack_with(ack).await.map_err(|e| format!("ack: {e}"))?;
+        }
+        Ok(())
+    }
+}
