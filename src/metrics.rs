@@ -196,7 +196,7 @@ pub static OUTBOUND_DEAD_LETTERS: Lazy<IntCounterVec> = Lazy::new(|| {
 
 /// The outbound series at zero, for a node that dispatches.
 pub fn register_outbound_series() {
-    for source in ["api", "redis", "nats"] {
+    for source in ["api", "redis", "nats", "amqp"] {
         for outcome in ["queued", "duplicate", "rejected"] {
             OUTBOUND_MESSAGES.with_label_values(&[source, outcome]);
         }

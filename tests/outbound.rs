@@ -953,3 +953,108 @@ fn a_jetstream_source_acks_after_commit_and_keeps_malformed_messages_as_dead_let
         let _ = js.delete_stream(&name).await;
     });
 }
+
+#[test]
+fn a_rabbitmq_source_acks_after_commit_and_keeps_malformed_messages_as_dead_letters() {
+    if !broker("RabbitMQ", "127.0.0.1:5672") {
+        return;
+    }
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::FieldTable;
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let queue = unique("outbound-src");
+    let (conn, channel) = runtime.block_on(async {
+        let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (conn, channel)
+    });
+    let publish = |body: &str| {
+        runtime.block_on(async {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+        })
+    };
+    publish(r#"{"tenant":"t","event_type":"a","id":"early","payload":{"n": 1}}"#);
+    publish(r#"{"tenant":"t","payload":{}}"#); // no event_type
+    let rx = Receiver::ok();
+    let delivery = format!(
+        "{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [100ms] }}\n  sources:\n    - {{ type: amqp, url: \"{URL}\", queue: \"{queue}\" }}"
+    );
+    let d = Dispatcher::start(
+        &[(
+            "t.yaml",
+            tenant(
+                "t",
+                &[endpoint("e", &format!("http://127.0.0.1:{}/", rx.port), "")],
+            ),
+        )],
+        &delivery,
+    );
+    publish(r#"{"tenant":"t","event_type":"a","id":"late","payload":[2]}"#);
+    let got = rx.wait_for(2);
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["[2]", r#"{"n": 1}"#]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d
+        .metrics()
+        .contains(r#"portcullis_outbound_dead_letters_total{reason="invalid_message"} 1"#)
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", d.metrics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d
+        .metrics()
+        .contains(r#"portcullis_outbound_messages_total{outcome="queued",source="amqp"} 2"#));
+    // Everything acked: after the dispatcher stops, nothing comes back to the queue.
+    drop(d);
+    std::thread::sleep(Duration::from_millis(500));
+    let left = runtime.block_on(async {
+        let q = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = conn.close(200, "done".into()).await;
+        q.message_count()
+    });
+    assert_eq!(left, 0, "every delivery was acked");
+}

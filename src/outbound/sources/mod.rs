@@ -3,6 +3,7 @@
 //! entry that is not a message is kept as a dead letter (`invalid_message`, `unknown_tenant`)
 //! and acknowledged, so it never blocks the stream and is never dropped silently.
 
+pub mod amqp;
 pub mod nats;
 pub mod redis;
 
@@ -21,11 +22,13 @@ use crate::metrics;
 pub enum SourceSpec {
     Redis(redis::Spec),
     Nats(nats::Spec),
+    Amqp(amqp::Spec),
 }
 
 pub enum Source {
     Redis(redis::Config),
     Nats(nats::Config),
+    Amqp(amqp::Config),
 }
 
 pub fn load(specs: &[SourceSpec], at: &mut Section<'_, '_>) -> Vec<Source> {
@@ -34,6 +37,7 @@ pub fn load(specs: &[SourceSpec], at: &mut Section<'_, '_>) -> Vec<Source> {
         .filter_map(|spec| match spec {
             SourceSpec::Redis(s) => s.load(at).map(Source::Redis),
             SourceSpec::Nats(s) => s.load(at).map(Source::Nats),
+            SourceSpec::Amqp(s) => s.load(at).map(Source::Amqp),
         })
         .collect()
 }
@@ -108,6 +112,7 @@ pub async fn handle(
 pub enum Service {
     Redis(redis::Consumer),
     Nats(nats::Consumer),
+    Amqp(amqp::Consumer),
 }
 
 #[async_trait::async_trait]
@@ -116,6 +121,7 @@ impl pingora::services::background::BackgroundService for Service {
         match self {
             Service::Redis(c) => c.start(shutdown).await,
             Service::Nats(c) => c.start(shutdown).await,
+            Service::Amqp(c) => c.start(shutdown).await,
         }
     }
 }
@@ -130,6 +136,10 @@ pub fn services(sources: Vec<Source>, dispatcher: &Arc<Dispatcher>) -> Vec<Servi
                 dispatcher: dispatcher.clone(),
             }),
             Source::Nats(config) => Service::Nats(nats::Consumer {
+                config,
+                dispatcher: dispatcher.clone(),
+            }),
+            Source::Amqp(config) => Service::Amqp(amqp::Consumer {
                 config,
                 dispatcher: dispatcher.clone(),
             }),

@@ -1,0 +1,134 @@
+//! A RabbitMQ source: consumes `queue` (declared durable) with manual acks and a bounded
+//! prefetch; each delivery is acked only after the ledger committed its message, and
+//! requeued (nack) when the ledger could not take it. A delivery whose node dies before its
+//! ack goes back to the queue when the connection drops. The body is the message object of
+//! `POST /outbound`, as JSON.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Deserialize;
+
+use super::Handled;
+use crate::config::Section;
+use crate::outbound::message;
+use crate::outbound::Dispatcher;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    url: String,
+    queue: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    pub queue: String,
+}
+
+impl Spec {
+    pub fn load(&self, at: &mut Section<'_, '_>) -> Option<Config> {
+        if let Err(e) = self.url.parse::<lapin::uri::AMQPUri>() {
+            at.error(
+                &["sources"],
+                format!("amqp source: url `{}`: {e}", self.url),
+            );
+            return None;
+        }
+        if self.queue.is_empty() {
+            at.error(&["sources"], "amqp source: queue must not be empty");
+            return None;
+        }
+        Some(Config {
+            url: self.url.clone(),
+            queue: self.queue.clone(),
+        })
+    }
+}
+
+/// Deliveries in flight per consumer.
+const PREFETCH: u16 = 100;
+
+pub struct Consumer {
+    pub config: Config,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+#[async_trait]
+impl BackgroundService for Consumer {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            tokio::select! {
+                result = self.run() => {
+                    if let Err(e) = result {
+                        tracing::warn!(queue = %self.config.queue, "outbound amqp source: {e}");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl Consumer {
+    async fn run(&self) -> Result<(), lapin::Error> {
+        let connection =
+            Connection::connect(&self.config.url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        channel
+            .queue_declare(
+                self.config.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                "portcullis".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        while let Some(delivery) = deliveries.next().await {
+            let delivery = delivery?;
+            let raw = String::from_utf8_lossy(&delivery.data).into_owned();
+            let parsed = message::parse(&delivery.data).map_err(|e| ("invalid_message", e.detail));
+            match super::handle(&self.dispatcher, "amqp", parsed, &raw).await {
+                Handled::Committed | Handled::DeadLetter => {
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
+                Handled::Retry => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
