@@ -114,9 +114,32 @@ impl Dispatcher {
         }
     }
 
+    /// Waits until `/metrics` shows `line` (panics after 10 s).
+    fn wait_metric(&self, line: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.metrics().contains(line) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {line}:\n{}",
+                self.metrics()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn metrics(&self) -> String {
         String::from_utf8_lossy(&self.server.admin_get("/metrics").body).into_owned()
     }
+}
+
+/// The bodies a receiver got, as text, sorted.
+fn sorted_bodies(got: &[common::receiver::Delivered]) -> Vec<String> {
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .collect();
+    bodies.sort();
+    bodies
 }
 
 /// Waits until the receiver saw every message id (as `webhook-id`) at least once.
@@ -382,14 +405,7 @@ fn failures_retry_with_the_same_id_then_become_dead_letters() {
         .all(|a| a["outcome"] == "http_status" && a["status"] == 500));
     let preview = broken_attempts[0]["preview"].as_str().unwrap();
     assert_eq!(preview.len(), 512, "only the first 512 bytes are kept");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !d
-        .metrics()
-        .contains(r#"portcullis_outbound_dead_letters_total{reason="retries_exhausted"} 1"#)
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", d.metrics());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_metric(r#"portcullis_outbound_dead_letters_total{reason="retries_exhausted"} 1"#);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(broken.count(), 3, "a dead letter is not attempted again");
     assert_eq!(flaky.count(), 3);
@@ -917,12 +933,7 @@ fn a_jetstream_source_acks_after_commit_and_keeps_malformed_messages_as_dead_let
     publish(r#"{"tenant":"t","event_type":"a","id":"late","payload":[2]}"#);
     publish(r#"{"tenant":"t","event_type":"a","id":"late","payload":[2]}"#); // a duplicate
     let got = rx.wait_for(2);
-    let mut bodies: Vec<String> = got
-        .iter()
-        .map(|r| String::from_utf8(r.body.clone()).unwrap())
-        .collect();
-    bodies.sort();
-    assert_eq!(bodies, ["[2]", r#"{"n": 1}"#]);
+    assert_eq!(sorted_bodies(&got), ["[2]", r#"{"n": 1}"#]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let info = runtime.block_on(async {
@@ -1017,20 +1028,8 @@ fn a_rabbitmq_source_acks_after_commit_and_keeps_malformed_messages_as_dead_lett
     );
     publish(r#"{"tenant":"t","event_type":"a","id":"late","payload":[2]}"#);
     let got = rx.wait_for(2);
-    let mut bodies: Vec<String> = got
-        .iter()
-        .map(|r| String::from_utf8(r.body.clone()).unwrap())
-        .collect();
-    bodies.sort();
-    assert_eq!(bodies, ["[2]", r#"{"n": 1}"#]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !d
-        .metrics()
-        .contains(r#"portcullis_outbound_dead_letters_total{reason="invalid_message"} 1"#)
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", d.metrics());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_eq!(sorted_bodies(&got), ["[2]", r#"{"n": 1}"#]);
+    d.wait_metric(r#"portcullis_outbound_dead_letters_total{reason="invalid_message"} 1"#);
     assert!(d
         .metrics()
         .contains(r#"portcullis_outbound_messages_total{outcome="queued",source="amqp"} 2"#));

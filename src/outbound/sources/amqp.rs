@@ -66,21 +66,9 @@ pub struct Consumer {
 
 #[async_trait]
 impl BackgroundService for Consumer {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        while !*shutdown.borrow() {
-            tokio::select! {
-                result = self.run() => {
-                    if let Err(e) = result {
-                        tracing::warn!(queue = %self.config.queue, "outbound amqp source: {e}");
-                    }
-                }
-                _ = shutdown.changed() => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let what = format!("amqp queue {}", self.config.queue);
+        super::keep_running(shutdown, &what, || self.run()).await;
     }
 }
 

@@ -108,6 +108,33 @@ pub async fn handle(
     }
 }
 
+/// Runs `connect_and_consume` until shutdown, again a second after each time it ends (the
+/// broker went away, a call failed): a source reconnects forever.
+pub async fn keep_running<F, Fut, E>(
+    mut shutdown: pingora::server::ShutdownWatch,
+    what: &str,
+    connect_and_consume: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    while !*shutdown.borrow() {
+        tokio::select! {
+            result = connect_and_consume() => {
+                if let Err(e) = result {
+                    tracing::warn!("outbound source {what}: {e}");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// A source's background service.
 pub enum Service {
     Redis(redis::Consumer),

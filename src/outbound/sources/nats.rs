@@ -64,22 +64,9 @@ pub struct Consumer {
 
 #[async_trait]
 impl BackgroundService for Consumer {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        while !*shutdown.borrow() {
-            let run = self.run();
-            tokio::select! {
-                result = run => {
-                    if let Err(e) = result {
-                        tracing::warn!(stream = %self.config.stream, "outbound nats source: {e}");
-                    }
-                }
-                _ = shutdown.changed() => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let what = format!("nats stream {}", self.config.stream);
+        super::keep_running(shutdown, &what, || self.run()).await;
     }
 }
 
