@@ -214,27 +214,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         server.add_service(proxy).add_dependency(&bootstrap);
     }
     if let Some((o, dispatcher)) = &mut outbound {
-        let sources = std::mem::take(&mut o.sources);
-        for consumer in crate::outbound::sources::services(sources, dispatcher) {
-            server.add_service(background_service("outbound source", consumer));
-        }
-        server.add_service(background_service(
-            "outbound worker",
-            crate::outbound::worker::Worker {
-                dispatcher: dispatcher.clone(),
-            },
-        ));
-        if let Some(addr) = o.api {
-            let api = crate::api::Api {
-                dispatcher: dispatcher.clone(),
-                tokens: o.tokens.clone(),
-                max_payload: o.max_payload,
-            };
-            let mut service = Service::new("outbound api".into(), HttpServer::new_app(api));
-            service.add_tcp(&addr.to_string());
-            server.add_service(service).add_dependency(&bootstrap);
-            tracing::info!(%addr, endpoints = dispatcher.endpoints.count(), "outbound api listening (POST /outbound)");
-        }
+        crate::outbound::add_services(&mut server, &bootstrap, o, dispatcher);
     }
     // Always present: it also keeps SIGHUP from terminating the process.
     server.add_service(background_service(

@@ -20,6 +20,24 @@ pub fn keys<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     serde_aux::serde_introspection::serde_introspect::<T>()
 }
 
+/// The `*.yaml` / `*.yml` files of a directory, sorted (one per filter, one per tenant).
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A name that appears in routes, metrics, keys and queues: letters, digits, `-`, `_`.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// An address or CIDR; a bare address is a single-host network.
 pub fn parse_net(text: &str) -> Option<IpNet> {
     text.parse::<IpNet>()

@@ -172,11 +172,7 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
 }
 
 fn check_name(name: &str, at: &mut Section<'_, '_>) {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !crate::config::is_name(name) {
         at.error(
             &["name"],
             "name must be letters, digits, `-` or `_` (it names routes, metrics and queues)",

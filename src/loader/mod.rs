@@ -173,25 +173,16 @@ fn load_filters(server: &Server, conf: &Path, problems: &mut Vec<Problem>) -> Ve
 }
 
 fn filter_files(dir: &Path, conf: &Path, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(Problem {
-                file: conf.to_path_buf(),
-                line: diagnostics::line_of(
-                    &std::fs::read_to_string(conf).unwrap_or_default(),
-                    &["filters"],
-                ),
-                severity: Severity::Error,
-                message: format!("filters directory {} cannot be read: {e}", dir.display()),
-            });
-            return Vec::new();
-        }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    files
+    crate::config::yaml_files(dir).unwrap_or_else(|e| {
+        problems.push(Problem {
+            file: conf.to_path_buf(),
+            line: diagnostics::line_of(
+                &std::fs::read_to_string(conf).unwrap_or_default(),
+                &["filters"],
+            ),
+            severity: Severity::Error,
+            message: format!("filters directory {} cannot be read: {e}", dir.display()),
+        });
+        Vec::new()
+    })
 }

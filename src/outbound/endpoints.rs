@@ -4,7 +4,7 @@
 //! and the headers it adds.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,11 +122,8 @@ pub struct Rules<'a> {
 /// Loads every `*.yaml` of `dir`.
 pub fn load_dir(dir: &Path, rules: &Rules<'_>, problems: &mut Vec<Problem>) -> Endpoints {
     let mut endpoints = Endpoints::default();
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect(),
+    let files = match crate::config::yaml_files(dir) {
+        Ok(files) => files,
         Err(e) => {
             problems.push(Problem {
                 file: dir.to_path_buf(),
@@ -137,7 +134,6 @@ pub fn load_dir(dir: &Path, rules: &Rules<'_>, problems: &mut Vec<Problem>) -> E
             return endpoints;
         }
     };
-    files.sort();
     for file in files {
         let Some(text) = diagnostics::read(&file, problems) else {
             continue;
@@ -178,7 +174,7 @@ fn load_file(
     )?;
     let base = file.parent().unwrap_or(Path::new("."));
     let mut at = Section::new(report, &[]);
-    if !valid_name(&raw.tenant) {
+    if !crate::config::is_name(&raw.tenant) {
         at.error(&["tenant"], "tenant must be letters, digits, `-` or `_`");
     }
     let mut list: Vec<Arc<Endpoint>> = Vec::new();
@@ -196,13 +192,6 @@ fn load_file(
         return None;
     }
     Some((raw.tenant, list))
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The line of the `nth` (from 0) occurrence of `key` in the file.
@@ -225,7 +214,7 @@ fn endpoint(
 ) -> Option<Endpoint> {
     let name = &spec.name;
     let mut fail = |message: String| at.error_at(line, format!("endpoint `{name}`: {message}"));
-    if !valid_name(name) {
+    if !crate::config::is_name(name) {
         fail("name must be letters, digits, `-` or `_`".into());
     }
     let target = match ssrf::parse(&spec.url, rules.allow_http) {

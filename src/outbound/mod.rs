@@ -113,6 +113,39 @@ impl Dispatcher {
     }
 }
 
+/// Adds the dispatcher's services to Pingora's server: each source, the worker, and the API
+/// listener (after the bootstrap, which hands sockets over on an upgrade).
+pub fn add_services(
+    server: &mut pingora::server::Server,
+    bootstrap: &pingora::services::ServiceHandle,
+    outbound: &mut config::Outbound,
+    dispatcher: &Arc<Dispatcher>,
+) {
+    use pingora::services::background::background_service;
+    let sources = std::mem::take(&mut outbound.sources);
+    for consumer in sources::services(sources, dispatcher) {
+        server.add_service(background_service("outbound source", consumer));
+    }
+    server.add_service(background_service(
+        "outbound worker",
+        worker::Worker {
+            dispatcher: dispatcher.clone(),
+        },
+    ));
+    if let Some(addr) = outbound.api {
+        let api = crate::api::Api {
+            dispatcher: dispatcher.clone(),
+            tokens: outbound.tokens.clone(),
+            max_payload: outbound.max_payload,
+        };
+        let app = pingora::apps::http_app::HttpServer::new_app(api);
+        let mut service = pingora::services::listening::Service::new("outbound api".into(), app);
+        service.add_tcp(&addr.to_string());
+        server.add_service(service).add_dependency(bootstrap);
+        tracing::info!(%addr, endpoints = dispatcher.endpoints.count(), "outbound api listening (POST /outbound)");
+    }
+}
+
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
