@@ -146,6 +146,20 @@ portcullis spool ack -c conf/portcullis.yaml 3:40960   # after batch.jsonl is pr
 
 #[derive(Subcommand)]
 enum OutboundAction {
+    /// Dead letters: deliveries given up, and putting them back in the queue.
+    Dlq {
+        /// Only this tenant's.
+        #[arg(long, global = true)]
+        tenant: Option<String>,
+        /// Only this endpoint's.
+        #[arg(long, global = true)]
+        endpoint: Option<String>,
+        /// Only those dead within this long (like 1h, 2d).
+        #[arg(long, global = true)]
+        since: Option<String>,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Every attempt of a message: time, endpoint, attempt, outcome, status, latency, the
     /// first bytes of the answer.
     Attempts {
@@ -153,6 +167,27 @@ enum OutboundAction {
         /// One JSON array instead of lines.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Every dead delivery: when, message id, tenant/endpoint, reason, attempts.
+    List {
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead deliveries again with a fresh retry budget (same message id, so the same
+    /// webhook-id), paced.
+    Replay {
+        /// Message ids; or --all for every dead letter the filters match.
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// At most this many per second.
+        #[arg(long, default_value = "10/s")]
+        rate: String,
     },
 }
 
@@ -240,6 +275,46 @@ fn main() -> ExitCode {
         }
         Command::Keygen => commands::keygen(),
         Command::Outbound { conf, action } => match action {
+            OutboundAction::Dlq {
+                tenant,
+                endpoint,
+                since,
+                action,
+            } => {
+                let since = match since.as_deref().map(portcullis::config::parse_duration) {
+                    None => None,
+                    Some(Ok(d)) => Some(d),
+                    Some(Err(e)) => {
+                        eprintln!("--since: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let filter = portcullis::outbound::cli::DlqFilter {
+                    tenant: tenant.as_deref(),
+                    endpoint: endpoint.as_deref(),
+                    since,
+                };
+                match action {
+                    DlqAction::List { json } => {
+                        portcullis::outbound::cli::dlq_list(&conf, &filter, json)
+                    }
+                    DlqAction::Replay { ids, all, rate } => {
+                        if ids.is_empty() && !all {
+                            eprintln!("name message ids to replay, or --all");
+                            return ExitCode::from(2);
+                        }
+                        match portcullis::outbound::cli::parse_rate(&rate) {
+                            Ok(rate) => {
+                                portcullis::outbound::cli::dlq_replay(&conf, &filter, &ids, rate)
+                            }
+                            Err(e) => {
+                                eprintln!("{e}");
+                                return ExitCode::from(2);
+                            }
+                        }
+                    }
+                }
+            }
             OutboundAction::Attempts { message_id, json } => {
                 portcullis::outbound::cli::attempts(&conf, &message_id, json)
             }

@@ -370,9 +370,15 @@ print("verified")
 
 #[test]
 fn failures_retry_with_the_same_id_then_become_dead_letters() {
-    // flaky: 500, 500, then 200; broken: always 500.
+    // flaky: 500, 500, then 200; broken: 500 until it is mended (after its dead letter).
     let flaky = Receiver::start(|n| Reply::Status(if n < 2 { 500 } else { 200 }));
-    let broken = Receiver::start(|_| Reply::Full(500, vec![], vec![b'e'; 100_000]));
+    let broken = Receiver::start(|n| {
+        if n < 3 {
+            Reply::Full(500, vec![], vec![b'e'; 100_000])
+        } else {
+            Reply::Status(200)
+        }
+    });
     let d = Dispatcher::start(
         &[(
             "acme.yaml",
@@ -413,6 +419,37 @@ fn failures_retry_with_the_same_id_then_become_dead_letters() {
         .all()
         .iter()
         .all(|r| r.header("webhook-id") == Some(id.as_str())));
+
+    // The dead letter is listed, replayed with a fresh budget and delivered (same id).
+    let conf = d.server.dir.path().join("portcullis.yaml");
+    let conf = conf.to_str().unwrap();
+    let (code, out, err) = portcullis(&["outbound", "dlq", "list", "-c", conf, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let dead: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(dead.len(), 1, "{out}");
+    assert_eq!(
+        (
+            &dead[0]["message_id"],
+            &dead[0]["endpoint"],
+            &dead[0]["reason"]
+        ),
+        (
+            &serde_json::Value::from(id.as_str()),
+            &"broken".into(),
+            &"retries_exhausted".into()
+        )
+    );
+    let (code, out, err) = portcullis(&["outbound", "dlq", "replay", "-c", conf, &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 dead delivery queued again"), "{out}");
+    let got = broken.wait_for(4);
+    assert_eq!(got[3].header("webhook-id"), Some(id.as_str()));
+    let again = d.wait_attempts(&id, "broken", 4);
+    assert_eq!(again[3]["outcome"], "delivered");
+    let (_, out, _) = portcullis(&["outbound", "dlq", "list", "-c", conf, "--json"]);
+    assert_eq!(out.trim(), "[]");
+    let (code, _, err) = portcullis(&["outbound", "dlq", "replay", "-c", conf, &id]);
+    assert_eq!(code, 1, "nothing dead left to replay: {err}");
 }
 
 #[test]

@@ -81,3 +81,130 @@ fn open(conf: &Path) -> Result<Store, String> {
         _ => Err(errors.join("\n")),
     }
 }
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Which dead letters a `dlq` command means.
+pub struct DlqFilter<'a> {
+    pub tenant: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
+    /// Only those dead within this long.
+    pub since: Option<std::time::Duration>,
+}
+
+impl DlqFilter<'_> {
+    fn since_ms(&self) -> i64 {
+        self.since
+            .map(|d| crate::store::now_ms() - d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// `outbound dlq list`: every dead delivery: when, message, tenant/endpoint, reason.
+pub fn dlq_list(conf: &Path, filter: &DlqFilter<'_>, json: bool) -> i32 {
+    let result = (|| -> Result<Vec<crate::store::DeadLetter>, String> {
+        let store = open(conf)?;
+        runtime()?.block_on(async {
+            store
+                .dead_letters(filter.tenant, filter.endpoint, filter.since_ms())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })();
+    let dead = match result {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&dead).unwrap_or_default());
+        return 0;
+    }
+    for d in &dead {
+        let at = chrono::DateTime::from_timestamp_millis(d.at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{at}\t{}\t{}/{}\t{}\t{} attempts, last {}",
+            d.message_id,
+            d.tenant,
+            d.endpoint,
+            d.reason,
+            d.attempts,
+            d.last_outcome.as_deref().unwrap_or("-")
+        );
+    }
+    0
+}
+
+/// `outbound dlq replay`: puts dead deliveries (of `ids`, or all the filter matches) back in
+/// the queue with a fresh retry budget, at most `rate` per second.
+pub fn dlq_replay(conf: &Path, filter: &DlqFilter<'_>, ids: &[String], rate: f64) -> i32 {
+    let result = (|| -> Result<usize, String> {
+        let store = open(conf)?;
+        runtime()?.block_on(async {
+            let dead = store
+                .dead_letters(filter.tenant, filter.endpoint, filter.since_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            let chosen: Vec<_> = dead
+                .iter()
+                .filter(|d| ids.is_empty() || ids.contains(&d.message_id))
+                .collect();
+            if let Some(missing) = ids
+                .iter()
+                .find(|id| !chosen.iter().any(|d| &d.message_id == *id))
+            {
+                return Err(format!(
+                    "{missing} has no dead delivery (matching the filters)"
+                ));
+            }
+            let pause = std::time::Duration::from_secs_f64(1.0 / rate);
+            let mut replayed = 0;
+            for (i, d) in chosen.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(pause).await;
+                }
+                if store
+                    .replay(&d.message_id, &d.endpoint)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    replayed += 1;
+                }
+            }
+            Ok(replayed)
+        })
+    })();
+    match result {
+        Ok(n) => {
+            println!(
+                "{n} dead deliver{} queued again",
+                if n == 1 { "y" } else { "ies" }
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// `10/s`, `2.5/s` or a bare number: replays per second.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let number = text.trim().trim_end_matches("/s");
+    match number.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("rate `{text}` is not like 10/s")),
+    }
+}

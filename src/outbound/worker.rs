@@ -106,7 +106,7 @@ async fn attempt(d: &Dispatcher, claim: &Claimed) {
         let lag = (now_ms() - message.created_at).max(0) as f64 / 1000.0;
         metrics::OUTBOUND_DELIVERY_LAG.observe(lag);
     }
-    let next = next_step(&attempted, claim.attempts + 1, &d.delivery.retry);
+    let next = next_step(&attempted, claim.budget_attempt(), &d.delivery.retry);
     tracing::info!(
         target: "portcullis::outbound",
         message_id = %message.id,

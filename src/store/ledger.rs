@@ -50,6 +50,15 @@ pub struct Claimed {
     pub endpoint: String,
     /// Attempts made before this one.
     pub attempts: i64,
+    /// Of those, the ones made before its last replay (they do not count against the budget).
+    pub budget_from: i64,
+}
+
+impl Claimed {
+    /// Which attempt of its retry budget this one is (from 1).
+    pub fn budget_attempt(&self) -> i64 {
+        self.attempts - self.budget_from + 1
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +96,19 @@ pub struct Attempt {
     pub status: Option<i64>,
     pub latency_ms: i64,
     pub preview: Option<String>,
+}
+
+/// A delivery given up.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub tenant: String,
+    pub endpoint: String,
+    pub reason: String,
+    pub last_outcome: Option<String>,
+    pub attempts: i64,
+    /// When it died (unix ms).
+    pub at: i64,
 }
 
 struct Job {
@@ -135,7 +157,7 @@ impl Store {
              WHERE (message_id, endpoint) IN (SELECT message_id, endpoint FROM deliveries \
              WHERE status = 'pending' AND next_at <= $3 AND lease_until <= $3 \
              ORDER BY next_at LIMIT $4{lock}) \
-             RETURNING message_id, tenant, endpoint, attempts"
+             RETURNING message_id, tenant, endpoint, attempts, budget_from"
         );
         let rows = sqlx::query(&sql)
             .bind(now + lease_ms)
@@ -151,6 +173,7 @@ impl Store {
                     tenant: r.try_get(1)?,
                     endpoint: r.try_get(2)?,
                     attempts: r.try_get::<i64, _>(3)?,
+                    budget_from: r.try_get::<i64, _>(4)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -190,8 +213,10 @@ impl Store {
         let mut tx = pool.begin().await?;
         sqlx::query(
             "INSERT INTO attempts (message_id, endpoint, attempt, at, outcome, status, latency_ms, preview) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )
+        // (A node whose lease ran out may record the same attempt number as the node that
+        // took over: the first record stands, neither fails.)
         .bind(&claimed.message_id)
         .bind(&claimed.endpoint)
         .bind(claimed.attempts + 1)
@@ -258,6 +283,60 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Dead deliveries, oldest first, optionally of one tenant / endpoint, dead since `since`.
+    pub async fn dead_letters(
+        &self,
+        tenant: Option<&str>,
+        endpoint: Option<&str>,
+        since: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let pool = self.pool().await?;
+        let rows = sqlx::query(
+            "SELECT message_id, tenant, endpoint, dead_reason, last_outcome, attempts, updated_at \
+             FROM deliveries WHERE status = 'dead' AND updated_at >= $1 \
+             AND ($2 = '' OR tenant = $2) AND ($3 = '' OR endpoint = $3) \
+             ORDER BY updated_at, message_id",
+        )
+        .bind(since)
+        .bind(tenant.unwrap_or(""))
+        .bind(endpoint.unwrap_or(""))
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    message_id: r.try_get(0)?,
+                    tenant: r.try_get(1)?,
+                    endpoint: r.try_get(2)?,
+                    reason: r.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                    last_outcome: r.try_get(4)?,
+                    attempts: r.try_get(5)?,
+                    at: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Puts one dead delivery back in the queue, due now, with a fresh retry budget (same
+    /// message id, so the same `webhook-id`). False when it was not dead.
+    pub async fn replay(&self, message_id: &str, endpoint: &str) -> Result<bool, StoreError> {
+        let pool = self.pool().await?;
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', budget_from = attempts, next_at = $1, \
+             lease_until = 0, lease_owner = NULL, dead_reason = NULL, updated_at = $1 \
+             WHERE message_id = $2 AND endpoint = $3 AND status = 'dead'",
+        )
+        .bind(now)
+        .bind(message_id)
+        .bind(endpoint)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     /// Keeps an entry a source could not take as a message.

@@ -9,7 +9,9 @@
 pub mod config;
 mod ledger;
 
-pub use ledger::{Attempt, Claimed, Enqueued, NewMessage, Next, Outcome, StoredMessage};
+pub use ledger::{
+    Attempt, Claimed, DeadLetter, Enqueued, NewMessage, Next, Outcome, StoredMessage,
+};
 
 use std::time::Duration;
 
