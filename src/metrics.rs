@@ -194,9 +194,25 @@ pub static OUTBOUND_DEAD_LETTERS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("register portcullis_outbound_dead_letters_total")
 });
 
+pub static OUTBOUND_PENDING: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "portcullis_outbound_pending",
+        "Deliveries waiting in the ledger (the whole fleet's, read every few seconds)."
+    )
+    .expect("register portcullis_outbound_pending")
+});
+
+pub static OUTBOUND_BREAKERS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "portcullis_outbound_breakers_open",
+        "Endpoints whose circuit breaker is open (fleet-wide, read every few seconds)."
+    )
+    .expect("register portcullis_outbound_breakers_open")
+});
+
 /// The outbound series at zero, for a node that dispatches.
 pub fn register_outbound_series() {
-    for source in ["api", "redis", "nats", "amqp"] {
+    for source in ["api", "redis", "nats", "amqp", "inbound", "cli"] {
         for outcome in ["queued", "duplicate", "rejected"] {
             OUTBOUND_MESSAGES.with_label_values(&[source, outcome]);
         }
@@ -227,4 +243,6 @@ pub fn register_outbound_series() {
     Lazy::force(&OUTBOUND_ATTEMPT_DURATION);
     Lazy::force(&OUTBOUND_DELIVERY_LAG);
     Lazy::force(&OUTBOUND_IN_FLIGHT);
+    Lazy::force(&OUTBOUND_PENDING);
+    Lazy::force(&OUTBOUND_BREAKERS_OPEN);
 }

@@ -7,172 +7,9 @@ mod common;
 use std::net::TcpListener;
 use std::time::Duration;
 
+use common::dispatcher::*;
 use common::receiver::{Receiver, Reply};
 use common::*;
-
-const TOKEN: &str = "test-token-1";
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-struct Dispatcher {
-    server: Server,
-    api: u16,
-}
-
-impl Dispatcher {
-    /// A gateway with an outbound block: `endpoints` are (file, YAML), `delivery` the
-    /// `outbound.delivery` flow mapping.
-    fn start(endpoints: &[(&str, String)], delivery: &str) -> Dispatcher {
-        Self::start_on_store(endpoints, delivery, "sqlite://state/ledger.db")
-    }
-
-    fn start_on_store(endpoints: &[(&str, String)], delivery: &str, store: &str) -> Dispatcher {
-        Self::start_in(Server::prepare(&[]), endpoints, delivery, store)
-    }
-
-    fn start_in(
-        dir: tempfile::TempDir,
-        endpoints: &[(&str, String)],
-        delivery: &str,
-        store: &str,
-    ) -> Dispatcher {
-        for (name, yaml) in endpoints {
-            write(dir.path(), &format!("endpoints/{name}"), yaml);
-        }
-        let api = free_port();
-        let extra = format!(
-            "store: {{ url: \"{store}\" }}\noutbound:\n  api: 127.0.0.1:{api}\n  tokens: [\"{TOKEN}\"]\n  endpoints: endpoints/\n  max_payload: 4KiB\n  delivery: {delivery}\n"
-        );
-        let port = free_port();
-        let server = Server::start_in(
-            dir,
-            port,
-            &format!("  - addr: 127.0.0.1:{port}"),
-            spool_sink(),
-            &extra,
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "no API listener");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Dispatcher { server, api }
-    }
-
-    fn send(&self, body: &str) -> Response {
-        self.send_as(Some(TOKEN), body)
-    }
-
-    fn send_as(&self, token: Option<&str>, body: &str) -> Response {
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-        if let Some(t) = token {
-            headers.push(("authorization".into(), format!("Bearer {t}")));
-        }
-        post(self.api, "/outbound", &headers, body.as_bytes())
-    }
-
-    /// Sends a message and returns its message id (asserting the 202).
-    fn queue(&self, tenant: &str, event_type: &str, id: &str, payload: &str) -> String {
-        let r = self.send(&format!(
-            r#"{{"tenant":"{tenant}","event_type":"{event_type}","id":"{id}","payload":{payload}}}"#
-        ));
-        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-        r.json()["message_id"].as_str().unwrap().to_owned()
-    }
-
-    fn attempts(&self, message_id: &str) -> Vec<serde_json::Value> {
-        let conf = self.server.dir.path().join("portcullis.yaml");
-        let (_, out, _) = portcullis(&[
-            "outbound",
-            "attempts",
-            "-c",
-            conf.to_str().unwrap(),
-            message_id,
-            "--json",
-        ]);
-        serde_json::from_str::<Vec<serde_json::Value>>(out.trim()).unwrap_or_default()
-    }
-
-    /// Waits until the message has `n` attempts recorded at `endpoint`.
-    fn wait_attempts(&self, message_id: &str, endpoint: &str, n: usize) -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let all: Vec<_> = self
-                .attempts(message_id)
-                .into_iter()
-                .filter(|a| a["endpoint"] == endpoint)
-                .collect();
-            if all.len() >= n {
-                return all;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{message_id} has {} of {n} attempts at {endpoint}; log:\n{}",
-                all.len(),
-                self.server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until `/metrics` shows `line` (panics after 10 s).
-    fn wait_metric(&self, line: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.metrics().contains(line) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {line}:\n{}",
-                self.metrics()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn metrics(&self) -> String {
-        String::from_utf8_lossy(&self.server.admin_get("/metrics").body).into_owned()
-    }
-}
-
-/// The bodies a receiver got, as text, sorted.
-fn sorted_bodies(got: &[common::receiver::Delivered]) -> Vec<String> {
-    let mut bodies: Vec<String> = got
-        .iter()
-        .map(|r| String::from_utf8(r.body.clone()).unwrap())
-        .collect();
-    bodies.sort();
-    bodies
-}
-
-/// Waits until the receiver saw every message id (as `webhook-id`) at least once.
-fn wait_delivered(rx: &Receiver, ids: &[String]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen: std::collections::HashSet<String> = rx
-            .all()
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
-        let missing = ids.iter().filter(|id| !seen.contains(*id)).count();
-        if missing == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{missing} of {} messages never delivered",
-            ids.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn endpoint(name: &str, url: &str, extra: &str) -> String {
-    format!("  - name: {name}\n    url: {url}\n    secrets: [\"{SECRET}\"]\n{extra}")
-}
-
-fn tenant(name: &str, endpoints: &[String]) -> String {
-    format!("tenant: {name}\nendpoints:\n{}", endpoints.concat())
-}
-
-const LOCAL: &str = "{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [100ms, 200ms] }";
 
 #[test]
 fn the_api_answers_with_the_contract_statuses() {
@@ -580,7 +417,8 @@ fn internal_addresses_are_refused_at_load_and_at_delivery() {
 
 #[test]
 fn a_killed_dispatcher_delivers_every_queued_message_after_restart() {
-    // The receiver is down while the messages are queued; the process is then SIGKILLed.
+    // The receiver is down while the messages are queued (so the breaker opens: a short
+    // cooldown); the process is then SIGKILLed.
     let port = free_port();
     let retry = format!("[{}]", vec!["100ms"; 100].join(", "));
     let mut d = Dispatcher::start(
@@ -591,7 +429,7 @@ fn a_killed_dispatcher_delivers_every_queued_message_after_restart() {
                 &[endpoint("e", &format!("http://127.0.0.1:{port}/"), "")],
             ),
         )],
-        &format!("{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: {retry} }}"),
+        &format!("{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: {retry}, breaker: {{ cooldown: 200ms }} }}"),
     );
     let ids: Vec<String> = (0..20)
         .map(|i| d.queue("t", "a", &format!("e{i}"), &format!("{{\"n\":{i}}}")))

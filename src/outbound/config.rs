@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::config::secrets::{self, Source};
 use crate::config::{join_normalized, keys, parse_net, parse_size, Report, Section, SizeValue};
+use crate::store::Breaker;
 
 #[derive(Debug, Deserialize)]
 pub struct OutboundSpec {
@@ -39,12 +40,23 @@ struct DeliverySpec {
     allow_http: bool,
     #[serde(default)]
     allow_internal: Vec<String>,
+    #[serde(default)]
+    breaker: Option<BreakerSpec>,
 }
 
-pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 2] {
+#[derive(Debug, Deserialize)]
+struct BreakerSpec {
+    #[serde(default)]
+    failures: Option<i64>,
+    #[serde(default)]
+    cooldown: Option<String>,
+}
+
+pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 3] {
     [
         ("outbound", keys::<OutboundSpec>()),
         ("delivery", keys::<DeliverySpec>()),
+        ("breaker", keys::<BreakerSpec>()),
     ]
 }
 
@@ -66,6 +78,7 @@ pub struct Delivery {
     pub retry: Vec<Duration>,
     pub allow_http: bool,
     pub allow_internal: Vec<IpNet>,
+    pub breaker: Breaker,
 }
 
 pub const DEFAULT_RETRY: [Duration; 7] = [
@@ -77,6 +90,11 @@ pub const DEFAULT_RETRY: [Duration; 7] = [
     Duration::from_secs(36000),
     Duration::from_secs(36000),
 ];
+/// Five failures in a row open an endpoint's breaker for 30 s, then one probe.
+pub const DEFAULT_BREAKER: Breaker = Breaker {
+    failures: 5,
+    cooldown_ms: 30_000,
+};
 pub const DEFAULT_MAX_PAYLOAD: usize = 256 * 1024;
 
 pub fn load(spec: &OutboundSpec, base: &Path, report: &mut Report<'_>) -> Outbound {
@@ -137,6 +155,7 @@ fn delivery(spec: Option<&DeliverySpec>, at: &mut Section<'_, '_>) -> Delivery {
         retry: DEFAULT_RETRY.to_vec(),
         allow_http: false,
         allow_internal: Vec::new(),
+        breaker: DEFAULT_BREAKER,
     };
     let Some(spec) = spec else { return d };
     if let Some(n) = spec.concurrency {
@@ -170,6 +189,31 @@ fn delivery(spec: Option<&DeliverySpec>, at: &mut Section<'_, '_>) -> Delivery {
             }
         }
         d.retry = retry;
+    }
+    if let Some(b) = &spec.breaker {
+        if let Some(n) = b.failures {
+            if (1..=10_000).contains(&n) {
+                d.breaker.failures = n;
+            } else {
+                at.error(
+                    &["delivery", "breaker", "failures"],
+                    "breaker.failures must be from 1 to 10000",
+                );
+            }
+        }
+        let cooldown = at.duration_at(
+            &["delivery", "breaker", "cooldown"],
+            b.cooldown.as_deref(),
+            Duration::from_millis(DEFAULT_BREAKER.cooldown_ms as u64),
+            |t| {
+                if t.is_zero() || t > Duration::from_secs(24 * 3600) {
+                    Err("breaker.cooldown must be more than zero and at most 24h".into())
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        d.breaker.cooldown_ms = cooldown.as_millis() as i64;
     }
     d.allow_http = spec.allow_http;
     for cidr in &spec.allow_internal {

@@ -16,6 +16,7 @@ use crate::config::diagnostics::{self, parse, Report};
 use crate::config::secrets::{self, Source};
 use crate::config::{keys, Problem, Section};
 use crate::schemes::{self, Scheme, SchemeConfig, SignatureSpec, TimestampSpec};
+use crate::store::{Limits, Rate};
 
 #[derive(Debug, Deserialize)]
 struct TenantFile {
@@ -42,6 +43,19 @@ struct EndpointSpec {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RateSpec>,
+    #[serde(default)]
+    max_in_flight: Option<u32>,
+    #[serde(default)]
+    ordered: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RateSpec {
+    per_second: f64,
+    #[serde(default)]
+    burst: Option<u32>,
 }
 
 /// A checked endpoint.
@@ -55,6 +69,10 @@ pub struct Endpoint {
     pub event_types: Vec<String>,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub timeout: Option<Duration>,
+    /// Fleet-wide limits the claim respects.
+    pub limits: Limits,
+    /// FIFO per endpoint (per `ordering_key` when a message has one).
+    pub ordered: bool,
 }
 
 impl Endpoint {
@@ -155,7 +173,10 @@ pub fn load_dir(dir: &Path, rules: &Rules<'_>, problems: &mut Vec<Problem>) -> E
 }
 
 fn nested_keys() -> Vec<(&'static str, &'static [&'static str])> {
-    let mut nested = vec![("endpoints", keys::<EndpointSpec>())];
+    let mut nested = vec![
+        ("endpoints", keys::<EndpointSpec>()),
+        ("rate_limit", keys::<RateSpec>()),
+    ];
     nested.extend(schemes::config::nested_keys());
     nested
 }
@@ -272,6 +293,23 @@ fn endpoint(
                 None
             }
         });
+    let rate = spec.rate_limit.as_ref().and_then(|r| {
+        let burst = r.burst.unwrap_or(1);
+        if !(r.per_second > 0.0 && r.per_second <= 100_000.0) || burst == 0 || burst > 100_000 {
+            at.error_at(line, format!("endpoint `{name}`: rate_limit needs per_second from 0.001 to 100000 and burst from 1 to 100000"));
+            return None;
+        }
+        Some(Rate {
+            per_second: r.per_second,
+            burst,
+        })
+    });
+    if spec.max_in_flight == Some(0) {
+        at.error_at(
+            line,
+            format!("endpoint `{name}`: max_in_flight must be at least 1"),
+        );
+    }
     let mut headers = Vec::new();
     for (k, v) in &spec.headers {
         match (
@@ -310,6 +348,11 @@ fn endpoint(
         event_types: spec.event_types.clone(),
         headers,
         timeout,
+        limits: Limits {
+            max_in_flight: spec.max_in_flight.filter(|n| *n > 0),
+            rate,
+        },
+        ordered: spec.ordered,
     })
 }
 

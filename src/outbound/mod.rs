@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::store::{Enqueued, NewMessage, Store, StoreError};
+use crate::store::{Enqueued, NewMessage, Route, Store, StoreError};
 use config::Delivery;
 use endpoints::Endpoints;
 use message::{Invalid, Message};
@@ -87,7 +87,10 @@ impl Dispatcher {
                     .as_ref()
                     .is_none_or(|n| n.contains(&e.name))
             })
-            .map(|e| e.name.clone())
+            .map(|e| Route {
+                endpoint: e.name.clone(),
+                ordered: e.ordered,
+            })
             .collect();
         let (event_id, idempotency_ms) = match message.id {
             Some(id) => (id, IDEMPOTENCY_WINDOW_MS),

@@ -18,10 +18,12 @@ use tokio::sync::Semaphore;
 use super::delivery::Attempted;
 use super::Dispatcher;
 use crate::metrics;
-use crate::store::{now_ms, Claimed, Next, Outcome};
+use crate::store::{now_ms, BreakerMove, Claimed, Next, Outcome};
 
 /// How often the ledger is polled when nothing woke the worker.
 const POLL: Duration = Duration::from_millis(200);
+/// How often the ledger-wide gauges are read.
+const GAUGES: Duration = Duration::from_secs(2);
 
 pub struct Worker {
     pub dispatcher: Arc<Dispatcher>,
@@ -36,6 +38,7 @@ impl BackgroundService for Worker {
         // covers recording the outcome.
         let longest = d.endpoints.max_timeout().max(d.delivery.timeout);
         let lease_ms = longest.as_millis() as i64 + 5_000;
+        tokio::spawn(gauges(d.clone(), shutdown.clone()));
         loop {
             if *shutdown.borrow() {
                 return;
@@ -44,7 +47,15 @@ impl BackgroundService for Worker {
             let claimed = if free == 0 {
                 Ok(Vec::new())
             } else {
-                d.store.claim(&d.owner, lease_ms, free as i64).await
+                let limits = |tenant: &str, name: &str| {
+                    d.endpoints
+                        .get(tenant, name)
+                        .map(|e| e.limits)
+                        .unwrap_or_default()
+                };
+                d.store
+                    .claim(&d.owner, lease_ms, free as i64, &limits)
+                    .await
             };
             match claimed {
                 Ok(list) if !list.is_empty() => {
@@ -81,17 +92,31 @@ impl BackgroundService for Worker {
     }
 }
 
+/// Refreshes the ledger-wide gauges (pending, open breakers) every few seconds.
+async fn gauges(d: Arc<super::Dispatcher>, mut shutdown: ShutdownWatch) {
+    loop {
+        if let Ok((pending, open)) = d.store.gauges().await {
+            metrics::OUTBOUND_PENDING.set(pending);
+            metrics::OUTBOUND_BREAKERS_OPEN.set(open);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(GAUGES) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 async fn attempt(d: &Dispatcher, claim: &Claimed) {
     let message = match d.store.message(&claim.message_id).await {
         Ok(Some(m)) => m,
-        Ok(None) => return record(d, claim, dead("message_missing")).await,
+        Ok(None) => return record(d, claim, dead("message_missing"), false).await,
         Err(e) => {
             tracing::warn!("outbound: {e}");
             return;
         }
     };
     let Some(endpoint) = d.endpoints.get(&claim.tenant, &claim.endpoint).cloned() else {
-        return record(d, claim, dead("endpoint_removed")).await;
+        return record(d, claim, dead("endpoint_removed"), false).await;
     };
     let timeout = endpoint.timeout.unwrap_or(d.delivery.timeout);
     let attempted = d
@@ -139,7 +164,8 @@ async fn attempt(d: &Dispatcher, claim: &Claimed) {
         preview: attempted.preview,
         next,
     };
-    record(d, claim, outcome).await;
+    // A 410 disables the endpoint instead; everything else tells the breaker.
+    record(d, claim, outcome, attempted.outcome != "gone").await;
 }
 
 fn dead(reason: &'static str) -> Outcome {
@@ -152,18 +178,31 @@ fn dead(reason: &'static str) -> Outcome {
     }
 }
 
-async fn record(d: &Dispatcher, claim: &Claimed, outcome: Outcome) {
+async fn record(d: &Dispatcher, claim: &Claimed, outcome: Outcome, attempted: bool) {
     if let Next::Dead(reason) = &outcome.next {
         metrics::OUTBOUND_DEAD_LETTERS
             .with_label_values(&[reason])
             .inc();
     }
-    if let Err(e) = d.store.record(claim, &d.owner, &outcome).await {
+    let breaker = attempted.then_some(d.delivery.breaker);
+    match d.store.record(claim, &d.owner, &outcome, breaker).await {
+        Ok(BreakerMove::Opened) => tracing::warn!(
+            tenant = %claim.tenant,
+            endpoint = %claim.endpoint,
+            cooldown_ms = d.delivery.breaker.cooldown_ms,
+            "outbound: circuit breaker open: attempts to this endpoint are deferred"
+        ),
+        Ok(BreakerMove::Closed) => tracing::info!(
+            tenant = %claim.tenant,
+            endpoint = %claim.endpoint,
+            "outbound: circuit breaker closed: the probe was delivered"
+        ),
+        Ok(BreakerMove::Unchanged) => {}
         // The lease runs out and the delivery is attempted again: at least once.
-        tracing::warn!(
+        Err(e) => tracing::warn!(
             "outbound: cannot record an attempt of {}: {e}",
             claim.message_id
-        );
+        ),
     }
 }
 

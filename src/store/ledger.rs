@@ -10,7 +10,7 @@ use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Backend, Store, StoreError};
+use super::{now_ms, Store, StoreError};
 
 /// Most messages written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -26,9 +26,34 @@ pub struct NewMessage {
     pub payload: String,
     pub ordering_key: Option<String>,
     pub source: &'static str,
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<Route>,
     /// How long (tenant, event_id) names this message.
     pub idempotency_ms: i64,
+}
+
+/// An endpoint a message goes to.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub endpoint: String,
+    /// FIFO: delivered one at a time in enqueue order (per `ordering_key` when it has one).
+    pub ordered: bool,
+}
+
+/// The circuit breaker's settings (the same for every endpoint).
+#[derive(Debug, Clone, Copy)]
+pub struct Breaker {
+    /// Consecutive failed attempts that open it.
+    pub failures: i64,
+    /// How long it stays open before one probe.
+    pub cooldown_ms: i64,
+}
+
+/// How recording an attempt moved the endpoint's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerMove {
+    Unchanged,
+    Opened,
+    Closed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,47 +164,6 @@ impl Store {
             .map_err(StoreError::Unavailable)
     }
 
-    /// Leases up to `limit` due deliveries for `lease_ms` to `owner`.
-    pub async fn claim(
-        &self,
-        owner: &str,
-        lease_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        let pool = self.pool().await?;
-        let now = now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE deliveries SET lease_until = $1, lease_owner = $2 \
-             WHERE (message_id, endpoint) IN (SELECT message_id, endpoint FROM deliveries \
-             WHERE status = 'pending' AND next_at <= $3 AND lease_until <= $3 \
-             ORDER BY next_at LIMIT $4{lock}) \
-             RETURNING message_id, tenant, endpoint, attempts, budget_from"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(now + lease_ms)
-            .bind(owner)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Claimed {
-                    message_id: r.try_get(0)?,
-                    tenant: r.try_get(1)?,
-                    endpoint: r.try_get(2)?,
-                    attempts: r.try_get::<i64, _>(3)?,
-                    budget_from: r.try_get::<i64, _>(4)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-
     pub async fn message(&self, id: &str) -> Result<Option<StoredMessage>, StoreError> {
         let pool = self.pool().await?;
         let row = sqlx::query(
@@ -201,13 +185,16 @@ impl Store {
         .map_err(|e: sqlx::Error| e.into())
     }
 
-    /// Records an attempt of a leased delivery and its next step, in one transaction.
+    /// Records an attempt of a leased delivery and its next step, in one transaction, and
+    /// with `breaker` (an attempt was made) the endpoint's breaker: closed by a success,
+    /// opened by `failures` in a row, re-opened by a failed probe.
     pub async fn record(
         &self,
         claimed: &Claimed,
         owner: &str,
         outcome: &Outcome,
-    ) -> Result<(), StoreError> {
+        breaker: Option<Breaker>,
+    ) -> Result<BreakerMove, StoreError> {
         let pool = self.pool().await?;
         let now = now_ms();
         let mut tx = pool.begin().await?;
@@ -247,8 +234,23 @@ impl Store {
         .bind(owner)
         .execute(&mut *tx)
         .await?;
+        let moved = match breaker {
+            Some(b) => {
+                let delivered = matches!(outcome.next, Next::Delivered);
+                health(
+                    &mut tx,
+                    &claimed.tenant,
+                    &claimed.endpoint,
+                    delivered,
+                    b,
+                    now,
+                )
+                .await?
+            }
+            None => BreakerMove::Unchanged,
+        };
         tx.commit().await?;
-        Ok(())
+        Ok(moved)
     }
 
     /// Stops an endpoint: no new deliveries, and its pending ones become dead letters
@@ -388,6 +390,20 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// (pending deliveries, open breakers), fleet-wide.
+    pub async fn gauges(&self) -> Result<(i64, i64), StoreError> {
+        let pool = self.pool().await?;
+        let pending: i64 = sqlx::query("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+            .fetch_one(pool)
+            .await?
+            .try_get(0)?;
+        let open: i64 = sqlx::query("SELECT COUNT(*) FROM endpoint_health WHERE state = 'open'")
+            .fetch_one(pool)
+            .await?
+            .try_get(0)?;
+        Ok((pending, open))
+    }
+
     /// A delivery's state: (status, attempts, dead_reason).
     pub async fn delivery(
         &self,
@@ -406,6 +422,73 @@ impl Store {
             .transpose()
             .map_err(|e: sqlx::Error| e.into())
     }
+}
+
+async fn health(
+    tx: &mut Transaction<'_, Any>,
+    tenant: &str,
+    endpoint: &str,
+    delivered: bool,
+    b: Breaker,
+    now: i64,
+) -> Result<BreakerMove, sqlx::Error> {
+    let was_open =
+        sqlx::query("SELECT state FROM endpoint_health WHERE tenant = $1 AND endpoint = $2")
+            .bind(tenant)
+            .bind(endpoint)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?
+            .is_some_and(|s| s == "open");
+    if delivered {
+        sqlx::query(
+            "INSERT INTO endpoint_health (tenant, endpoint, failures, state, open_until, last_success) \
+             VALUES ($1, $2, 0, 'closed', 0, $3) ON CONFLICT (tenant, endpoint) DO UPDATE SET \
+             failures = 0, state = 'closed', open_until = 0, last_success = excluded.last_success",
+        )
+        .bind(tenant)
+        .bind(endpoint)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        return Ok(if was_open {
+            BreakerMove::Closed
+        } else {
+            BreakerMove::Unchanged
+        });
+    }
+    // A failure while open (the probe, or an attempt begun before it opened) restarts the
+    // cooldown; the `failures`-th in a row opens it.
+    let opens = "(endpoint_health.state = 'open' OR endpoint_health.failures + 1 >= $4)";
+    let sql = format!(
+        "INSERT INTO endpoint_health (tenant, endpoint, failures, state, open_until, last_failure) \
+         VALUES ($1, $2, 1, CASE WHEN 1 >= $4 THEN 'open' ELSE 'closed' END, \
+         CASE WHEN 1 >= $4 THEN $3 + $5 ELSE 0 END, $3) \
+         ON CONFLICT (tenant, endpoint) DO UPDATE SET failures = endpoint_health.failures + 1, \
+         last_failure = $3, state = CASE WHEN {opens} THEN 'open' ELSE 'closed' END, \
+         open_until = CASE WHEN {opens} THEN $3 + $5 ELSE endpoint_health.open_until END"
+    );
+    sqlx::query(&sql)
+        .bind(tenant)
+        .bind(endpoint)
+        .bind(now)
+        .bind(b.failures)
+        .bind(b.cooldown_ms)
+        .execute(&mut **tx)
+        .await?;
+    let open = sqlx::query("SELECT state FROM endpoint_health WHERE tenant = $1 AND endpoint = $2")
+        .bind(tenant)
+        .bind(endpoint)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get::<String, _>(0)?
+        == "open";
+    Ok(if open && !was_open {
+        BreakerMove::Opened
+    } else {
+        BreakerMove::Unchanged
+    })
 }
 
 async fn commit_loop(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Job>) {
@@ -489,20 +572,26 @@ async fn insert(tx: &mut Transaction<'_, Any>, m: &NewMessage) -> Result<Enqueue
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
-    let endpoints: Vec<&String> = m
+    let endpoints: Vec<&Route> = m
         .endpoints
         .iter()
-        .filter(|e| !disabled.contains(e))
+        .filter(|r| !disabled.contains(&r.endpoint))
         .collect();
-    for endpoint in &endpoints {
+    let seq = next_seq();
+    for route in &endpoints {
+        let fifo = route
+            .ordered
+            .then(|| m.ordering_key.clone().unwrap_or_default());
         sqlx::query(
-            "INSERT INTO deliveries (message_id, tenant, endpoint, status, attempts, next_at, lease_until, updated_at) \
-             VALUES ($1, $2, $3, 'pending', 0, $4, 0, $4)",
+            "INSERT INTO deliveries (message_id, tenant, endpoint, status, attempts, next_at, lease_until, updated_at, seq, fifo_key) \
+             VALUES ($1, $2, $3, 'pending', 0, $4, 0, $4, $5, $6)",
         )
         .bind(&message_id)
         .bind(&m.tenant)
-        .bind(*endpoint)
+        .bind(&route.endpoint)
         .bind(now)
+        .bind(seq)
+        .bind(fifo)
         .execute(&mut **tx)
         .await?;
     }
@@ -510,6 +599,25 @@ async fn insert(tx: &mut Transaction<'_, Any>, m: &NewMessage) -> Result<Enqueue
         message_id,
         endpoints: endpoints.len(),
     })
+}
+
+/// Enqueue order: microseconds, strictly increasing in this process (nodes enqueueing in
+/// the same microsecond are concurrent; either order is FIFO).
+fn next_seq() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default();
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
 }
 
 /// `msg_` + 24 random base-62 characters (143 bits).

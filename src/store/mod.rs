@@ -1,16 +1,19 @@
 //! The SQL store of the outbound ledger: SQLite in the state directory by default, PostgreSQL
 //! for a fleet. One set of migrations and runtime queries (sqlx's `Any` driver) serves both;
-//! only the claim differs (PostgreSQL adds `FOR UPDATE SKIP LOCKED`).
+//! only the claim's locking differs (see `claim`).
 //!
 //! The pool is opened on first use, inside the runtime that uses it: Pingora may fork to
 //! daemonize after the config is loaded, and SQLite connections own threads. `run` checks
 //! the store once before that ([`Store::check`]), so a store that cannot open stops the start.
 
+mod claim;
 pub mod config;
 mod ledger;
 
+pub use claim::{Limits, Rate};
 pub use ledger::{
-    Attempt, Claimed, DeadLetter, Enqueued, NewMessage, Next, Outcome, StoredMessage,
+    Attempt, Breaker, BreakerMove, Claimed, DeadLetter, Enqueued, NewMessage, Next, Outcome, Route,
+    StoredMessage,
 };
 
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! written into a temp dir, speaks raw HTTP/1.1 to it, and runs tiny upstreams for the http sink.
 #![allow(dead_code)]
 
+pub mod dispatcher;
 pub mod receiver;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,236 @@
+//! Claiming due deliveries, fairly and within each endpoint's limits, for the whole fleet.
+//!
+//! One claim is one transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: under an advisory
+//! lock, so two nodes never both count the same free slot). It takes, in this order:
+//! - one probe per endpoint whose circuit breaker is open and whose cooldown has passed (the
+//!   breaker's `open_until` moves past the lease, so no other node probes meanwhile);
+//! - due deliveries round-robin across endpoints (the oldest due of each endpoint, then the
+//!   second of each, …), the endpoint with the fewest attempts in flight first, so one
+//!   endpoint's backlog or slowness never queues ahead of another's work;
+//! - skipping endpoints at `max_in_flight` (leases held by any node), over their rate limit
+//!   (GCRA on `endpoint_health.tat_us`), or with an open breaker; an `ordered` endpoint's
+//!   delivery only when it heads its FIFO and nothing of that FIFO is in flight.
+//!
+//! A delivery skipped is deferred, not attempted: its retry budget is not spent.
+
+use std::collections::HashMap;
+
+use sqlx::{Any, Row, Transaction};
+
+use super::{now_ms, Backend, Claimed, Store, StoreError};
+
+/// An endpoint's limits, from its config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Attempts in flight across the fleet.
+    pub max_in_flight: Option<u32>,
+    pub rate: Option<Rate>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub per_second: f64,
+    /// Attempts that may go at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// PostgreSQL advisory lock key that serialises claims across the fleet.
+const CLAIM_LOCK: i64 = 0x506f_7274_6375; // "Portcu"
+
+/// `{breaker}` selects which endpoints' deliveries are candidates.
+const CANDIDATES: &str = "SELECT message_id, tenant, endpoint, attempts, budget_from FROM ( \
+     SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at, \
+     ROW_NUMBER() OVER (PARTITION BY d.tenant, d.endpoint ORDER BY d.next_at, d.seq) AS rn \
+     FROM deliveries d \
+     WHERE d.status = 'pending' AND d.next_at <= $1 AND d.lease_until <= $1 AND {breaker} \
+     AND (d.fifo_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e \
+          WHERE e.tenant = d.tenant AND e.endpoint = d.endpoint AND e.fifo_key = d.fifo_key \
+          AND e.status = 'pending' AND (e.seq < d.seq OR e.lease_until > $1))) \
+     ) c WHERE rn <= $2 ORDER BY rn, next_at LIMIT $3";
+
+const CLOSED: &str = "NOT EXISTS (SELECT 1 FROM endpoint_health h WHERE h.tenant = d.tenant \
+     AND h.endpoint = d.endpoint AND h.state = 'open')";
+const PROBE: &str = "EXISTS (SELECT 1 FROM endpoint_health h WHERE h.tenant = d.tenant \
+     AND h.endpoint = d.endpoint AND h.state = 'open' AND h.open_until <= $1)";
+
+impl Store {
+    /// Leases up to `limit` due deliveries for `lease_ms` to `owner`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+        limits: &(dyn Fn(&str, &str) -> Limits + Sync),
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let pool = self.pool().await?;
+        let now = now_ms();
+        let mut tx = match self.backend {
+            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(CLAIM_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+        };
+        let mut taken = Vec::new();
+        // Probes first: one per endpoint whose cooldown has passed.
+        for probe in candidates(&mut tx, PROBE, now, 1, limit).await? {
+            let updated = sqlx::query(
+                "UPDATE endpoint_health SET open_until = $1 WHERE tenant = $2 AND endpoint = $3 \
+                 AND state = 'open' AND open_until <= $4",
+            )
+            .bind(now + lease_ms)
+            .bind(&probe.tenant)
+            .bind(&probe.endpoint)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 1 {
+                taken.push(probe);
+            }
+        }
+        let room = limit - taken.len() as i64;
+        if room > 0 {
+            let mut in_flight = in_flight(&mut tx, now).await?;
+            // Each rate-limited endpoint's theoretical arrival time, as this claim moves it.
+            let mut rates: HashMap<(String, String), i64> = HashMap::new();
+            let now_us = now * 1000;
+            // Four times the room: some candidates are skipped for their endpoint's limits.
+            let mut pool = candidates(&mut tx, CLOSED, now, room, room * 4).await?;
+            while (taken.len() as i64) < limit && !pool.is_empty() {
+                // The least busy endpoint first: a slow endpoint holding leases yields each
+                // slot that frees to an endpoint with fewer in flight.
+                let busy = |c: &Claimed| {
+                    in_flight
+                        .get(&(c.tenant.clone(), c.endpoint.clone()))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                let next = (0..pool.len()).min_by_key(|&i| busy(&pool[i])).unwrap_or(0);
+                let c = pool.remove(next);
+                let l = limits(&c.tenant, &c.endpoint);
+                let key = (c.tenant.clone(), c.endpoint.clone());
+                if l.max_in_flight
+                    .is_some_and(|max| busy(&c) >= i64::from(max))
+                {
+                    continue;
+                }
+                if let Some(rate) = l.rate {
+                    let tat = match rates.get(&key) {
+                        Some(t) => *t,
+                        None => tat(&mut tx, &c.tenant, &c.endpoint).await?,
+                    };
+                    let interval = (1_000_000.0 / rate.per_second) as i64;
+                    let tolerance = interval * i64::from(rate.burst.max(1) - 1);
+                    let start = tat.max(now_us);
+                    rates.insert(key.clone(), tat);
+                    if start - now_us > tolerance {
+                        continue;
+                    }
+                    rates.insert(key.clone(), start + interval);
+                }
+                *in_flight.entry(key).or_insert(0) += 1;
+                taken.push(c);
+            }
+            for ((tenant, endpoint), tat) in &rates {
+                set_tat(&mut tx, tenant, endpoint, *tat).await?;
+            }
+        }
+        for c in &taken {
+            sqlx::query(
+                "UPDATE deliveries SET lease_until = $1, lease_owner = $2 \
+                 WHERE message_id = $3 AND endpoint = $4",
+            )
+            .bind(now + lease_ms)
+            .bind(owner)
+            .bind(&c.message_id)
+            .bind(&c.endpoint)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(taken)
+    }
+}
+
+async fn candidates(
+    tx: &mut Transaction<'_, Any>,
+    breaker: &str,
+    now: i64,
+    per_endpoint: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let sql = CANDIDATES.replace("{breaker}", breaker);
+    let rows = sqlx::query(&sql)
+        .bind(now)
+        .bind(per_endpoint)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                message_id: r.try_get(0)?,
+                tenant: r.try_get(1)?,
+                endpoint: r.try_get(2)?,
+                attempts: r.try_get(3)?,
+                budget_from: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// Leases held now, per endpoint, by any node.
+async fn in_flight(
+    tx: &mut Transaction<'_, Any>,
+    now: i64,
+) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT tenant, endpoint, COUNT(*) FROM deliveries \
+         WHERE lease_until > $1 AND status = 'pending' GROUP BY tenant, endpoint",
+    )
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get::<i64, _>(2)?)))
+        .collect()
+}
+
+async fn tat(
+    tx: &mut Transaction<'_, Any>,
+    tenant: &str,
+    endpoint: &str,
+) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query("SELECT tat_us FROM endpoint_health WHERE tenant = $1 AND endpoint = $2")
+        .bind(tenant)
+        .bind(endpoint)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get(0)?,
+        None => 0,
+    })
+}
+
+async fn set_tat(
+    tx: &mut Transaction<'_, Any>,
+    tenant: &str,
+    endpoint: &str,
+    tat: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO endpoint_health (tenant, endpoint, tat_us) VALUES ($1, $2, $3) \
+         ON CONFLICT (tenant, endpoint) DO UPDATE SET tat_us = excluded.tat_us",
+    )
+    .bind(tenant)
+    .bind(endpoint)
+    .bind(tat)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
