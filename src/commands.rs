@@ -90,7 +90,11 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         ));
         (o, dispatcher)
     });
-    let (sinks, replayers) = match crate::sinks::build_all(&settings.sinks, &settings.fallbacks) {
+    let built = crate::sinks::Built {
+        dispatcher: outbound.as_ref().map(|(_, d)| d.clone()),
+    };
+    let built = crate::sinks::build_all(&settings.sinks, &settings.fallbacks, &built);
+    let (sinks, replayers) = match built {
         Ok(built) => built,
         Err(e) => {
             tracing::error!("not starting: {e}");

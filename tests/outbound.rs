@@ -154,55 +154,10 @@ fn deliveries_carry_the_exact_payload_signed_so_receivers_verify_them() {
     );
 
     // The standardwebhooks package verifies with either secret.
-    let script = r#"
-import sys, json
-from standardwebhooks import Webhook
-d = json.load(sys.stdin)
-for secret in d["secrets"]:
-    Webhook(secret).verify(d["body"], d["headers"])
-print("verified")
-"#;
-    let input = serde_json::json!({
-        "secrets": [SECRET, "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="],
-        "body": payload,
-        "headers": {
-            "webhook-id": std.header("webhook-id"),
-            "webhook-timestamp": std.header("webhook-timestamp"),
-            "webhook-signature": sigs,
-        },
-    });
-    let present = std::process::Command::new("python3")
-        .args(["-c", "import standardwebhooks"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !present {
-        assert!(
-            std::env::var_os("PORTCULLIS_REQUIRE_BROKERS").is_none(),
-            "no standardwebhooks package (pip install -r tests/sdk/requirements.txt), and PORTCULLIS_REQUIRE_BROKERS=1"
-        );
-        eprintln!("skipped: no python standardwebhooks package");
-        return;
+    let secrets = [SECRET, "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="];
+    if let Some(verdict) = standard_webhooks_verify(&secrets, payload, std) {
+        verdict.unwrap();
     }
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -931,4 +886,70 @@ fn a_rabbitmq_source_acks_after_commit_and_keeps_malformed_messages_as_dead_lett
         q.message_count()
     });
     assert_eq!(left, 0, "every delivery was acked");
+}
+
+#[test]
+fn the_inbound_bridge_turns_a_verified_github_webhook_into_a_signed_delivery() {
+    const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"gh-secret\"]\nsink: bridge\n";
+    let rx = Receiver::ok();
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    let d = Dispatcher::start_with_sinks(
+        dir,
+        &[(
+            "internal.yaml",
+            tenant(
+                "internal",
+                &[endpoint(
+                    "ci",
+                    &format!("http://127.0.0.1:{}/ci", rx.port),
+                    "    event_types: [\"github.*\"]\n",
+                )],
+            ),
+        )],
+        LOCAL,
+        "sqlite://state/ledger.db",
+        "  bridge: { type: outbound, tenant: internal }",
+    );
+    let body = r#"{"ref":"refs/heads/main","after":"abc123"}"#;
+    let mut headers = sign(GITHUB, body.as_bytes(), now(), "delivery-1");
+    headers.push(("x-github-event".into(), "push".into()));
+    let r = d.server.post("/webhook/github", &headers, body.as_bytes());
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let got = rx.wait_for(1);
+    assert_eq!(
+        got[0].body,
+        body.as_bytes(),
+        "the raw inbound body, as it came"
+    );
+    assert_eq!(got[0].header("content-type"), Some("application/json"));
+    assert!(
+        got[0].header("x-hub-signature-256").is_none(),
+        "the inbound signature stays behind"
+    );
+    let message_id = got[0].header("webhook-id").unwrap().to_owned();
+    if let Some(verdict) = standard_webhooks_verify(&[SECRET], body, &got[0]) {
+        verdict.unwrap();
+    }
+    let attempts = d.wait_attempts(&message_id, "ci", 1);
+    assert_eq!(attempts[0]["outcome"], "delivered");
+
+    // A bad signature never reaches the ledger.
+    let mut forged = sign(GITHUB, b"{\"other\":1}", now(), "delivery-2");
+    forged.push(("x-github-event".into(), "push".into()));
+    let r = d.server.post("/webhook/github", &forged, body.as_bytes());
+    assert_eq!(r.status, 401);
+    d.wait_metric(r#"portcullis_outbound_messages_total{outcome="queued",source="inbound"} 1"#);
+    assert_eq!(rx.count(), 1);
+
+    // `check` refuses a bridge to a tenant without endpoints.
+    let conf = d.server.dir.path().join("portcullis.yaml");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let bad = d.server.dir.path().join("bad.yaml");
+    std::fs::write(&bad, text.replace("tenant: internal", "tenant: nobody")).unwrap();
+    let (code, out, err) = portcullis(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        (out.clone() + &err).contains("tenant `nobody` has no endpoints file"),
+        "{out}{err}"
+    );
 }

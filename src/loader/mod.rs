@@ -88,6 +88,11 @@ pub fn load(path: &Path) -> Loaded {
         load_filters(&server, path, &mut problems)
     };
     let endpoints = load_endpoints(&server, &mut problems);
+    check_bridges(
+        &server,
+        &endpoints,
+        &mut Report::new(path, &text, &mut problems),
+    );
     let has_errors = problems.iter().any(|p| p.severity == Severity::Error);
     Loaded {
         config: (!has_errors).then(|| Config {
@@ -116,6 +121,32 @@ fn load_endpoints(
         allow_internal: &outbound.delivery.allow_internal,
     };
     endpoints::load_dir(dir, &rules, problems)
+}
+
+/// A sink of `type: outbound` needs the dispatcher and a tenant with endpoints.
+fn check_bridges(
+    server: &Server,
+    endpoints: &crate::outbound::endpoints::Endpoints,
+    report: &mut Report<'_>,
+) {
+    for (name, sink) in &server.sinks {
+        let Some(tenant) = sink.bridges_to() else {
+            continue;
+        };
+        if server.outbound.is_none() {
+            report.error(
+                &["sinks", name, "type"],
+                format!("sink `{name}` (type outbound) needs an outbound: block (its ledger and endpoints)"),
+            );
+        } else if endpoints.tenant(tenant).is_none() {
+            report.error(
+                &["sinks", name, "tenant"],
+                format!(
+                    "sink `{name}`: tenant `{tenant}` has no endpoints file in outbound.endpoints"
+                ),
+            );
+        }
+    }
 }
 
 /// Every filter file of the server's directory, with what spans files: routes and names

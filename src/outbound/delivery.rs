@@ -16,6 +16,7 @@ use pingora::upstreams::peer::HttpPeer;
 use super::endpoints::Endpoint;
 use super::ssrf::{self, Refusal};
 use crate::schemes::Outbound;
+use crate::store::StoredMessage;
 
 /// Response bytes kept (and read) per attempt.
 pub const PREVIEW: usize = 512;
@@ -47,16 +48,15 @@ impl Client {
         }
     }
 
-    /// Delivers `payload` as message `id` to `endpoint`, all of it within `timeout`.
+    /// Delivers `message` to `endpoint`, all of it within `timeout`.
     pub async fn attempt(
         &self,
         endpoint: &Endpoint,
-        id: &str,
-        payload: &str,
+        message: &StoredMessage,
         timeout: Duration,
     ) -> Attempted {
         let started = Instant::now();
-        let result = tokio::time::timeout(timeout, self.exchange(endpoint, id, payload)).await;
+        let result = tokio::time::timeout(timeout, self.exchange(endpoint, message)).await;
         let mut attempted = match result {
             Ok(a) => a,
             Err(_) => failed("timeout", format!("no answer within {timeout:?}")),
@@ -65,7 +65,8 @@ impl Client {
         attempted
     }
 
-    async fn exchange(&self, endpoint: &Endpoint, id: &str, payload: &str) -> Attempted {
+    async fn exchange(&self, endpoint: &Endpoint, message: &StoredMessage) -> Attempted {
+        let payload = message.payload.as_str();
         let target = &endpoint.target;
         let addr = match ssrf::vet(target, &self.allow_internal).await {
             Ok(addr) => addr,
@@ -83,7 +84,7 @@ impl Client {
             // ALPN offers h2 first, then HTTP/1.1.
             peer.options.set_http_version(2, 1);
         }
-        let req = match request(endpoint, id, payload) {
+        let req = match request(endpoint, message) {
             Ok(r) => r,
             Err(e) => return failed("connect_error", format!("request: {e}")),
         };
@@ -154,13 +155,19 @@ fn failed(outcome: &'static str, detail: String) -> Attempted {
 }
 
 /// The signed request head.
-fn request(endpoint: &Endpoint, id: &str, payload: &str) -> pingora::Result<RequestHeader> {
+fn request(endpoint: &Endpoint, message: &StoredMessage) -> pingora::Result<RequestHeader> {
+    let (id, payload) = (message.id.as_str(), message.payload.as_str());
+    // A bridged inbound webhook keeps its own type (a form body stays a form).
+    let content_type = message
+        .content_type
+        .as_deref()
+        .unwrap_or("application/json");
     let mut req = RequestHeader::build("POST", endpoint.target.path.as_bytes(), None)?;
     req.insert_header("host", &endpoint.target.authority)?;
     for (name, value) in &endpoint.headers {
         req.insert_header(name.clone(), value.clone())?;
     }
-    req.insert_header("content-type", "application/json")?;
+    req.insert_header("content-type", content_type)?;
     req.insert_header(
         "user-agent",
         concat!("Portcullis/", env!("CARGO_PKG_VERSION")),
@@ -172,7 +179,7 @@ fn request(endpoint: &Endpoint, id: &str, payload: &str) -> pingora::Result<Requ
         timestamp: chrono::Utc::now().timestamp(),
         id,
         url: Some(&endpoint.url),
-        content_type: Some("application/json"),
+        content_type: Some(content_type),
     });
     for (name, value) in signed {
         req.insert_header(name, value)?;

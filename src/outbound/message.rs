@@ -28,6 +28,8 @@ pub struct Message {
     /// The sender's id; `None` when it gave none (no idempotency then).
     pub id: Option<String>,
     pub payload: String,
+    /// The payload's media type when it is not JSON (a bridged form-encoded webhook).
+    pub content_type: Option<String>,
     pub ordering_key: Option<String>,
     /// Endpoint names to target some of the tenant's only.
     pub endpoints: Option<Vec<String>>,
@@ -78,6 +80,7 @@ pub fn parse(body: &[u8]) -> Result<Message, Invalid> {
         event_type,
         id: wire.id,
         payload: payload.get().to_owned(),
+        content_type: None,
         ordering_key: wire.ordering_key,
         endpoints: wire.endpoints,
     })

@@ -104,6 +104,7 @@ impl Dispatcher {
                 event_id,
                 event_type: message.event_type,
                 payload: message.payload,
+                content_type: message.content_type,
                 ordering_key: message.ordering_key,
                 source,
                 endpoints,

@@ -119,10 +119,7 @@ async fn attempt(d: &Dispatcher, claim: &Claimed) {
         return record(d, claim, dead("endpoint_removed"), false).await;
     };
     let timeout = endpoint.timeout.unwrap_or(d.delivery.timeout);
-    let attempted = d
-        .client
-        .attempt(&endpoint, &message.id, &message.payload, timeout)
-        .await;
+    let attempted = d.client.attempt(&endpoint, &message, timeout).await;
     metrics::OUTBOUND_ATTEMPTS
         .with_label_values(&[attempted.outcome])
         .inc();

@@ -262,7 +262,7 @@ pub struct Config {
 }
 
 impl super::SinkConfig for Config {
-    fn build(&self, name: &str) -> Result<std::sync::Arc<dyn Sink>, String> {
+    fn build(&self, name: &str, _built: &super::Built) -> Result<std::sync::Arc<dyn Sink>, String> {
         Ok(std::sync::Arc::new(AmqpSink::new(
             name,
             &self.url,

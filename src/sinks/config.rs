@@ -49,7 +49,12 @@ pub trait Spec: Send {
 
 /// A sink's checked config: what the gateway builds it from.
 pub trait SinkConfig: Send + Sync + Debug {
-    fn build(&self, name: &str) -> Result<Arc<dyn Sink>, String>;
+    fn build(&self, name: &str, built: &super::Built) -> Result<Arc<dyn Sink>, String>;
+    /// The outbound tenant this sink hands events to (`type: outbound`), for the loader's
+    /// cross-check against the endpoints.
+    fn bridges_to(&self) -> Option<&str> {
+        None
+    }
     /// The spool's own config, for a sink that is a spool (fallbacks, `portcullis spool`).
     fn as_spool(&self) -> Option<&super::spool::Config> {
         None

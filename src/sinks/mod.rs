@@ -8,6 +8,7 @@ pub mod config;
 pub mod fallback;
 pub mod http;
 pub mod nats;
+pub mod outbound;
 pub mod redis;
 pub mod spool;
 
@@ -20,7 +21,21 @@ use bytes::Bytes;
 pub use config::{Kind, SinkConfig};
 
 /// Every sink kind, by its `type:` name: a new sink is its file plus one line here.
-pub const KINDS: &[Kind] = &[spool::KIND, http::KIND, redis::KIND, nats::KIND, amqp::KIND];
+pub const KINDS: &[Kind] = &[
+    spool::KIND,
+    http::KIND,
+    redis::KIND,
+    nats::KIND,
+    amqp::KIND,
+    outbound::KIND,
+];
+
+/// What the server built before its sinks, for sinks that hand events to it.
+#[derive(Default)]
+pub struct Built {
+    /// The node's outbound dispatcher, when it has an `outbound:` block.
+    pub dispatcher: Option<Arc<crate::outbound::Dispatcher>>,
+}
 
 /// What a sink receives: the raw body, byte for byte, and what the gateway learnt about it.
 #[derive(Debug, Clone)]
@@ -85,6 +100,7 @@ pub type Sinks = HashMap<String, Arc<dyn Sink>>;
 pub fn build_all(
     sinks_config: &[(String, Arc<dyn SinkConfig>)],
     fallbacks: &[(String, String)],
+    built: &Built,
 ) -> Result<(Sinks, Vec<fallback::Replayer>), String> {
     let mut spools: HashMap<&str, Arc<spool::Spool>> = HashMap::new();
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
@@ -95,7 +111,7 @@ pub fn build_all(
                 spools.insert(name, spool.clone());
                 spool
             }
-            None => config.build(name)?,
+            None => config.build(name, built)?,
         };
         sinks.insert(name.clone(), sink);
     }

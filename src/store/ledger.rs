@@ -24,6 +24,8 @@ pub struct NewMessage {
     pub event_type: String,
     /// The payload's exact bytes (JSON text).
     pub payload: String,
+    /// `None`: application/json.
+    pub content_type: Option<String>,
     pub ordering_key: Option<String>,
     pub source: &'static str,
     pub endpoints: Vec<Route>,
@@ -92,6 +94,8 @@ pub struct StoredMessage {
     pub tenant: String,
     pub event_type: String,
     pub payload: String,
+    /// `None`: application/json.
+    pub content_type: Option<String>,
     pub created_at: i64,
 }
 
@@ -167,7 +171,7 @@ impl Store {
     pub async fn message(&self, id: &str) -> Result<Option<StoredMessage>, StoreError> {
         let pool = self.pool().await?;
         let row = sqlx::query(
-            "SELECT id, tenant, event_type, payload, created_at FROM messages WHERE id = $1",
+            "SELECT id, tenant, event_type, payload, created_at, content_type FROM messages WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(pool)
@@ -179,6 +183,7 @@ impl Store {
                 event_type: r.try_get(2)?,
                 payload: r.try_get(3)?,
                 created_at: r.try_get(4)?,
+                content_type: r.try_get(5)?,
             })
         })
         .transpose()
@@ -551,8 +556,8 @@ async fn insert(tx: &mut Transaction<'_, Any>, m: &NewMessage) -> Result<Enqueue
         });
     }
     sqlx::query(
-        "INSERT INTO messages (id, tenant, event_id, event_type, payload, ordering_key, source, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO messages (id, tenant, event_id, event_type, payload, ordering_key, source, created_at, content_type) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&message_id)
     .bind(&m.tenant)
@@ -562,6 +567,7 @@ async fn insert(tx: &mut Transaction<'_, Any>, m: &NewMessage) -> Result<Enqueue
     .bind(m.ordering_key.as_deref())
     .bind(m.source)
     .bind(now)
+    .bind(m.content_type.as_deref())
     .execute(&mut **tx)
     .await?;
     let disabled: Vec<String> =

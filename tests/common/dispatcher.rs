@@ -32,6 +32,17 @@ impl Dispatcher {
         delivery: &str,
         store: &str,
     ) -> Dispatcher {
+        Self::start_with_sinks(dir, endpoints, delivery, store, spool_sink())
+    }
+
+    /// With the server's `sinks:` body given (filters in `dir` may name them).
+    pub fn start_with_sinks(
+        dir: tempfile::TempDir,
+        endpoints: &[(&str, String)],
+        delivery: &str,
+        store: &str,
+        sinks: &str,
+    ) -> Dispatcher {
         for (name, yaml) in endpoints {
             write(dir.path(), &format!("endpoints/{name}"), yaml);
         }
@@ -44,7 +55,7 @@ impl Dispatcher {
             dir,
             port,
             &format!("  - addr: 127.0.0.1:{port}"),
-            spool_sink(),
+            sinks,
             &extra,
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -176,3 +187,62 @@ pub fn tenant(name: &str, endpoints: &[String]) -> String {
 
 pub const LOCAL: &str =
     "{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [100ms, 200ms] }";
+
+/// Verifies a delivery with the `standardwebhooks` Python package (the spec's own SDK) under
+/// each of `secrets`; `None` when the package is missing (a failure with
+/// PORTCULLIS_REQUIRE_BROKERS=1).
+pub fn standard_webhooks_verify(
+    secrets: &[&str],
+    body: &str,
+    delivery: &super::receiver::Delivered,
+) -> Option<Result<(), String>> {
+    let script = r#"
+import sys, json
+from standardwebhooks import Webhook
+d = json.load(sys.stdin)
+for secret in d["secrets"]:
+    Webhook(secret).verify(d["body"], d["headers"])
+print("verified")
+"#;
+    let input = serde_json::json!({
+        "secrets": secrets,
+        "body": body,
+        "headers": {
+            "webhook-id": delivery.header("webhook-id"),
+            "webhook-timestamp": delivery.header("webhook-timestamp"),
+            "webhook-signature": delivery.header("webhook-signature"),
+        },
+    });
+    let present = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_BROKERS").is_none(),
+            "no standardwebhooks package (pip install -r tests/sdk/requirements.txt), and PORTCULLIS_REQUIRE_BROKERS=1"
+        );
+        eprintln!("skipped: no python standardwebhooks package");
+        return None;
+    }
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Some(if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}

@@ -65,7 +65,7 @@ impl Config {
 }
 
 impl SinkConfig for Config {
-    fn build(&self, name: &str) -> Result<Arc<dyn Sink>, String> {
+    fn build(&self, name: &str, _built: &crate::sinks::Built) -> Result<Arc<dyn Sink>, String> {
         Ok(Arc::new(self.open(name)?))
     }
     fn as_spool(&self) -> Option<&Config> {
