@@ -168,6 +168,53 @@ enum OutboundAction {
         #[arg(long)]
         json: bool,
     },
+    /// Per endpoint: pending, in flight, dead, breaker, last success and failure, disabled.
+    #[command(after_help = "Example:\n  portcullis outbound status -c conf/portcullis.yaml")]
+    Status {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue one message, as POST /outbound does (the running dispatcher delivers it).
+    #[command(
+        after_help = "Example:\n  portcullis outbound send --tenant acme --type order.updated --id evt_1 --data '{\"order\":42}'"
+    )]
+    Send {
+        /// The tenant (its endpoints file).
+        #[arg(long)]
+        tenant: String,
+        /// The event type (endpoints' event_types patterns match it).
+        #[arg(long = "type")]
+        event_type: String,
+        /// The idempotency key (the same tenant + id within 24 h is a duplicate).
+        #[arg(long)]
+        id: Option<String>,
+        /// The payload: JSON, delivered byte for byte.
+        #[arg(long)]
+        data: String,
+    },
+    /// Stop or resume deliveries to one endpoint (TENANT/NAME).
+    #[command(
+        after_help = "Example:\n  portcullis outbound endpoint disable acme/orders\n  portcullis outbound endpoint enable acme/orders"
+    )]
+    Endpoint {
+        #[command(subcommand)]
+        action: EndpointAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointAction {
+    /// New messages skip it; its pending deliveries wait (they go out after enable).
+    Disable {
+        /// TENANT/NAME.
+        endpoint: String,
+    },
+    /// Deliveries to it resume, the waiting ones first; also after a 410 disabled it.
+    Enable {
+        /// TENANT/NAME.
+        endpoint: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -318,6 +365,21 @@ fn main() -> ExitCode {
             OutboundAction::Attempts { message_id, json } => {
                 portcullis::outbound::cli::attempts(&conf, &message_id, json)
             }
+            OutboundAction::Status { json } => portcullis::outbound::cli::status(&conf, json),
+            OutboundAction::Send {
+                tenant,
+                event_type,
+                id,
+                data,
+            } => portcullis::outbound::cli::send(&conf, &tenant, &event_type, id.as_deref(), &data),
+            OutboundAction::Endpoint { action } => match action {
+                EndpointAction::Disable { endpoint } => {
+                    portcullis::outbound::cli::endpoint(&conf, &endpoint, false)
+                }
+                EndpointAction::Enable { endpoint } => {
+                    portcullis::outbound::cli::endpoint(&conf, &endpoint, true)
+                }
+            },
         },
         Command::Spool {
             conf,

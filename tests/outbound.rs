@@ -953,3 +953,95 @@ fn the_inbound_bridge_turns_a_verified_github_webhook_into_a_signed_delivery() {
         "{out}{err}"
     );
 }
+
+#[test]
+fn the_cli_sends_reports_status_and_disables_and_enables_an_endpoint() {
+    let a = Receiver::ok();
+    // b fails its first attempt, so a retry is pending when it is disabled.
+    let b = Receiver::start(|n| Reply::Status(if n == 0 { 500 } else { 200 }));
+    let d = Dispatcher::start(
+        &[(
+            "acme.yaml",
+            tenant(
+                "acme",
+                &[
+                    endpoint("a", &format!("http://127.0.0.1:{}/", a.port), ""),
+                    endpoint("b", &format!("http://127.0.0.1:{}/", b.port), ""),
+                ],
+            ),
+        )],
+        "{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [300ms] }",
+    );
+    let conf = d.server.dir.path().join("portcullis.yaml");
+    let conf = conf.to_str().unwrap();
+    let send = |id: &str| {
+        portcullis(&[
+            "outbound",
+            "send",
+            "-c",
+            conf,
+            "--tenant",
+            "acme",
+            "--type",
+            "t",
+            "--id",
+            id,
+            "--data",
+            r#"{"n": 1}"#,
+        ])
+    };
+    let (code, out, err) = send("cli-1");
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (&answer["status"], &answer["endpoints"]),
+        (&"queued".into(), &2.into())
+    );
+    let message_id = answer["message_id"].as_str().unwrap().to_owned();
+    let (code, out, _) = send("cli-1");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("\"duplicate\"") && out.contains(&message_id),
+        "{out}"
+    );
+    let got = a.wait_for(1);
+    assert_eq!(got[0].body, br#"{"n": 1}"#, "the --data bytes");
+    assert_eq!(got[0].header("webhook-id"), Some(message_id.as_str()));
+    d.wait_attempts(&message_id, "b", 1);
+
+    let (code, out, err) = portcullis(&["outbound", "endpoint", "disable", "-c", conf, "acme/b"]);
+    assert_eq!((code, out.trim()), (0, "acme/b disabled"), "{err}");
+    let (code, out, err) = portcullis(&["outbound", "status", "-c", conf, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    let of = |list: &[serde_json::Value], name: &str| {
+        list.iter()
+            .find(|s| s["endpoint"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(of(&list, "a")["pending"], 0);
+    assert!(of(&list, "a")["last_success"].is_i64(), "{list:?}");
+    assert_eq!(of(&list, "b")["disabled"], "disabled");
+    assert_eq!(of(&list, "b")["pending"], 1, "its retry waits: {list:?}");
+    assert!(of(&list, "b")["last_failure"].is_i64());
+    // A new message skips the disabled endpoint; the waiting retry is not attempted.
+    let (_, out, _) = send("cli-2");
+    assert!(out.contains("\"endpoints\":1"), "{out}");
+    a.wait_for(2);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(b.count(), 1, "nothing goes to a disabled endpoint");
+
+    let (code, out, _) = portcullis(&["outbound", "endpoint", "enable", "-c", conf, "acme/b"]);
+    assert_eq!((code, out.trim()), (0, "acme/b enabled"));
+    let got = b.wait_for(2);
+    assert_eq!(got[1].header("webhook-id"), Some(message_id.as_str()));
+    d.wait_attempts(&message_id, "b", 2);
+    let (code, _, err) = portcullis(&["outbound", "endpoint", "enable", "-c", conf, "acme/nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no endpoint acme/nope"), "{err}");
+    let (code, out, _) = portcullis(&["outbound", "status", "-c", conf]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ENDPOINT\tPENDING"), "{out}");
+    assert!(out.contains("acme/b\t0\t0\t0\tclosed"), "{out}");
+}

@@ -123,26 +123,15 @@ impl Api {
             return error(413, "payload_too_large");
         }
         match self.dispatcher.enqueue(message, "api").await {
-            Ok(Enqueued::Queued {
-                message_id,
-                endpoints,
-            }) => {
+            Ok(done) => {
+                let (status, outcome) = match done {
+                    Enqueued::Queued { .. } => (202, "queued"),
+                    Enqueued::Duplicate { .. } => (200, "duplicate"),
+                };
                 metrics::OUTBOUND_MESSAGES
-                    .with_label_values(&["api", "queued"])
+                    .with_label_values(&["api", outcome])
                     .inc();
-                json(
-                    202,
-                    serde_json::json!({"status": "queued", "message_id": message_id, "endpoints": endpoints}),
-                )
-            }
-            Ok(Enqueued::Duplicate { message_id }) => {
-                metrics::OUTBOUND_MESSAGES
-                    .with_label_values(&["api", "duplicate"])
-                    .inc();
-                json(
-                    200,
-                    serde_json::json!({"status": "duplicate", "message_id": message_id}),
-                )
+                json(status, crate::outbound::enqueued_json(&done))
             }
             Err(Refused::Invalid(invalid)) => {
                 rejected();

@@ -208,3 +208,175 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
         _ => Err(format!("rate `{text}` is not like 10/s")),
     }
 }
+
+/// The full config (endpoints included) and its store, for commands that route messages.
+fn open_full(conf: &Path) -> Result<(crate::loader::Config, Store), String> {
+    let loaded = crate::loader::load(conf);
+    let errors: Vec<String> = loaded
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.to_string())
+        .collect();
+    let config = loaded.config.ok_or_else(|| errors.join("\n"))?;
+    if config.server.outbound.is_none() {
+        return Err(format!("{}: no outbound: block", conf.display()));
+    }
+    let store = Store::new(&config.server.store);
+    Ok((config, store))
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `outbound status`: per endpoint, what waits, what is in flight, the breaker, the last
+/// success and failure, and whether it is disabled (configured endpoints first, then any
+/// the ledger still holds deliveries of).
+pub fn status(conf: &Path, json: bool) -> i32 {
+    let result = (|| {
+        let (config, store) = open_full(conf)?;
+        let mut all = runtime()?
+            .block_on(store.endpoint_status())
+            .map_err(|e| e.to_string())?;
+        let mut list = Vec::new();
+        for e in config.endpoints.all() {
+            let key = (e.tenant.clone(), e.name.clone());
+            list.push(
+                all.remove(&key)
+                    .unwrap_or_else(|| crate::store::EndpointStatus {
+                        tenant: e.tenant.clone(),
+                        endpoint: e.name.clone(),
+                        breaker: "closed".into(),
+                        ..Default::default()
+                    }),
+            );
+        }
+        list.extend(all.into_values());
+        Ok::<_, String>(list)
+    })();
+    let list = match result {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&list).unwrap_or_default());
+        return 0;
+    }
+    let _ = writeln!(
+        out,
+        "ENDPOINT\tPENDING\tIN_FLIGHT\tDEAD\tBREAKER\tLAST_SUCCESS\tLAST_FAILURE\tDISABLED"
+    );
+    for s in &list {
+        let breaker = match s.breaker_until {
+            Some(until) => format!("open until {}", time(Some(until))),
+            None if s.failures > 0 => format!("closed ({} failures)", s.failures),
+            None => "closed".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{}/{}\t{}\t{}\t{}\t{breaker}\t{}\t{}\t{}",
+            s.tenant,
+            s.endpoint,
+            s.pending,
+            s.in_flight,
+            s.dead,
+            time(s.last_success),
+            time(s.last_failure),
+            s.disabled.as_deref().unwrap_or("-")
+        );
+    }
+    0
+}
+
+/// `outbound send`: one message into the ledger, as `POST /outbound` would (exit 0 when
+/// queued or a duplicate).
+pub fn send(conf: &Path, tenant: &str, event_type: &str, id: Option<&str>, data: &str) -> i32 {
+    let result = (|| {
+        let (config, store) = open_full(conf)?;
+        let payload: Box<serde_json::value::RawValue> =
+            serde_json::from_str(data).map_err(|e| format!("--data is not JSON: {e}"))?;
+        // The payload's own text goes in as it is (json! would re-serialise it).
+        let text = |s: &str| serde_json::Value::from(s).to_string();
+        let wire = format!(
+            r#"{{"tenant":{},"event_type":{},"id":{},"payload":{}}}"#,
+            text(tenant),
+            text(event_type),
+            id.map(text).unwrap_or_else(|| "null".into()),
+            payload.get()
+        );
+        let message = super::message::parse(wire.as_bytes())
+            .map_err(|i| format!("invalid message: {}", i.detail))?;
+        let outbound = config.server.outbound.as_ref().expect("checked");
+        let dispatcher = super::Dispatcher::new(
+            std::sync::Arc::new(store),
+            config.endpoints,
+            outbound.delivery.clone(),
+        );
+        runtime()?.block_on(async {
+            match dispatcher.enqueue(message, "cli").await {
+                Ok(e) => Ok(super::enqueued_json(&e)),
+                Err(super::Refused::UnknownTenant) => Err(format!(
+                    "unknown tenant `{tenant}`: no endpoints file names it"
+                )),
+                Err(super::Refused::Invalid(i)) => Err(format!("invalid message: {}", i.detail)),
+                Err(super::Refused::Store(e)) => Err(e.to_string()),
+            }
+        })
+    })();
+    match result {
+        Ok(answer) => {
+            println!("{answer}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// `outbound endpoint enable|disable TENANT/NAME`.
+pub fn endpoint(conf: &Path, target: &str, enable: bool) -> i32 {
+    let Some((tenant, name)) = target.split_once('/') else {
+        eprintln!("name the endpoint as TENANT/NAME, like acme/orders");
+        return 2;
+    };
+    let result = (|| {
+        let (config, store) = open_full(conf)?;
+        if config.endpoints.get(tenant, name).is_none() {
+            return Err(format!(
+                "no endpoint {tenant}/{name} in the endpoints files"
+            ));
+        }
+        runtime()?.block_on(async {
+            if enable {
+                store.enable_endpoint(tenant, name).await
+            } else {
+                store.disable_endpoint(tenant, name, "disabled").await
+            }
+            .map_err(|e| e.to_string())
+        })
+    })();
+    match result {
+        Ok(changed) => {
+            let state = if enable { "enabled" } else { "disabled" };
+            if changed {
+                println!("{tenant}/{name} {state}");
+            } else {
+                println!("{tenant}/{name} was already {state}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}

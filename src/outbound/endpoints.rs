@@ -126,6 +126,11 @@ impl Endpoints {
             .unwrap_or(Duration::ZERO)
     }
 
+    /// Every endpoint, by tenant then file order.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.by_tenant.values().flatten()
+    }
+
     pub fn count(&self) -> usize {
         self.by_tenant.values().map(Vec::len).sum()
     }

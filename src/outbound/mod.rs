@@ -117,6 +117,21 @@ impl Dispatcher {
     }
 }
 
+/// The answer naming what an enqueue did (the API's body, `outbound send`'s output).
+pub fn enqueued_json(e: &Enqueued) -> serde_json::Value {
+    match e {
+        Enqueued::Queued {
+            message_id,
+            endpoints,
+        } => {
+            serde_json::json!({"status": "queued", "message_id": message_id, "endpoints": endpoints})
+        }
+        Enqueued::Duplicate { message_id } => {
+            serde_json::json!({"status": "duplicate", "message_id": message_id})
+        }
+    }
+}
+
 /// Adds the dispatcher's services to Pingora's server: each source, the worker, and the API
 /// listener (after the bootstrap, which hands sockets over on an upgrade).
 pub fn add_services(

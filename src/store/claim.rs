@@ -9,7 +9,8 @@
 //!   endpoint's backlog or slowness never queues ahead of another's work;
 //! - skipping endpoints at `max_in_flight` (leases held by any node), over their rate limit
 //!   (GCRA on `endpoint_health.tat_us`), or with an open breaker; an `ordered` endpoint's
-//!   delivery only when it heads its FIFO and nothing of that FIFO is in flight.
+//!   delivery only when it heads its FIFO and nothing of that FIFO is in flight; nothing of
+//!   a disabled endpoint.
 //!
 //! A delivery skipped is deferred, not attempted: its retry budget is not spent.
 
@@ -49,9 +50,11 @@ const CANDIDATES: &str = "SELECT message_id, tenant, endpoint, attempts, budget_
      ) c WHERE rn <= $2 ORDER BY rn, next_at LIMIT $3";
 
 const CLOSED: &str = "NOT EXISTS (SELECT 1 FROM endpoint_health h WHERE h.tenant = d.tenant \
-     AND h.endpoint = d.endpoint AND h.state = 'open')";
+     AND h.endpoint = d.endpoint AND h.state = 'open') AND NOT EXISTS (SELECT 1 FROM \
+     endpoint_state s WHERE s.tenant = d.tenant AND s.endpoint = d.endpoint)";
 const PROBE: &str = "EXISTS (SELECT 1 FROM endpoint_health h WHERE h.tenant = d.tenant \
-     AND h.endpoint = d.endpoint AND h.state = 'open' AND h.open_until <= $1)";
+     AND h.endpoint = d.endpoint AND h.state = 'open' AND h.open_until <= $1) AND NOT EXISTS \
+     (SELECT 1 FROM endpoint_state s WHERE s.tenant = d.tenant AND s.endpoint = d.endpoint)";
 
 impl Store {
     /// Leases up to `limit` due deliveries for `lease_ms` to `owner`.

@@ -258,18 +258,19 @@ impl Store {
         Ok(moved)
     }
 
-    /// Stops an endpoint: no new deliveries, and its pending ones become dead letters
-    /// `endpoint_gone` (they would meet the same answer).
+    /// Stops an endpoint: no new deliveries, and its pending ones are not claimed. With
+    /// `gone` (a 410) they become dead letters `endpoint_gone` (they would meet the same
+    /// answer); an operator's `disabled` leaves them waiting for `enable`.
     pub async fn disable_endpoint(
         &self,
         tenant: &str,
         endpoint: &str,
         reason: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let pool = self.pool().await?;
         let now = now_ms();
         let mut tx = pool.begin().await?;
-        sqlx::query(
+        let added = sqlx::query(
             "INSERT INTO endpoint_state (tenant, endpoint, disabled_at, reason) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant, endpoint) DO NOTHING",
         )
@@ -278,18 +279,21 @@ impl Store {
         .bind(now)
         .bind(reason)
         .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE deliveries SET status = 'dead', dead_reason = 'endpoint_gone', updated_at = $1 \
-             WHERE tenant = $2 AND endpoint = $3 AND status = 'pending' AND lease_until < $1",
-        )
-        .bind(now)
-        .bind(tenant)
-        .bind(endpoint)
-        .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if reason == "gone" {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'dead', dead_reason = 'endpoint_gone', updated_at = $1 \
+                 WHERE tenant = $2 AND endpoint = $3 AND status = 'pending' AND lease_until < $1",
+            )
+            .bind(now)
+            .bind(tenant)
+            .bind(endpoint)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(added == 1)
     }
 
     /// Dead deliveries, oldest first, optionally of one tenant / endpoint, dead since `since`.

@@ -9,12 +9,14 @@
 mod claim;
 pub mod config;
 mod ledger;
+mod operator;
 
 pub use claim::{Limits, Rate};
 pub use ledger::{
     Attempt, Breaker, BreakerMove, Claimed, DeadLetter, Enqueued, NewMessage, Next, Outcome, Route,
     StoredMessage,
 };
+pub use operator::EndpointStatus;
 
 use std::time::Duration;
 
