@@ -101,6 +101,8 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             return 1;
         }
     };
+    // The dispatcher publishes dead letters to one of them.
+    let dead_letter_sinks = sinks.clone();
     let gateway = match Gateway::build(filters, &settings, sinks, options.access_log) {
         Ok(g) => g,
         Err(e) => {
@@ -218,7 +220,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         server.add_service(proxy).add_dependency(&bootstrap);
     }
     if let Some((o, dispatcher)) = &mut outbound {
-        crate::outbound::add_services(&mut server, &bootstrap, o, dispatcher);
+        crate::outbound::add_services(&mut server, &bootstrap, o, dispatcher, &dead_letter_sinks);
     }
     // Always present: it also keeps SIGHUP from terminating the process.
     server.add_service(background_service(

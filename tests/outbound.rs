@@ -1045,3 +1045,120 @@ fn the_cli_sends_reports_status_and_disables_and_enables_an_endpoint() {
     assert!(out.starts_with("ENDPOINT\tPENDING"), "{out}");
     assert!(out.contains("acme/b\t0\t0\t0\tclosed"), "{out}");
 }
+
+#[test]
+fn delivered_messages_are_purged_after_the_retention_and_dead_letters_stay() {
+    let ok = Receiver::ok();
+    let broken = Receiver::start(|_| Reply::Status(500));
+    let d = Dispatcher::start(
+        &[(
+            "acme.yaml",
+            tenant(
+                "acme",
+                &[
+                    endpoint("ok", &format!("http://127.0.0.1:{}/", ok.port), ""),
+                    endpoint("broken", &format!("http://127.0.0.1:{}/", broken.port), ""),
+                ],
+            ),
+        )],
+        "{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [] }\n  retention: 1s",
+    );
+    let both = d.queue("acme", "t", "both", "{}");
+    let r =
+        d.send(r#"{"tenant":"acme","event_type":"t","id":"one","endpoints":["ok"],"payload":{}}"#);
+    assert_eq!(r.status, 202);
+    let delivered = r.json()["message_id"].as_str().unwrap().to_owned();
+    d.wait_attempts(&delivered, "ok", 1);
+    d.wait_attempts(&both, "broken", 1);
+    wait_until("the delivered message is purged", || {
+        d.attempts(&delivered).is_empty()
+    });
+    assert!(d.server.log().contains("purged delivered messages"));
+    // The message with a dead delivery is kept whole, and still listed and replayable.
+    assert_eq!(d.attempts(&both).len(), 2);
+    let conf = d.server.dir.path().join("portcullis.yaml");
+    let (_, out, _) = portcullis(&[
+        "outbound",
+        "dlq",
+        "list",
+        "-c",
+        conf.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.contains(&both), "{out}");
+}
+
+#[test]
+fn dead_letters_are_published_to_a_redis_stream_once_each_death() {
+    if !broker("Redis", "127.0.0.1:6379") {
+        return;
+    }
+    let broken = Receiver::start(|_| Reply::Status(500));
+    let prefix = unique("dead");
+    let d = Dispatcher::start_with_sinks(
+        Server::prepare(&[]),
+        &[(
+            "acme.yaml",
+            tenant(
+                "acme",
+                &[endpoint("broken", &format!("http://127.0.0.1:{}/", broken.port), "")],
+            ),
+        )],
+        "{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [] }\n  dead_letters: { sink: dl }",
+        "sqlite://state/ledger.db",
+        &format!("  dl: {{ type: redis, url: \"redis://127.0.0.1:6379\", stream: \"{prefix}:{{provider}}\" }}"),
+    );
+    let payload = r#"{"order": 42}"#;
+    let id = d.queue("acme", "order.updated", "e1", payload);
+    let stream = format!("{prefix}:acme");
+    let mut conn = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries = |conn: &mut redis::Connection| -> Vec<serde_json::Value> {
+        type Entry = (String, Vec<(String, Vec<u8>)>);
+        let raw: Vec<Entry> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query(conn)
+            .unwrap();
+        raw.into_iter()
+            .map(|(_, fields)| {
+                let body = &fields.iter().find(|(k, _)| k == "body").unwrap().1;
+                serde_json::from_slice(body).unwrap()
+            })
+            .collect()
+    };
+    wait_until("the dead letter is published", || {
+        entries(&mut conn).len() == 1
+    });
+    let first = &entries(&mut conn)[0];
+    assert_eq!(first["id"], id.as_str());
+    assert_eq!(first["kind"], "delivery");
+    assert_eq!(
+        (&first["tenant"], &first["endpoint"]),
+        (&"acme".into(), &"broken".into())
+    );
+    assert_eq!(first["reason"], "retries_exhausted");
+    assert_eq!(first["event_type"], "order.updated");
+    assert_eq!(first["payload"], serde_json::json!({"order": 42}));
+
+    // Replayed, it dies again: published again (a second entry), and not a third time.
+    let conf = d.server.dir.path().join("portcullis.yaml");
+    let (code, _, err) = portcullis(&[
+        "outbound",
+        "dlq",
+        "replay",
+        "-c",
+        conf.to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    wait_until("the second death is published", || {
+        entries(&mut conn).len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(entries(&mut conn).len(), 2);
+    let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+}

@@ -123,12 +123,30 @@ fn load_endpoints(
     endpoints::load_dir(dir, &rules, problems)
 }
 
-/// A sink of `type: outbound` needs the dispatcher and a tenant with endpoints.
+/// A sink of `type: outbound` needs the dispatcher and a tenant with endpoints; the
+/// dead-letter sink must be a sink of this file, and not a bridge (dead letters would loop).
 fn check_bridges(
     server: &Server,
     endpoints: &crate::outbound::endpoints::Endpoints,
     report: &mut Report<'_>,
 ) {
+    if let Some(name) = server
+        .outbound
+        .as_ref()
+        .and_then(|o| o.dead_letters.as_ref())
+    {
+        match server.sinks.iter().find(|(n, _)| n == name) {
+            None => report.error(
+                &["outbound", "dead_letters", "sink"],
+                format!("dead_letters sink `{name}` is not a sink defined here"),
+            ),
+            Some((_, s)) if s.bridges_to().is_some() => report.error(
+                &["outbound", "dead_letters", "sink"],
+                format!("dead_letters sink `{name}` is an outbound bridge: dead letters would be sent back into the dispatcher"),
+            ),
+            Some(_) => {}
+        }
+    }
     for (name, sink) in &server.sinks {
         let Some(tenant) = sink.bridges_to() else {
             continue;

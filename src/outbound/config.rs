@@ -26,6 +26,15 @@ pub struct OutboundSpec {
     max_payload: Option<SizeValue>,
     #[serde(default)]
     sources: Vec<super::sources::SourceSpec>,
+    #[serde(default)]
+    retention: Option<String>,
+    #[serde(default)]
+    dead_letters: Option<DeadLettersSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadLettersSpec {
+    sink: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,11 +61,12 @@ struct BreakerSpec {
     cooldown: Option<String>,
 }
 
-pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 3] {
+pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 4] {
     [
         ("outbound", keys::<OutboundSpec>()),
         ("delivery", keys::<DeliverySpec>()),
         ("breaker", keys::<BreakerSpec>()),
+        ("dead_letters", keys::<DeadLettersSpec>()),
     ]
 }
 
@@ -68,7 +78,12 @@ pub struct Outbound {
     pub delivery: Delivery,
     pub max_payload: usize,
     pub sources: Vec<super::sources::Source>,
+    /// The sink every dead letter is also published to.
+    pub dead_letters: Option<String>,
 }
+
+/// Delivered messages and their attempts are kept this long (7 days by default).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -79,6 +94,7 @@ pub struct Delivery {
     pub allow_http: bool,
     pub allow_internal: Vec<IpNet>,
     pub breaker: Breaker,
+    pub retention: Duration,
 }
 
 pub const DEFAULT_RETRY: [Duration; 7] = [
@@ -138,11 +154,25 @@ pub fn load(spec: &OutboundSpec, base: &Path, report: &mut Report<'_>) -> Outbou
             DEFAULT_MAX_PAYLOAD
         }
     };
+    let mut delivery = delivery(spec.delivery.as_ref(), &mut at);
+    delivery.retention = at.duration_at(
+        &["retention"],
+        spec.retention.as_deref(),
+        DEFAULT_RETENTION,
+        |d| {
+            if d.is_zero() {
+                Err("retention must be more than zero (like 7d)".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
     Outbound {
         api,
         tokens,
         endpoints_dir: spec.endpoints.as_deref().map(|d| join_normalized(base, d)),
-        delivery: delivery(spec.delivery.as_ref(), &mut at),
+        delivery,
+        dead_letters: spec.dead_letters.as_ref().map(|d| d.sink.clone()),
         max_payload,
         sources: super::sources::load(&spec.sources, &mut at),
     }
@@ -156,6 +186,7 @@ fn delivery(spec: Option<&DeliverySpec>, at: &mut Section<'_, '_>) -> Delivery {
         allow_http: false,
         allow_internal: Vec::new(),
         breaker: DEFAULT_BREAKER,
+        retention: DEFAULT_RETENTION,
     };
     let Some(spec) = spec else { return d };
     if let Some(n) = spec.concurrency {

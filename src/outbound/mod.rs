@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dead_letters;
 pub mod delivery;
 pub mod endpoints;
 pub mod message;
@@ -139,8 +140,18 @@ pub fn add_services(
     bootstrap: &pingora::services::ServiceHandle,
     outbound: &mut config::Outbound,
     dispatcher: &Arc<Dispatcher>,
+    sinks: &crate::sinks::Sinks,
 ) {
     use pingora::services::background::background_service;
+    if let Some(sink) = outbound.dead_letters.as_ref().and_then(|n| sinks.get(n)) {
+        server.add_service(background_service(
+            "dead-letter publisher",
+            dead_letters::Publisher {
+                dispatcher: dispatcher.clone(),
+                sink: sink.clone(),
+            },
+        ));
+    }
     let sources = std::mem::take(&mut outbound.sources);
     for consumer in sources::services(sources, dispatcher) {
         server.add_service(background_service("outbound source", consumer));

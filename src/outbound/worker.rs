@@ -39,6 +39,7 @@ impl BackgroundService for Worker {
         let longest = d.endpoints.max_timeout().max(d.delivery.timeout);
         let lease_ms = longest.as_millis() as i64 + 5_000;
         tokio::spawn(gauges(d.clone(), shutdown.clone()));
+        tokio::spawn(retention(d.clone(), shutdown.clone()));
         loop {
             if *shutdown.borrow() {
                 return;
@@ -102,6 +103,26 @@ async fn gauges(d: Arc<super::Dispatcher>, mut shutdown: ShutdownWatch) {
         tokio::select! {
             _ = tokio::time::sleep(GAUGES) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Purges delivered messages past the retention, a few times per retention period (every
+/// node does; the deletes are idempotent).
+async fn retention(d: Arc<super::Dispatcher>, mut shutdown: ShutdownWatch) {
+    let every = (d.delivery.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        match d.store.purge(d.delivery.retention.as_millis() as i64).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                messages = n,
+                "outbound: purged delivered messages past the retention"
+            ),
+            Err(e) => tracing::warn!("outbound: retention purge failed: {e}"),
         }
     }
 }

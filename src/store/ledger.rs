@@ -338,7 +338,7 @@ impl Store {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE deliveries SET status = 'pending', budget_from = attempts, next_at = $1, \
-             lease_until = 0, lease_owner = NULL, dead_reason = NULL, updated_at = $1 \
+             lease_until = 0, lease_owner = NULL, dead_reason = NULL, updated_at = $1, dead_published = 0 \
              WHERE message_id = $2 AND endpoint = $3 AND status = 'dead'",
         )
         .bind(now)

@@ -10,6 +10,8 @@ mod claim;
 pub mod config;
 mod ledger;
 mod operator;
+mod outbox;
+mod retention;
 
 pub use claim::{Limits, Rate};
 pub use ledger::{
@@ -17,6 +19,7 @@ pub use ledger::{
     StoredMessage,
 };
 pub use operator::EndpointStatus;
+pub use outbox::Unpublished;
 
 use std::time::Duration;
 
