@@ -54,7 +54,12 @@ fn cpu_seconds(pid: u32) -> f64 {
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime, stime (fields 14 and 15, counted after the command name).
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -156,12 +161,19 @@ async fn queued(metrics: &str) -> f64 {
         return -1.0;
     };
     let _ = s
-        .write_all(format!("GET /metrics HTTP/1.1\r\nhost: {metrics}\r\nconnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nhost: {metrics}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await;
     let mut text = String::new();
     let _ = s.read_to_string(&mut text).await;
     text.lines()
-        .filter(|l| l.starts_with("portcullis_outbound_messages_total") && l.contains("outcome=\"queued\"") && l.contains("source=\"api\""))
+        .filter(|l| {
+            l.starts_with("portcullis_outbound_messages_total")
+                && l.contains("outcome=\"queued\"")
+                && l.contains("source=\"api\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -170,10 +182,13 @@ async fn queued(metrics: &str) -> f64 {
 async fn main() {
     let args = Arc::new(Args::parse());
     let seen: Seen = Arc::new(Mutex::new(HashMap::new()));
-    let listener = TcpListener::bind(&args.receiver).await.expect("receiver address");
+    let listener = TcpListener::bind(&args.receiver)
+        .await
+        .expect("receiver address");
     tokio::spawn(receiver(listener, seen.clone()));
     let run = std::process::id();
-    let requests: Arc<Vec<Vec<u8>>> = Arc::new((0..args.messages).map(|i| request(&args, i, run)).collect());
+    let requests: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..args.messages).map(|i| request(&args, i, run)).collect());
     let cpu_before: f64 = args.pid.iter().map(|p| cpu_seconds(*p)).sum();
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -197,10 +212,12 @@ async fn main() {
                     break;
                 }
                 match read_message(&mut stream, &mut buf).await {
-                    Some((head, body)) if head.starts_with(b"HTTP/1.1 202") => match message_id(&body) {
-                        Some(id) => sent.push((id, at)),
-                        None => failed += 1,
-                    },
+                    Some((head, body)) if head.starts_with(b"HTTP/1.1 202") => {
+                        match message_id(&body) {
+                            Some(id) => sent.push((id, at)),
+                            None => failed += 1,
+                        }
+                    }
                     Some(_) => failed += 1,
                     None => {
                         failed += 1;
@@ -234,7 +251,11 @@ async fn main() {
     let seen_now = seen.lock().unwrap().clone();
     let mut lat: Vec<f64> = sent
         .iter()
-        .filter_map(|(id, at)| seen_now.get(id).map(|t| t.duration_since(*at).as_secs_f64() * 1000.0))
+        .filter_map(|(id, at)| {
+            seen_now
+                .get(id)
+                .map(|t| t.duration_since(*at).as_secs_f64() * 1000.0)
+        })
         .collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let last = sent
@@ -271,7 +292,11 @@ async fn main() {
     for i in 0..args.cut {
         let req = request(&args, args.messages + i, run);
         let mut s = TcpStream::connect(&args.api).await.expect("api");
-        let upto = if i % 2 == 0 { req.len() - 20 } else { req.len() };
+        let upto = if i % 2 == 0 {
+            req.len() - 20
+        } else {
+            req.len()
+        };
         let _ = s.write_all(&req[..upto]).await;
         drop(s);
     }
