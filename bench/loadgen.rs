@@ -6,6 +6,10 @@
 //!     portcullis-loadgen --url http://127.0.0.1:8080/webhook/github \
 //!         --filter filters/github.yaml --requests 50000 --concurrency 64 [--pid PID] [--invalid]
 
+#[path = "proc_stat.rs"]
+mod proc_stat;
+use proc_stat::cpu_seconds;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -140,22 +144,6 @@ async fn response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat; here counted after the `)`.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

@@ -9,6 +9,10 @@
 //!     portcullis-outbound-load --api 127.0.0.1:9091 --token T --receiver 127.0.0.1:9300 \
 //!         --messages 20000 --concurrency 64 [--pid PID,…] [--cut 120] [--metrics 127.0.0.1:9090]
 
+#[path = "proc_stat.rs"]
+mod proc_stat;
+use proc_stat::cpu_seconds;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,22 +51,6 @@ struct Args {
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime, stime (fields 14 and 15, counted after the command name).
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
