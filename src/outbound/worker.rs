@@ -2,9 +2,11 @@
 //! under the node's concurrency limit, records the outcome and the next step.
 //!
 //! A permit of the node's semaphore is taken before an attempt is spawned (never more
-//! attempts in flight than `concurrency`); the lease outlives the attempt's hard timeout (by 5 s), so
-//! a node that dies mid-attempt only delays the delivery until its lease runs out and another
-//! claim picks it up (at least once, with the same `webhook-id`).
+//! attempts in flight than `concurrency`) and given back when the endpoint has answered; the
+//! outcome is then recorded in the store's next group commit. The lease outlives the
+//! attempt's hard timeout (by 5 s), so a node that dies mid-attempt only delays the delivery
+//! until its lease runs out and another claim picks it up (at least once, with the same
+//! `webhook-id`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,8 @@ use crate::store::{now_ms, BreakerMove, Claimed, Next, Outcome};
 
 /// How often the ledger is polled when nothing woke the worker.
 const POLL: Duration = Duration::from_millis(200);
+/// How long a busy worker waits for a batch of free slots before claiming fewer.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
 /// How often the ledger-wide gauges are read.
 const GAUGES: Duration = Duration::from_secs(2);
 
@@ -33,18 +37,38 @@ pub struct Worker {
 impl BackgroundService for Worker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let d = &self.dispatcher;
-        let permits = Arc::new(Semaphore::new(d.delivery.concurrency));
+        let concurrency = d.delivery.concurrency;
+        let permits = Arc::new(Semaphore::new(concurrency));
+        // Attempts made whose outcome is not recorded yet (their lease still held): bounded,
+        // so a store slower than delivery slows claims down instead of piling outcomes up.
+        let unrecorded = Arc::new(Semaphore::new(concurrency * 4));
         // An attempt is bounded by its timeout (the longest of any endpoint); the margin
         // covers recording the outcome.
         let longest = d.endpoints.max_timeout().max(d.delivery.timeout);
         let lease_ms = longest.as_millis() as i64 + 5_000;
         tokio::spawn(gauges(d.clone(), shutdown.clone()));
         tokio::spawn(retention(d.clone(), shutdown.clone()));
+        // Whether the last claim took all it asked for (more may be due).
+        let mut busy = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let free = permits.available_permits();
+            let free = || {
+                permits
+                    .available_permits()
+                    .min(unrecorded.available_permits())
+            };
+            // Under a backlog, claim a batch (a quarter of the slots) rather than one
+            // delivery per transaction as each attempt ends; never wait long for it.
+            if busy && free() < (concurrency / 4).max(1) {
+                tokio::select! {
+                    _ = d.wake.notified() => {}
+                    _ = tokio::time::sleep(BATCH_WAIT) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            let free = free();
             let claimed = if free == 0 {
                 Ok(Vec::new())
             } else {
@@ -58,18 +82,25 @@ impl BackgroundService for Worker {
                     .claim(&d.owner, lease_ms, free as i64, &limits)
                     .await
             };
+            busy = matches!(&claimed, Ok(list) if list.len() == free);
             match claimed {
                 Ok(list) if !list.is_empty() => {
                     for claim in list {
-                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                        let (Ok(permit), Ok(pending)) = (
+                            permits.clone().acquire_owned().await,
+                            unrecorded.clone().acquire_owned().await,
+                        ) else {
                             return;
                         };
                         let d = self.dispatcher.clone();
                         tokio::spawn(async move {
                             metrics::OUTBOUND_IN_FLIGHT.inc();
-                            attempt(&d, &claim).await;
+                            let (outcome, attempted) = attempt(&d, &claim).await;
                             metrics::OUTBOUND_IN_FLIGHT.dec();
                             drop(permit);
+                            d.wake.notify_one();
+                            record(&d, &claim, outcome, attempted).await;
+                            drop(pending);
                             d.wake.notify_one();
                         });
                     }
@@ -127,20 +158,16 @@ async fn retention(d: Arc<super::Dispatcher>, mut shutdown: ShutdownWatch) {
     }
 }
 
-async fn attempt(d: &Dispatcher, claim: &Claimed) {
-    let message = match d.store.message(&claim.message_id).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return record(d, claim, dead("message_missing"), false).await,
-        Err(e) => {
-            tracing::warn!("outbound: {e}");
-            return;
-        }
+/// Makes the attempt; its outcome, and whether an attempt reached the endpoint's breaker.
+async fn attempt(d: &Dispatcher, claim: &Claimed) -> (Outcome, bool) {
+    let Some(message) = claim.message.as_deref() else {
+        return (dead("message_missing"), false);
     };
     let Some(endpoint) = d.endpoints.get(&claim.tenant, &claim.endpoint).cloned() else {
-        return record(d, claim, dead("endpoint_removed"), false).await;
+        return (dead("endpoint_removed"), false);
     };
     let timeout = endpoint.timeout.unwrap_or(d.delivery.timeout);
-    let attempted = d.client.attempt(&endpoint, &message, timeout).await;
+    let attempted = d.client.attempt(&endpoint, message, timeout).await;
     metrics::OUTBOUND_ATTEMPTS
         .with_label_values(&[attempted.outcome])
         .inc();
@@ -175,6 +202,7 @@ async fn attempt(d: &Dispatcher, claim: &Claimed) {
             );
         }
     }
+    let gone = attempted.outcome == "gone";
     let outcome = Outcome {
         outcome: attempted.outcome,
         status: attempted.status,
@@ -183,7 +211,7 @@ async fn attempt(d: &Dispatcher, claim: &Claimed) {
         next,
     };
     // A 410 disables the endpoint instead; everything else tells the breaker.
-    record(d, claim, outcome, attempted.outcome != "gone").await;
+    (outcome, !gone)
 }
 
 fn dead(reason: &'static str) -> Outcome {

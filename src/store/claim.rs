@@ -1,7 +1,8 @@
 //! Claiming due deliveries, fairly and within each endpoint's limits, for the whole fleet.
 //!
 //! One claim is one transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: under an advisory
-//! lock, so two nodes never both count the same free slot). It takes, in this order:
+//! lock, so two nodes never both count the same free slot), which also reads the claimed
+//! deliveries' messages. It takes, in this order:
 //! - one probe per endpoint whose circuit breaker is open and whose cooldown has passed (the
 //!   breaker's `open_until` moves past the lease, so no other node probes meanwhile);
 //! - due deliveries round-robin across endpoints (the oldest due of each endpoint, then the
@@ -15,10 +16,12 @@
 //! A delivery skipped is deferred, not attempted: its retry budget is not spent.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::{Any, Row, Transaction};
 
-use super::{now_ms, Backend, Claimed, Store, StoreError};
+use super::ledger::{stored_message, MESSAGE_COLUMNS};
+use super::{now_ms, Backend, Claimed, Store, StoreError, StoredMessage};
 
 /// An endpoint's limits, from its config.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,23 +41,21 @@ pub struct Rate {
 /// PostgreSQL advisory lock key that serialises claims across the fleet.
 const CLAIM_LOCK: i64 = 0x506f_7274_6375; // "Portcu"
 
-/// `{breaker}` selects which endpoints' deliveries are candidates.
-const CANDIDATES: &str = "SELECT message_id, tenant, endpoint, attempts, budget_from FROM ( \
-     SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at, \
-     ROW_NUMBER() OVER (PARTITION BY d.tenant, d.endpoint ORDER BY d.next_at, d.seq) AS rn \
-     FROM deliveries d \
-     WHERE d.status = 'pending' AND d.next_at <= $1 AND d.lease_until <= $1 AND {breaker} \
-     AND (d.fifo_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e \
-          WHERE e.tenant = d.tenant AND e.endpoint = d.endpoint AND e.fifo_key = d.fifo_key \
-          AND e.status = 'pending' AND (e.seq < d.seq OR e.lease_until > $1))) \
-     ) c WHERE rn <= $2 ORDER BY rn, next_at LIMIT $3";
+/// An endpoint's first due deliveries (`$2` of them) in queue order, through the index
+/// `deliveries_queue`: only an `ordered` delivery that heads its FIFO with nothing of that
+/// FIFO in flight.
+const HEAD: &str = "FROM deliveries x WHERE x.tenant = h.tenant AND x.endpoint = h.endpoint \
+     AND x.status = 'pending' AND x.next_at <= $1 AND x.lease_until <= $1 \
+     AND (x.fifo_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e \
+          WHERE e.tenant = x.tenant AND e.endpoint = x.endpoint AND e.fifo_key = x.fifo_key \
+          AND e.status = 'pending' AND (e.seq < x.seq OR e.lease_until > $1))) \
+     ORDER BY x.next_at, x.seq LIMIT $2";
 
-const CLOSED: &str = "NOT EXISTS (SELECT 1 FROM endpoint_health h WHERE h.tenant = d.tenant \
-     AND h.endpoint = d.endpoint AND h.state = 'open') AND NOT EXISTS (SELECT 1 FROM \
-     endpoint_state s WHERE s.tenant = d.tenant AND s.endpoint = d.endpoint)";
-const PROBE: &str = "EXISTS (SELECT 1 FROM endpoint_health h WHERE h.tenant = d.tenant \
-     AND h.endpoint = d.endpoint AND h.state = 'open' AND h.open_until <= $1) AND NOT EXISTS \
-     (SELECT 1 FROM endpoint_state s WHERE s.tenant = d.tenant AND s.endpoint = d.endpoint)";
+/// Which endpoints' heads are candidates (`h` is the endpoint's health row).
+const CLOSED: &str = "h.state = 'closed'";
+const PROBE: &str = "h.state = 'open' AND h.open_until <= $1";
+const ENABLED: &str =
+    "NOT EXISTS (SELECT 1 FROM endpoint_state s WHERE s.tenant = h.tenant AND s.endpoint = h.endpoint)";
 
 impl Store {
     /// Leases up to `limit` due deliveries for `lease_ms` to `owner`.
@@ -65,22 +66,18 @@ impl Store {
         limit: i64,
         limits: &(dyn Fn(&str, &str) -> Limits + Sync),
     ) -> Result<Vec<Claimed>, StoreError> {
-        let pool = self.pool().await?;
+        let mut tx = self.lease().await?.tx().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CLAIM_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // After the lock: a claim that waited for another node's sees that node's leases.
         let now = now_ms();
-        let mut tx = match self.backend {
-            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(CLAIM_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                tx
-            }
-        };
         let mut taken = Vec::new();
         // Probes first: one per endpoint whose cooldown has passed.
-        for probe in candidates(&mut tx, PROBE, now, 1, limit).await? {
+        for probe in candidates(&mut tx, self.backend, PROBE, now, 1, limit).await? {
             let updated = sqlx::query(
                 "UPDATE endpoint_health SET open_until = $1 WHERE tenant = $2 AND endpoint = $3 \
                  AND state = 'open' AND open_until <= $4",
@@ -103,7 +100,7 @@ impl Store {
             let mut rates: HashMap<(String, String), i64> = HashMap::new();
             let now_us = now * 1000;
             // Four times the room: some candidates are skipped for their endpoint's limits.
-            let mut pool = candidates(&mut tx, CLOSED, now, room, room * 4).await?;
+            let mut pool = candidates(&mut tx, self.backend, CLOSED, now, room, room * 4).await?;
             while (taken.len() as i64) < limit && !pool.is_empty() {
                 // The least busy endpoint first: a slow endpoint holding leases yields each
                 // slot that frees to an endpoint with fewer in flight.
@@ -143,48 +140,138 @@ impl Store {
                 set_tat(&mut tx, tenant, endpoint, *tat).await?;
             }
         }
-        for c in &taken {
-            sqlx::query(
-                "UPDATE deliveries SET lease_until = $1, lease_owner = $2 \
-                 WHERE message_id = $3 AND endpoint = $4",
-            )
-            .bind(now + lease_ms)
-            .bind(owner)
-            .bind(&c.message_id)
-            .bind(&c.endpoint)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in taken.chunks(CHUNK) {
+            lease(&mut tx, chunk, now + lease_ms, owner).await?;
+        }
+        let mut messages = HashMap::new();
+        for chunk in taken.chunks(CHUNK) {
+            for m in read_messages(&mut tx, chunk).await? {
+                messages.insert(m.id.clone(), Arc::new(m));
+            }
         }
         tx.commit().await?;
+        for c in &mut taken {
+            c.message = messages.get(&c.message_id).cloned();
+        }
         Ok(taken)
     }
 }
 
+/// Rows per statement of the lease and message reads.
+const CHUNK: usize = 200;
+
+/// Placeholders for `n` rows of `per` parameters numbered after the first `first`:
+/// `($3, $4), ($5, $6), …`, or `$1, $2, …` when `per` is 1.
+fn placeholders(first: usize, n: usize, per: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let p: Vec<String> = (0..per)
+                .map(|j| format!("${}", first + i * per + j + 1))
+                .collect();
+            if per == 1 {
+                p.concat()
+            } else {
+                format!("({})", p.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn lease(
+    tx: &mut Transaction<'_, Any>,
+    taken: &[Claimed],
+    until: i64,
+    owner: &str,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "UPDATE deliveries SET lease_until = $1, lease_owner = $2 \
+         WHERE (message_id, endpoint) IN (VALUES {})",
+        placeholders(2, taken.len(), 2)
+    );
+    let mut q = sqlx::query(&sql).bind(until).bind(owner);
+    for c in taken {
+        q = q.bind(&c.message_id).bind(&c.endpoint);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn read_messages(
+    tx: &mut Transaction<'_, Any>,
+    taken: &[Claimed],
+) -> Result<Vec<StoredMessage>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({})",
+        placeholders(0, taken.len(), 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for c in taken {
+        q = q.bind(&c.message_id);
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    rows.iter().map(stored_message).collect()
+}
+
+/// Up to `per_endpoint` due deliveries of each endpoint `which` selects, round-robin: every
+/// endpoint's first (oldest first), then every endpoint's second, …; at most `limit`.
 async fn candidates(
     tx: &mut Transaction<'_, Any>,
-    breaker: &str,
+    backend: Backend,
+    which: &str,
     now: i64,
     per_endpoint: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let sql = CANDIDATES.replace("{breaker}", breaker);
+    // One index range per endpoint (the endpoints are the health rows, a few per tenant):
+    // PostgreSQL joins each laterally; SQLite, which has no LATERAL, by rowid.
+    let sql = match backend {
+        Backend::Postgres => format!(
+            "SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at \
+             FROM endpoint_health h CROSS JOIN LATERAL (SELECT x.message_id, x.tenant, x.endpoint, \
+             x.attempts, x.budget_from, x.next_at, x.seq {HEAD}) d WHERE {which} AND {ENABLED} \
+             ORDER BY d.tenant, d.endpoint, d.next_at, d.seq"
+        ),
+        Backend::Sqlite => format!(
+            "SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at \
+             FROM endpoint_health h JOIN deliveries d ON d.rowid IN (SELECT x.rowid {HEAD}) \
+             WHERE {which} AND {ENABLED} ORDER BY d.tenant, d.endpoint, d.next_at, d.seq"
+        ),
+    };
     let rows = sqlx::query(&sql)
         .bind(now)
         .bind(per_endpoint)
-        .bind(limit)
         .fetch_all(&mut **tx)
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Claimed {
-                message_id: r.try_get(0)?,
-                tenant: r.try_get(1)?,
-                endpoint: r.try_get(2)?,
-                attempts: r.try_get(3)?,
-                budget_from: r.try_get(4)?,
-            })
-        })
-        .collect()
+    // (rank within its endpoint, due at, delivery)
+    let mut ranked = Vec::with_capacity(rows.len());
+    let mut rank = 0;
+    let mut last: Option<(String, String)> = None;
+    for r in &rows {
+        let c = Claimed {
+            message_id: r.try_get(0)?,
+            tenant: r.try_get(1)?,
+            endpoint: r.try_get(2)?,
+            attempts: r.try_get(3)?,
+            budget_from: r.try_get(4)?,
+            message: None,
+        };
+        let next_at: i64 = r.try_get(5)?;
+        let key = (c.tenant.clone(), c.endpoint.clone());
+        rank = if last.as_ref() == Some(&key) {
+            rank + 1
+        } else {
+            0
+        };
+        last = Some(key);
+        ranked.push((rank, next_at, c));
+    }
+    ranked.sort_by_key(|(rank, next_at, _)| (*rank, *next_at));
+    Ok(ranked
+        .into_iter()
+        .take(limit.max(0) as usize)
+        .map(|(_, _, c)| c)
+        .collect())
 }
 
 /// Leases held now, per endpoint, by any node.

@@ -1,16 +1,17 @@
-//! The ledger's queries: enqueue (group-committed), claim with a lease, record an attempt.
+//! The ledger's queries: enqueue (group-committed), the operator's and the worker's reads.
 //!
 //! Enqueues go through one committer task that takes every message waiting and writes them
 //! in one transaction: under load many API calls share one commit (one fsync on SQLite)
 //! instead of queueing for their own, and each caller is answered only after the commit.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::OnceLock;
 
 use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Store, StoreError};
+use super::{now_ms, Backend, Store, StoreError};
 
 /// Most messages written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -79,6 +80,8 @@ pub struct Claimed {
     pub attempts: i64,
     /// Of those, the ones made before its last replay (they do not count against the budget).
     pub budget_from: i64,
+    /// The message, read with the claim (`None`: purged meanwhile).
+    pub message: Option<std::sync::Arc<StoredMessage>>,
 }
 
 impl Claimed {
@@ -140,6 +143,21 @@ pub struct DeadLetter {
     pub at: i64,
 }
 
+/// What [`stored_message`] reads, in its order.
+pub(super) const MESSAGE_COLUMNS: &str =
+    "id, tenant, event_type, payload, created_at, content_type";
+
+pub(super) fn stored_message(r: &sqlx::any::AnyRow) -> Result<StoredMessage, sqlx::Error> {
+    Ok(StoredMessage {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        event_type: r.try_get(2)?,
+        payload: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        content_type: r.try_get(5)?,
+    })
+}
+
 struct Job {
     message: NewMessage,
     done: oneshot::Sender<Result<Enqueued, String>>,
@@ -156,7 +174,7 @@ impl Store {
         let pool = self.pool().await?.clone();
         let tx = self.committer.tx.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(commit_loop(pool, rx));
+            tokio::spawn(commit_loop(pool, self.backend, rx));
             tx
         });
         let (done, answer) = oneshot::channel();
@@ -170,92 +188,13 @@ impl Store {
 
     pub async fn message(&self, id: &str) -> Result<Option<StoredMessage>, StoreError> {
         let pool = self.pool().await?;
-        let row = sqlx::query(
-            "SELECT id, tenant, event_type, payload, created_at, content_type FROM messages WHERE id = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(pool)
         .await?;
-        row.map(|r| {
-            Ok(StoredMessage {
-                id: r.try_get(0)?,
-                tenant: r.try_get(1)?,
-                event_type: r.try_get(2)?,
-                payload: r.try_get(3)?,
-                created_at: r.try_get(4)?,
-                content_type: r.try_get(5)?,
-            })
-        })
-        .transpose()
-        .map_err(|e: sqlx::Error| e.into())
-    }
-
-    /// Records an attempt of a leased delivery and its next step, in one transaction, and
-    /// with `breaker` (an attempt was made) the endpoint's breaker: closed by a success,
-    /// opened by `failures` in a row, re-opened by a failed probe.
-    pub async fn record(
-        &self,
-        claimed: &Claimed,
-        owner: &str,
-        outcome: &Outcome,
-        breaker: Option<Breaker>,
-    ) -> Result<BreakerMove, StoreError> {
-        let pool = self.pool().await?;
-        let now = now_ms();
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO attempts (message_id, endpoint, attempt, at, outcome, status, latency_ms, preview) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-        )
-        // (A node whose lease ran out may record the same attempt number as the node that
-        // took over: the first record stands, neither fails.)
-        .bind(&claimed.message_id)
-        .bind(&claimed.endpoint)
-        .bind(claimed.attempts + 1)
-        .bind(now)
-        .bind(outcome.outcome)
-        .bind(outcome.status.map(i64::from))
-        .bind(outcome.latency_ms)
-        .bind(outcome.preview.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        let (status, next_at, dead_reason) = match &outcome.next {
-            Next::Delivered => ("delivered", now, None),
-            Next::RetryAt(at) => ("pending", *at, None),
-            Next::Dead(reason) => ("dead", now, Some(*reason)),
-        };
-        sqlx::query(
-            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_at = $2, \
-             lease_until = 0, lease_owner = NULL, last_outcome = $3, dead_reason = $4, updated_at = $5 \
-             WHERE message_id = $6 AND endpoint = $7 AND lease_owner = $8",
-        )
-        .bind(status)
-        .bind(next_at)
-        .bind(outcome.outcome)
-        .bind(dead_reason)
-        .bind(now)
-        .bind(&claimed.message_id)
-        .bind(&claimed.endpoint)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        let moved = match breaker {
-            Some(b) => {
-                let delivered = matches!(outcome.next, Next::Delivered);
-                health(
-                    &mut tx,
-                    &claimed.tenant,
-                    &claimed.endpoint,
-                    delivered,
-                    b,
-                    now,
-                )
-                .await?
-            }
-            None => BreakerMove::Unchanged,
-        };
-        tx.commit().await?;
-        Ok(moved)
+        Ok(row.as_ref().map(stored_message).transpose()?)
     }
 
     /// Stops an endpoint: no new deliveries, and its pending ones are not claimed. With
@@ -433,78 +372,11 @@ impl Store {
     }
 }
 
-async fn health(
-    tx: &mut Transaction<'_, Any>,
-    tenant: &str,
-    endpoint: &str,
-    delivered: bool,
-    b: Breaker,
-    now: i64,
-) -> Result<BreakerMove, sqlx::Error> {
-    let was_open =
-        sqlx::query("SELECT state FROM endpoint_health WHERE tenant = $1 AND endpoint = $2")
-            .bind(tenant)
-            .bind(endpoint)
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| r.try_get::<String, _>(0))
-            .transpose()?
-            .is_some_and(|s| s == "open");
-    if delivered {
-        sqlx::query(
-            "INSERT INTO endpoint_health (tenant, endpoint, failures, state, open_until, last_success) \
-             VALUES ($1, $2, 0, 'closed', 0, $3) ON CONFLICT (tenant, endpoint) DO UPDATE SET \
-             failures = 0, state = 'closed', open_until = 0, last_success = excluded.last_success",
-        )
-        .bind(tenant)
-        .bind(endpoint)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        return Ok(if was_open {
-            BreakerMove::Closed
-        } else {
-            BreakerMove::Unchanged
-        });
-    }
-    // A failure while open (the probe, or an attempt begun before it opened) restarts the
-    // cooldown; the `failures`-th in a row opens it.
-    let opens = "(endpoint_health.state = 'open' OR endpoint_health.failures + 1 >= $4)";
-    let sql = format!(
-        "INSERT INTO endpoint_health (tenant, endpoint, failures, state, open_until, last_failure) \
-         VALUES ($1, $2, 1, CASE WHEN 1 >= $4 THEN 'open' ELSE 'closed' END, \
-         CASE WHEN 1 >= $4 THEN $3 + $5 ELSE 0 END, $3) \
-         ON CONFLICT (tenant, endpoint) DO UPDATE SET failures = endpoint_health.failures + 1, \
-         last_failure = $3, state = CASE WHEN {opens} THEN 'open' ELSE 'closed' END, \
-         open_until = CASE WHEN {opens} THEN $3 + $5 ELSE endpoint_health.open_until END"
-    );
-    sqlx::query(&sql)
-        .bind(tenant)
-        .bind(endpoint)
-        .bind(now)
-        .bind(b.failures)
-        .bind(b.cooldown_ms)
-        .execute(&mut **tx)
-        .await?;
-    let open = sqlx::query("SELECT state FROM endpoint_health WHERE tenant = $1 AND endpoint = $2")
-        .bind(tenant)
-        .bind(endpoint)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get::<String, _>(0)?
-        == "open";
-    Ok(if open && !was_open {
-        BreakerMove::Opened
-    } else {
-        BreakerMove::Unchanged
-    })
-}
-
-async fn commit_loop(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn commit_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
-        match commit(&pool, &jobs).await {
+        match commit(&pool, backend, &jobs).await {
             Ok(results) => {
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.done.send(Ok(result));
@@ -520,17 +392,71 @@ async fn commit_loop(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-async fn commit(pool: &AnyPool, jobs: &[Job]) -> Result<Vec<Enqueued>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+async fn commit(
+    pool: &AnyPool,
+    backend: Backend,
+    jobs: &[Job],
+) -> Result<Vec<Enqueued>, sqlx::Error> {
+    // SQLite: the write lock from the start (the batch reads before it writes, and a read
+    // transaction cannot become a write one once another connection has committed).
+    let mut tx = match backend {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => pool.begin().await?,
+    };
     let mut results = Vec::with_capacity(jobs.len());
+    let mut disabled = HashMap::new();
+    let mut queues = BTreeSet::new();
     for job in jobs {
-        results.push(insert(&mut tx, &job.message).await?);
+        let m = &job.message;
+        if !disabled.contains_key(&m.tenant) {
+            let names = disabled_endpoints(&mut tx, &m.tenant).await?;
+            disabled.insert(m.tenant.clone(), names);
+        }
+        let result = insert(&mut tx, m, &disabled[&m.tenant]).await?;
+        if let Enqueued::Queued { .. } = result {
+            for r in m
+                .endpoints
+                .iter()
+                .filter(|r| !disabled[&m.tenant].contains(&r.endpoint))
+            {
+                queues.insert((m.tenant.as_str(), r.endpoint.as_str()));
+            }
+        }
+        results.push(result);
+    }
+    // Claims find an endpoint's queue through its health row.
+    for (tenant, endpoint) in queues {
+        sqlx::query(
+            "INSERT INTO endpoint_health (tenant, endpoint) VALUES ($1, $2) \
+             ON CONFLICT (tenant, endpoint) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(endpoint)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(results)
 }
 
-async fn insert(tx: &mut Transaction<'_, Any>, m: &NewMessage) -> Result<Enqueued, sqlx::Error> {
+async fn disabled_endpoints(
+    tx: &mut Transaction<'_, Any>,
+    tenant: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query("SELECT endpoint FROM endpoint_state WHERE tenant = $1")
+        .bind(tenant)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect()
+}
+
+async fn insert(
+    tx: &mut Transaction<'_, Any>,
+    m: &NewMessage,
+    disabled: &[String],
+) -> Result<Enqueued, sqlx::Error> {
     let now = now_ms();
     let message_id = new_message_id();
     // A key whose window has passed is taken over by the new message.
@@ -574,14 +500,6 @@ async fn insert(tx: &mut Transaction<'_, Any>, m: &NewMessage) -> Result<Enqueue
     .bind(m.content_type.as_deref())
     .execute(&mut **tx)
     .await?;
-    let disabled: Vec<String> =
-        sqlx::query("SELECT endpoint FROM endpoint_state WHERE tenant = $1")
-            .bind(&m.tenant)
-            .fetch_all(&mut **tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
     let endpoints: Vec<&Route> = m
         .endpoints
         .iter()

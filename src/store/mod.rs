@@ -5,12 +5,21 @@
 //! The pool is opened on first use, inside the runtime that uses it: Pingora may fork to
 //! daemonize after the config is loaded, and SQLite connections own threads. `run` checks
 //! the store once before that ([`Store::check`]), so a store that cannot open stops the start.
+//!
+//! Durability is where a 202 depends on it. A message's commit is forced to disk (SQLite
+//! `synchronous = FULL`; PostgreSQL's default synchronous commit). Leases and recorded
+//! attempts go through [`Store::lease_tx`], which does not wait for the disk (SQLite
+//! `synchronous = NORMAL` on connections of their own; PostgreSQL `synchronous_commit = off`
+//! for that transaction): a power loss may roll the last few back, which only means those
+//! deliveries are attempted again with the same `webhook-id`, at least once as always. A
+//! process crash loses none of them (WAL).
 
 mod claim;
 pub mod config;
 mod ledger;
 mod operator;
 mod outbox;
+mod record;
 mod retention;
 
 pub use claim::{Limits, Rate};
@@ -52,7 +61,9 @@ pub struct Store {
     url: String,
     backend: Backend,
     pool: OnceCell<AnyPool>,
+    lease_pool: OnceCell<Lease>,
     committer: ledger::Committer,
+    recorder: record::Recorder,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -68,7 +79,9 @@ impl Store {
             url: config.url.clone(),
             backend,
             pool: OnceCell::new(),
+            lease_pool: OnceCell::new(),
             committer: ledger::Committer::default(),
+            recorder: record::Recorder::default(),
         }
     }
 
@@ -100,28 +113,12 @@ impl Store {
                 if self.backend == Backend::Sqlite {
                     prepare_file(&self.url)?;
                 }
-                let sqlite = self.backend == Backend::Sqlite;
-                let url = if sqlite && !self.url.contains('?') {
-                    format!("{}?mode=rwc", self.url)
+                let max = if self.backend == Backend::Sqlite {
+                    4
                 } else {
-                    self.url.clone()
+                    16
                 };
-                let pool = AnyPoolOptions::new()
-                    .max_connections(if sqlite { 4 } else { 16 })
-                    .acquire_timeout(Duration::from_secs(5))
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            if sqlite {
-                                // WAL with a full sync at every commit: a 202 survives power loss.
-                                conn.execute("PRAGMA journal_mode = WAL").await?;
-                                conn.execute("PRAGMA synchronous = FULL").await?;
-                                conn.execute("PRAGMA busy_timeout = 5000").await?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await?;
+                let pool = self.open(max, "FULL").await?;
                 MIGRATOR
                     .run(&pool)
                     .await
@@ -131,11 +128,82 @@ impl Store {
             .await
     }
 
+    /// The SQLite file, or the PostgreSQL server, with at most `max` connections; SQLite's
+    /// at `synchronous` (`FULL`: every commit reaches the disk).
+    async fn open(&self, max: u32, synchronous: &'static str) -> Result<AnyPool, StoreError> {
+        let sqlite = self.backend == Backend::Sqlite;
+        let url = if sqlite && !self.url.contains('?') {
+            format!("{}?mode=rwc", self.url)
+        } else {
+            self.url.clone()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
+                            .await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        Ok(pool)
+    }
+
+    /// Where leases and attempt records are written (see [`Lease`]).
+    async fn lease(&self) -> Result<&Lease, StoreError> {
+        let durable = self.pool().await?;
+        self.lease_pool
+            .get_or_try_init(|| async {
+                let pool = match self.backend {
+                    Backend::Sqlite => self.open(2, "NORMAL").await?,
+                    Backend::Postgres => durable.clone(),
+                };
+                Ok(Lease {
+                    backend: self.backend,
+                    pool,
+                })
+            })
+            .await
+    }
+
     /// Whether the store answers (for `/readyz`).
     pub async fn ready(&self) -> bool {
         match self.pool().await {
             Ok(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
             Err(_) => false,
+        }
+    }
+}
+
+/// Where leases and attempt records are written: commits that do not wait for the disk (see
+/// the module doc).
+#[derive(Clone)]
+pub(crate) struct Lease {
+    backend: Backend,
+    /// SQLite: connections of their own, at `synchronous = NORMAL`.
+    pool: AnyPool,
+}
+
+impl Lease {
+    /// A write transaction: it takes SQLite's write lock at once (`BEGIN IMMEDIATE`, no
+    /// upgrade deadlock); on PostgreSQL its commit is asynchronous.
+    async fn tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
         }
     }
 }

@@ -87,6 +87,40 @@ impl Dispatcher {
         r.json()["message_id"].as_str().unwrap().to_owned()
     }
 
+    /// Queues `n` messages `{prefix}{i}` (payload `{"n":i}`) over `threads` keep-alive
+    /// connections; their message ids, in order.
+    pub fn queue_many(&self, tenant: &str, prefix: &str, n: usize, threads: usize) -> Vec<String> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let ids = std::sync::Mutex::new(vec![String::new(); n]);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.api)).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            return;
+                        }
+                        let body = format!(
+                            r#"{{"tenant":"{tenant}","event_type":"a","id":"{prefix}{i}","payload":{{"n":{i}}}}}"#
+                        );
+                        let raw = format!(
+                            "POST /outbound HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                             Authorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        conn.write_all(raw.as_bytes()).unwrap();
+                        let r = read_response(&mut conn).unwrap();
+                        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+                        ids.lock().unwrap()[i] = r.json()["message_id"].as_str().unwrap().to_owned();
+                    }
+                });
+            }
+        });
+        ids.into_inner().unwrap()
+    }
+
     pub fn attempts(&self, message_id: &str) -> Vec<serde_json::Value> {
         let conf = self.server.dir.path().join("portcullis.yaml");
         let (_, out, _) = portcullis(&[
@@ -157,23 +191,31 @@ pub fn sorted_bodies(got: &[super::receiver::Delivered]) -> Vec<String> {
 
 /// Waits until the receiver saw every message id (as `webhook-id`) at least once.
 pub fn wait_delivered(rx: &Receiver, ids: &[String]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    wait_delivered_within(rx, ids, Duration::from_secs(30));
+}
+
+/// The same, with a hang detector of `limit`; how many deliveries the receiver got in all.
+pub fn wait_delivered_within(rx: &Receiver, ids: &[String], limit: Duration) -> usize {
+    let deadline = std::time::Instant::now() + limit;
     loop {
-        let seen: std::collections::HashSet<String> = rx
-            .all()
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
+        let (seen, all) = {
+            let got = rx.received.lock().unwrap();
+            let seen: std::collections::HashSet<String> = got
+                .iter()
+                .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+                .collect();
+            (seen, got.len())
+        };
         let missing = ids.iter().filter(|id| !seen.contains(*id)).count();
         if missing == 0 {
-            return;
+            return all;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "{missing} of {} messages never delivered",
             ids.len()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

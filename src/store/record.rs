@@ -1,0 +1,279 @@
+//! Recording attempts, group-committed: one recorder task takes every outcome waiting and
+//! writes them in one transaction (through [`Store::lease_tx`]), so a busy node records a
+//! batch per commit instead of queueing a commit per attempt. Each caller is answered
+//! after the commit; a batch that fails leaves its deliveries leased, and they are
+//! attempted again once the lease runs out (at least once).
+//!
+//! The circuit breaker's row is read once per endpoint and batch (PostgreSQL: locked, in
+//! key order so two nodes' batches never deadlock), the batch's outcomes are applied to
+//! it in order, and it is written once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use sqlx::{Any, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    now_ms, Backend, Breaker, BreakerMove, Claimed, Lease, Next, Outcome, Store, StoreError,
+};
+
+/// Most outcomes written in one transaction.
+const MAX_BATCH: usize = 512;
+
+struct Job {
+    claimed: Claimed,
+    owner: String,
+    outcome: Outcome,
+    breaker: Option<Breaker>,
+    done: oneshot::Sender<Result<BreakerMove, String>>,
+}
+
+#[derive(Default)]
+pub struct Recorder {
+    tx: OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+impl Store {
+    /// Records an attempt of a leased delivery and its next step, and with `breaker` (an
+    /// attempt was made) the endpoint's breaker: closed by a success, opened by `failures`
+    /// in a row, re-opened by a failed probe. Returns once committed.
+    pub async fn record(
+        &self,
+        claimed: &Claimed,
+        owner: &str,
+        outcome: &Outcome,
+        breaker: Option<Breaker>,
+    ) -> Result<BreakerMove, StoreError> {
+        let lease = self.lease().await?.clone();
+        let tx = self.recorder.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(record_loop(lease, rx));
+            tx
+        });
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            claimed: claimed.clone(),
+            owner: owner.to_owned(),
+            outcome: outcome.clone(),
+            breaker,
+            done,
+        };
+        let stopped = || StoreError::Unavailable("the recorder stopped".into());
+        tx.send(job).map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(StoreError::Unavailable)
+    }
+}
+
+async fn record_loop(lease: Lease, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs = std::mem::take(&mut batch);
+        match write(&lease, &jobs).await {
+            Ok(moves) => {
+                for (job, moved) in jobs.into_iter().zip(moves) {
+                    let _ = job.done.send(Ok(moved));
+                }
+            }
+            Err(e) => {
+                tracing::warn!("outbound: cannot record {} attempts: {e}", jobs.len());
+                for job in jobs {
+                    let _ = job.done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// An endpoint's breaker row as the batch moves it.
+struct Health {
+    failures: i64,
+    open: bool,
+    open_until: i64,
+    succeeded: bool,
+    failed: bool,
+}
+
+async fn write(lease: &Lease, jobs: &[Job]) -> Result<Vec<BreakerMove>, StoreError> {
+    let now = now_ms();
+    let mut tx = lease.tx().await?;
+    // Breaker rows first, in key order (then the deliveries: the order claims lock in too).
+    let keys: BTreeSet<(&str, &str)> = jobs
+        .iter()
+        .filter(|j| j.breaker.is_some())
+        .map(|j| (j.claimed.tenant.as_str(), j.claimed.endpoint.as_str()))
+        .collect();
+    let mut health: BTreeMap<(&str, &str), Health> = BTreeMap::new();
+    for key in keys {
+        let row = read_health(&mut tx, lease.backend, key.0, key.1).await?;
+        health.insert(key, row);
+    }
+    let mut moves = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let c = &job.claimed;
+        insert_attempt(&mut tx, c, &job.outcome, now).await?;
+        update_delivery(&mut tx, c, &job.owner, &job.outcome, now).await?;
+        let moved = match (
+            job.breaker,
+            health.get_mut(&(c.tenant.as_str(), c.endpoint.as_str())),
+        ) {
+            (Some(b), Some(h)) => apply(h, matches!(job.outcome.next, Next::Delivered), b, now),
+            _ => BreakerMove::Unchanged,
+        };
+        moves.push(moved);
+    }
+    for ((tenant, endpoint), h) in &health {
+        write_health(&mut tx, tenant, endpoint, h, now).await?;
+    }
+    tx.commit().await?;
+    Ok(moves)
+}
+
+/// One outcome applied to the breaker: a success closes it; a failure while open (the
+/// probe, or an attempt begun before it opened) restarts the cooldown; the `failures`-th
+/// failure in a row opens it.
+fn apply(h: &mut Health, delivered: bool, b: Breaker, now: i64) -> BreakerMove {
+    let was_open = h.open;
+    if delivered {
+        h.succeeded = true;
+        h.failures = 0;
+        h.open = false;
+        h.open_until = 0;
+        return if was_open {
+            BreakerMove::Closed
+        } else {
+            BreakerMove::Unchanged
+        };
+    }
+    h.failed = true;
+    h.failures += 1;
+    if h.open || h.failures >= b.failures {
+        h.open = true;
+        h.open_until = now + b.cooldown_ms;
+    }
+    if h.open && !was_open {
+        BreakerMove::Opened
+    } else {
+        BreakerMove::Unchanged
+    }
+}
+
+async fn read_health(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    tenant: &str,
+    endpoint: &str,
+) -> Result<Health, sqlx::Error> {
+    // The row exists before it is read, so PostgreSQL can lock it.
+    sqlx::query(
+        "INSERT INTO endpoint_health (tenant, endpoint) VALUES ($1, $2) \
+         ON CONFLICT (tenant, endpoint) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(endpoint)
+    .execute(&mut **tx)
+    .await?;
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let row = sqlx::query(&format!(
+        "SELECT failures, state, open_until FROM endpoint_health \
+         WHERE tenant = $1 AND endpoint = $2{lock}"
+    ))
+    .bind(tenant)
+    .bind(endpoint)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Health {
+        failures: row.try_get(0)?,
+        open: row.try_get::<String, _>(1)? == "open",
+        open_until: row.try_get(2)?,
+        succeeded: false,
+        failed: false,
+    })
+}
+
+async fn write_health(
+    tx: &mut Transaction<'_, Any>,
+    tenant: &str,
+    endpoint: &str,
+    h: &Health,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE endpoint_health SET failures = $1, state = $2, open_until = $3, \
+         last_success = CASE WHEN $4 = 1 THEN $5 ELSE last_success END, \
+         last_failure = CASE WHEN $6 = 1 THEN $5 ELSE last_failure END \
+         WHERE tenant = $7 AND endpoint = $8",
+    )
+    .bind(h.failures)
+    .bind(if h.open { "open" } else { "closed" })
+    .bind(h.open_until)
+    .bind(i64::from(h.succeeded))
+    .bind(now)
+    .bind(i64::from(h.failed))
+    .bind(tenant)
+    .bind(endpoint)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_attempt(
+    tx: &mut Transaction<'_, Any>,
+    c: &Claimed,
+    outcome: &Outcome,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    // A node whose lease ran out may record the same attempt number as the node that took
+    // over: the first record stands, neither fails.
+    sqlx::query(
+        "INSERT INTO attempts (message_id, endpoint, attempt, at, outcome, status, latency_ms, preview) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(&c.message_id)
+    .bind(&c.endpoint)
+    .bind(c.attempts + 1)
+    .bind(now)
+    .bind(outcome.outcome)
+    .bind(outcome.status.map(i64::from))
+    .bind(outcome.latency_ms)
+    .bind(outcome.preview.as_deref())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn update_delivery(
+    tx: &mut Transaction<'_, Any>,
+    c: &Claimed,
+    owner: &str,
+    outcome: &Outcome,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let (status, next_at, dead_reason) = match &outcome.next {
+        Next::Delivered => ("delivered", now, None),
+        Next::RetryAt(at) => ("pending", *at, None),
+        Next::Dead(reason) => ("dead", now, Some(*reason)),
+    };
+    sqlx::query(
+        "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_at = $2, \
+         lease_until = 0, lease_owner = NULL, last_outcome = $3, dead_reason = $4, updated_at = $5 \
+         WHERE message_id = $6 AND endpoint = $7 AND lease_owner = $8",
+    )
+    .bind(status)
+    .bind(next_at)
+    .bind(outcome.outcome)
+    .bind(dead_reason)
+    .bind(now)
+    .bind(&c.message_id)
+    .bind(&c.endpoint)
+    .bind(owner)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
