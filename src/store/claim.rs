@@ -66,7 +66,7 @@ impl Store {
         limit: i64,
         limits: &(dyn Fn(&str, &str) -> Limits + Sync),
     ) -> Result<Vec<Claimed>, StoreError> {
-        let mut tx = self.lease().await?.tx().await?;
+        let (_writing, mut tx) = self.lease().await?.tx().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(CLAIM_LOCK)
@@ -95,7 +95,7 @@ impl Store {
         }
         let room = limit - taken.len() as i64;
         if room > 0 {
-            let mut in_flight = in_flight(&mut tx, now).await?;
+            let mut in_flight = in_flight(&mut tx, self.backend, now).await?;
             // Each rate-limited endpoint's theoretical arrival time, as this claim moves it.
             let mut rates: HashMap<(String, String), i64> = HashMap::new();
             let now_us = now * 1000;
@@ -184,12 +184,19 @@ async fn lease(
     until: i64,
     owner: &str,
 ) -> Result<(), sqlx::Error> {
+    // The `message_id IN` lets both planners find the rows by primary key (SQLite would
+    // scan the table for the row values alone).
+    let n = taken.len();
     let sql = format!(
         "UPDATE deliveries SET lease_until = $1, lease_owner = $2 \
-         WHERE (message_id, endpoint) IN (VALUES {})",
-        placeholders(2, taken.len(), 2)
+         WHERE message_id IN ({}) AND (message_id, endpoint) IN (VALUES {})",
+        placeholders(2, n, 1),
+        placeholders(2 + n, n, 2)
     );
     let mut q = sqlx::query(&sql).bind(until).bind(owner);
+    for c in taken {
+        q = q.bind(&c.message_id);
+    }
     for c in taken {
         q = q.bind(&c.message_id).bind(&c.endpoint);
     }
@@ -224,7 +231,9 @@ async fn candidates(
     limit: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     // One index range per endpoint (the endpoints are the health rows, a few per tenant):
-    // PostgreSQL joins each laterally; SQLite, which has no LATERAL, by rowid.
+    // PostgreSQL joins each laterally; SQLite, which has no LATERAL, by rowid, with the
+    // endpoints as the outer loop (its CROSS JOIN keeps the order it is written in; left
+    // to itself the planner walks every delivery and runs the head query for each).
     let sql = match backend {
         Backend::Postgres => format!(
             "SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at \
@@ -234,8 +243,8 @@ async fn candidates(
         ),
         Backend::Sqlite => format!(
             "SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at \
-             FROM endpoint_health h JOIN deliveries d ON d.rowid IN (SELECT x.rowid {HEAD}) \
-             WHERE {which} AND {ENABLED} ORDER BY d.tenant, d.endpoint, d.next_at, d.seq"
+             FROM endpoint_health h CROSS JOIN deliveries d ON d.rowid IN (SELECT x.rowid {HEAD}) \
+             WHERE {which} AND {ENABLED} ORDER BY h.tenant, h.endpoint, d.next_at, d.seq"
         ),
     };
     let rows = sqlx::query(&sql)
@@ -277,12 +286,19 @@ async fn candidates(
 /// Leases held now, per endpoint, by any node.
 async fn in_flight(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     now: i64,
 ) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT tenant, endpoint, COUNT(*) FROM deliveries \
-         WHERE lease_until > $1 AND status = 'pending' GROUP BY tenant, endpoint",
-    )
+    // The leases, not the whole queue: SQLite's planner (no statistics) would rather walk
+    // `deliveries_queue` for the GROUP BY, which reads every pending delivery.
+    let index = match backend {
+        Backend::Sqlite => " INDEXED BY deliveries_leased",
+        Backend::Postgres => "",
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT tenant, endpoint, COUNT(*) FROM deliveries{index} \
+         WHERE lease_until > $1 AND status = 'pending' GROUP BY tenant, endpoint"
+    ))
     .bind(now)
     .fetch_all(&mut **tx)
     .await?;

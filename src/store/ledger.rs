@@ -11,7 +11,7 @@ use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Backend, Store, StoreError};
+use super::{now_ms, Backend, Store, StoreError, Writes};
 
 /// Most messages written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -174,7 +174,8 @@ impl Store {
         let pool = self.pool().await?.clone();
         let tx = self.committer.tx.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(commit_loop(pool, self.backend, rx));
+            let writes = (self.backend == Backend::Sqlite).then(|| self.writes.clone());
+            tokio::spawn(commit_loop(pool, writes, rx));
             tx
         });
         let (done, answer) = oneshot::channel();
@@ -372,11 +373,11 @@ impl Store {
     }
 }
 
-async fn commit_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn commit_loop(pool: AnyPool, writes: Option<Writes>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
-        match commit(&pool, backend, &jobs).await {
+        match commit(&pool, writes.as_ref(), &jobs).await {
             Ok(results) => {
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.done.send(Ok(result));
@@ -392,38 +393,63 @@ async fn commit_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::UnboundedRec
     }
 }
 
+/// `writes`: SQLite's (see [`Writes`]).
 async fn commit(
     pool: &AnyPool,
-    backend: Backend,
+    writes: Option<&Writes>,
     jobs: &[Job],
 ) -> Result<Vec<Enqueued>, sqlx::Error> {
     // SQLite: the write lock from the start (the batch reads before it writes, and a read
     // transaction cannot become a write one once another connection has committed).
-    let mut tx = match backend {
-        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-        Backend::Postgres => pool.begin().await?,
+    let (_writing, mut tx) = match writes {
+        Some(w) => (w.take().await, pool.begin_with("BEGIN IMMEDIATE").await?),
+        None => (None, pool.begin().await?),
     };
+    let now = now_ms();
     let mut results = Vec::with_capacity(jobs.len());
     let mut disabled = HashMap::new();
     let mut queues = BTreeSet::new();
+    let mut accepted = Vec::new();
     for job in jobs {
         let m = &job.message;
         if !disabled.contains_key(&m.tenant) {
             let names = disabled_endpoints(&mut tx, &m.tenant).await?;
             disabled.insert(m.tenant.clone(), names);
         }
-        let result = insert(&mut tx, m, &disabled[&m.tenant]).await?;
-        if let Enqueued::Queued { .. } = result {
-            for r in m
-                .endpoints
-                .iter()
-                .filter(|r| !disabled[&m.tenant].contains(&r.endpoint))
-            {
-                queues.insert((m.tenant.as_str(), r.endpoint.as_str()));
-            }
+        let message_id = new_message_id();
+        if let Err(existing) = take_key(&mut tx, m, &message_id, now).await? {
+            results.push(Enqueued::Duplicate {
+                message_id: existing,
+            });
+            continue;
         }
-        results.push(result);
+        let off: &Vec<String> = &disabled[&m.tenant];
+        let routes: Vec<(&str, Option<String>)> = m
+            .endpoints
+            .iter()
+            .filter(|r| !off.contains(&r.endpoint))
+            .map(|r| {
+                let fifo = r
+                    .ordered
+                    .then(|| m.ordering_key.clone().unwrap_or_default());
+                (r.endpoint.as_str(), fifo)
+            })
+            .collect();
+        for (endpoint, _) in &routes {
+            queues.insert((m.tenant.as_str(), *endpoint));
+        }
+        results.push(Enqueued::Queued {
+            message_id: message_id.clone(),
+            endpoints: routes.len(),
+        });
+        accepted.push(Accepted {
+            message_id,
+            m,
+            seq: next_seq(),
+            routes,
+        });
     }
+    insert_rows(&mut tx, &accepted, now).await?;
     // Claims find an endpoint's queue through its health row.
     for (tenant, endpoint) in queues {
         sqlx::query(
@@ -452,81 +478,126 @@ async fn disabled_endpoints(
         .collect()
 }
 
-async fn insert(
+/// A message whose idempotency key this batch took, with its deliveries (endpoint, FIFO).
+struct Accepted<'a> {
+    message_id: String,
+    m: &'a NewMessage,
+    seq: i64,
+    routes: Vec<(&'a str, Option<String>)>,
+}
+
+/// Takes the message's idempotency key: `Err(existing message id)` when it is a duplicate.
+async fn take_key(
     tx: &mut Transaction<'_, Any>,
     m: &NewMessage,
-    disabled: &[String],
-) -> Result<Enqueued, sqlx::Error> {
-    let now = now_ms();
-    let message_id = new_message_id();
+    message_id: &str,
+    now: i64,
+) -> Result<Result<(), String>, sqlx::Error> {
     // A key whose window has passed is taken over by the new message.
-    let claimed = sqlx::query(
+    let taken = sqlx::query(
         "INSERT INTO idempotency (tenant, event_id, message_id, expires_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (tenant, event_id) DO UPDATE SET message_id = excluded.message_id, \
          expires_at = excluded.expires_at WHERE idempotency.expires_at < $5",
     )
     .bind(&m.tenant)
     .bind(&m.event_id)
-    .bind(&message_id)
+    .bind(message_id)
     .bind(now + m.idempotency_ms)
     .bind(now)
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    if claimed == 0 {
-        let existing: String =
-            sqlx::query("SELECT message_id FROM idempotency WHERE tenant = $1 AND event_id = $2")
+    if taken == 1 {
+        return Ok(Ok(()));
+    }
+    let existing: String =
+        sqlx::query("SELECT message_id FROM idempotency WHERE tenant = $1 AND event_id = $2")
+            .bind(&m.tenant)
+            .bind(&m.event_id)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+    Ok(Err(existing))
+}
+
+/// Rows per multi-row INSERT (well under either database's parameter limit).
+const ROWS: usize = 256;
+
+/// Writes the accepted messages and their deliveries, many rows per statement.
+async fn insert_rows(
+    tx: &mut Transaction<'_, Any>,
+    accepted: &[Accepted<'_>],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in accepted.chunks(ROWS) {
+        let sql = format!(
+            "INSERT INTO messages (id, tenant, event_id, event_type, payload, ordering_key, source, created_at, content_type) VALUES {}",
+            rows(chunk.len(), 9)
+        );
+        let mut q = sqlx::query(&sql);
+        for a in chunk {
+            let m = a.m;
+            q = q
+                .bind(&a.message_id)
                 .bind(&m.tenant)
                 .bind(&m.event_id)
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get(0)?;
-        return Ok(Enqueued::Duplicate {
-            message_id: existing,
-        });
+                .bind(&m.event_type)
+                .bind(&m.payload)
+                .bind(m.ordering_key.as_deref())
+                .bind(m.source)
+                .bind(now)
+                .bind(m.content_type.as_deref());
+        }
+        q.execute(&mut **tx).await?;
     }
-    sqlx::query(
-        "INSERT INTO messages (id, tenant, event_id, event_type, payload, ordering_key, source, created_at, content_type) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&message_id)
-    .bind(&m.tenant)
-    .bind(&m.event_id)
-    .bind(&m.event_type)
-    .bind(&m.payload)
-    .bind(m.ordering_key.as_deref())
-    .bind(m.source)
-    .bind(now)
-    .bind(m.content_type.as_deref())
-    .execute(&mut **tx)
-    .await?;
-    let endpoints: Vec<&Route> = m
-        .endpoints
+    let deliveries: Vec<(&Accepted<'_>, &(&str, Option<String>))> = accepted
         .iter()
-        .filter(|r| !disabled.contains(&r.endpoint))
+        .flat_map(|a| a.routes.iter().map(move |r| (a, r)))
         .collect();
-    let seq = next_seq();
-    for route in &endpoints {
-        let fifo = route
-            .ordered
-            .then(|| m.ordering_key.clone().unwrap_or_default());
-        sqlx::query(
-            "INSERT INTO deliveries (message_id, tenant, endpoint, status, attempts, next_at, lease_until, updated_at, seq, fifo_key) \
-             VALUES ($1, $2, $3, 'pending', 0, $4, 0, $4, $5, $6)",
-        )
-        .bind(&message_id)
-        .bind(&m.tenant)
-        .bind(&route.endpoint)
-        .bind(now)
-        .bind(seq)
-        .bind(fifo)
-        .execute(&mut **tx)
-        .await?;
+    for chunk in deliveries.chunks(ROWS) {
+        let sql = format!(
+            "INSERT INTO deliveries (message_id, tenant, endpoint, status, attempts, next_at, lease_until, updated_at, seq, fifo_key) VALUES {}",
+            (0..chunk.len())
+                .map(|i| {
+                    let p = |j: usize| format!("${}", i * 6 + j);
+                    format!(
+                        "({}, {}, {}, 'pending', 0, {}, 0, {}, {}, {})",
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(4),
+                        p(5),
+                        p(6)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (a, (endpoint, fifo)) in chunk {
+            q = q
+                .bind(&a.message_id)
+                .bind(&a.m.tenant)
+                .bind(*endpoint)
+                .bind(now)
+                .bind(a.seq)
+                .bind(fifo.as_deref());
+        }
+        q.execute(&mut **tx).await?;
     }
-    Ok(Enqueued::Queued {
-        message_id,
-        endpoints: endpoints.len(),
-    })
+    Ok(())
+}
+
+/// `($1, …, $per), ($per+1, …), …` for `n` rows.
+fn rows(n: usize, per: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let p: Vec<String> = (1..=per).map(|j| format!("${}", i * per + j)).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Enqueue order: microseconds, strictly increasing in this process (nodes enqueueing in

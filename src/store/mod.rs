@@ -62,6 +62,8 @@ pub struct Store {
     backend: Backend,
     pool: OnceCell<AnyPool>,
     lease_pool: OnceCell<Lease>,
+    /// SQLite's one write lock, taken in this process before asking SQLite for it.
+    writes: Writes,
     committer: ledger::Committer,
     recorder: record::Recorder,
 }
@@ -80,6 +82,7 @@ impl Store {
             backend,
             pool: OnceCell::new(),
             lease_pool: OnceCell::new(),
+            writes: Writes::default(),
             committer: ledger::Committer::default(),
             recorder: record::Recorder::default(),
         }
@@ -168,6 +171,7 @@ impl Store {
                 Ok(Lease {
                     backend: self.backend,
                     pool,
+                    writes: self.writes.clone(),
                 })
             })
             .await
@@ -189,22 +193,43 @@ pub(crate) struct Lease {
     backend: Backend,
     /// SQLite: connections of their own, at `synchronous = NORMAL`.
     pool: AnyPool,
+    writes: Writes,
 }
 
 impl Lease {
     /// A write transaction: it takes SQLite's write lock at once (`BEGIN IMMEDIATE`, no
-    /// upgrade deadlock); on PostgreSQL its commit is asynchronous.
-    async fn tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    /// upgrade deadlock); on PostgreSQL its commit is asynchronous. Keep the guard until
+    /// the commit.
+    async fn tx(&self) -> Result<(Writing, sqlx::Transaction<'static, sqlx::Any>), StoreError> {
         match self.backend {
-            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Sqlite => {
+                let writing = self.writes.take().await;
+                Ok((writing, self.pool.begin_with("BEGIN IMMEDIATE").await?))
+            }
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("SET LOCAL synchronous_commit = off")
                     .execute(&mut *tx)
                     .await?;
-                Ok(tx)
+                Ok((None, tx))
             }
         }
+    }
+}
+
+/// The node's SQLite writers (enqueue batches, claims, outcome batches) queue here rather
+/// than at SQLite's lock, whose busy handler waits by sleeping (1, 2, 5, 10 ms, …): under
+/// load that sleep, not the work, would set the pace. Other processes (the CLI) still
+/// meet SQLite's lock and its `busy_timeout`.
+#[derive(Clone, Default)]
+pub(crate) struct Writes(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+/// Held while a write transaction is open (`None` on PostgreSQL).
+pub(crate) type Writing = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+impl Writes {
+    async fn take(&self) -> Writing {
+        Some(self.0.clone().lock_owned().await)
     }
 }
 

@@ -99,7 +99,7 @@ struct Health {
 
 async fn write(lease: &Lease, jobs: &[Job]) -> Result<Vec<BreakerMove>, StoreError> {
     let now = now_ms();
-    let mut tx = lease.tx().await?;
+    let (_writing, mut tx) = lease.tx().await?;
     // Breaker rows first, in key order (then the deliveries: the order claims lock in too).
     let keys: BTreeSet<(&str, &str)> = jobs
         .iter()
