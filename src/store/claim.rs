@@ -21,7 +21,7 @@ use std::sync::Arc;
 use sqlx::{Any, Row, Transaction};
 
 use super::ledger::{stored_message, MESSAGE_COLUMNS};
-use super::{now_ms, Backend, Claimed, Store, StoreError, StoredMessage};
+use super::{now_ms, placeholders, Backend, Claimed, Store, StoreError, StoredMessage};
 
 /// An endpoint's limits, from its config.
 #[derive(Debug, Clone, Copy, Default)]
@@ -159,24 +159,6 @@ impl Store {
 
 /// Rows per statement of the lease and message reads.
 const CHUNK: usize = 200;
-
-/// Placeholders for `n` rows of `per` parameters numbered after the first `first`:
-/// `($3, $4), ($5, $6), …`, or `$1, $2, …` when `per` is 1.
-fn placeholders(first: usize, n: usize, per: usize) -> String {
-    (0..n)
-        .map(|i| {
-            let p: Vec<String> = (0..per)
-                .map(|j| format!("${}", first + i * per + j + 1))
-                .collect();
-            if per == 1 {
-                p.concat()
-            } else {
-                format!("({})", p.join(", "))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 async fn lease(
     tx: &mut Transaction<'_, Any>,

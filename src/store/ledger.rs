@@ -11,7 +11,7 @@ use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Backend, Store, StoreError, Writes};
+use super::{now_ms, placeholders, Backend, Store, StoreError, Writes};
 
 /// Most messages written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -532,7 +532,7 @@ async fn insert_rows(
     for chunk in accepted.chunks(ROWS) {
         let sql = format!(
             "INSERT INTO messages (id, tenant, event_id, event_type, payload, ordering_key, source, created_at, content_type) VALUES {}",
-            rows(chunk.len(), 9)
+            placeholders(0, chunk.len(), 9)
         );
         let mut q = sqlx::query(&sql);
         for a in chunk {
@@ -587,17 +587,6 @@ async fn insert_rows(
         q.execute(&mut **tx).await?;
     }
     Ok(())
-}
-
-/// `($1, …, $per), ($per+1, …), …` for `n` rows.
-fn rows(n: usize, per: usize) -> String {
-    (0..n)
-        .map(|i| {
-            let p: Vec<String> = (1..=per).map(|j| format!("${}", i * per + j)).collect();
-            format!("({})", p.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Enqueue order: microseconds, strictly increasing in this process (nodes enqueueing in

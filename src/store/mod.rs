@@ -264,6 +264,24 @@ fn prepare_file(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Placeholders for `n` rows of `per` parameters numbered after the first `first`:
+/// `($3, $4), ($5, $6), …`, or `$1, $2, …` when `per` is 1.
+fn placeholders(first: usize, n: usize, per: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let p: Vec<String> = (0..per)
+                .map(|j| format!("${}", first + i * per + j + 1))
+                .collect();
+            if per == 1 {
+                p.concat()
+            } else {
+                format!("({})", p.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
