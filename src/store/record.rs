@@ -277,3 +277,42 @@ async fn update_delivery(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed() -> Health {
+        Health {
+            failures: 0,
+            open: false,
+            open_until: 0,
+            succeeded: false,
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_moves_the_breaker_as_its_outcomes_would_one_by_one() {
+        let b = Breaker {
+            failures: 3,
+            cooldown_ms: 1_000,
+        };
+        let mut h = closed();
+        let moves: Vec<_> = [false, false, true, false, false, false, false]
+            .iter()
+            .map(|&ok| apply(&mut h, ok, b, 10))
+            .collect();
+        use BreakerMove::*;
+        // A success in between resets the count; the third failure in a row opens it; a
+        // failure while open restarts the cooldown without opening it again.
+        assert_eq!(
+            moves,
+            [Unchanged, Unchanged, Unchanged, Unchanged, Unchanged, Opened, Unchanged]
+        );
+        assert!(h.open && h.failures == 4 && h.open_until == 1_010);
+        assert!(h.succeeded && h.failed);
+        assert_eq!(apply(&mut h, true, b, 20), Closed);
+        assert!(!h.open && h.failures == 0 && h.open_until == 0);
+    }
+}
