@@ -375,7 +375,6 @@ fn a_killed_dispatcher_delivers_every_queued_message_after_restart() {
     // The receiver is down while the messages are queued (so the breaker opens: a short
     // cooldown); the process is then SIGKILLed.
     let port = free_port();
-    let retry = format!("[{}]", vec!["100ms"; 100].join(", "));
     let mut d = Dispatcher::start(
         &[(
             "t.yaml",
@@ -384,7 +383,7 @@ fn a_killed_dispatcher_delivers_every_queued_message_after_restart() {
                 &[endpoint("e", &format!("http://127.0.0.1:{port}/"), "")],
             ),
         )],
-        &format!("{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: {retry}, breaker: {{ cooldown: 200ms }} }}"),
+        &down_then_up(),
     );
     let ids: Vec<String> = (0..20)
         .map(|i| d.queue("t", "a", &format!("e{i}"), &format!("{{\"n\":{i}}}")))

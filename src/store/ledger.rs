@@ -187,17 +187,6 @@ impl Store {
             .map_err(StoreError::Unavailable)
     }
 
-    pub async fn message(&self, id: &str) -> Result<Option<StoredMessage>, StoreError> {
-        let pool = self.pool().await?;
-        let row = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-        Ok(row.as_ref().map(stored_message).transpose()?)
-    }
-
     /// Stops an endpoint: no new deliveries, and its pending ones are not claimed. With
     /// `gone` (a 410) they become dead letters `endpoint_gone` (they would meet the same
     /// answer); an operator's `disabled` leaves them waiting for `enable`.
