@@ -107,6 +107,59 @@ fn the_api_answers_with_the_contract_statuses() {
 }
 
 #[test]
+fn calls_over_the_api_rate_limit_get_429_and_keep_nothing() {
+    let rx = Receiver::ok();
+    let url = format!("http://127.0.0.1:{}/hook", rx.port);
+    let d = Dispatcher::start(
+        &[
+            ("acme.yaml", tenant("acme", &[endpoint("all", &url, "")])),
+            (
+                "globex.yaml",
+                tenant("globex", &[endpoint("all", &url, "")]),
+            ),
+        ],
+        // The next keys of `outbound:` after the delivery mapping.
+        &format!("{LOCAL}\n  rate_limit: {{ per_tenant_per_second: 1 }}"),
+    );
+    let msg = |tenant: &str, id: &str| {
+        format!(r#"{{"tenant":"{tenant}","event_type":"a","id":"{id}","payload":{{"n":1}}}}"#)
+    };
+    // One call per second is admitted: twenty in a row cannot all fit.
+    let mut refused = None;
+    for i in 0..20 {
+        let r = d.send(&msg("acme", &format!("e{i}")));
+        match r.status {
+            202 => {}
+            429 => {
+                assert_eq!(r.reason(), "rate_limited");
+                assert_eq!(r.header("retry-after"), Some("1"));
+                refused = Some(format!("e{i}"));
+                // Another tenant's budget is its own.
+                assert_eq!(d.send(&msg("globex", &format!("g{i}"))).status, 202);
+                break;
+            }
+            other => panic!("{other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    let refused = refused.expect("twenty calls in a row, none refused at one per second");
+    // Nothing was kept: the same id is queued (not a duplicate) once the window has passed.
+    let again = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let r = d.send(&msg("acme", &refused));
+        if r.status != 429 {
+            break r;
+        }
+    };
+    assert_eq!(
+        (again.status, again.json()["status"].clone()),
+        (202, "queued".into())
+    );
+    assert!(d
+        .metrics()
+        .contains(r#"portcullis_outbound_messages_total{outcome="rejected",source="api"}"#));
+}
+
+#[test]
 fn deliveries_carry_the_exact_payload_signed_so_receivers_verify_them() {
     let rx = Receiver::ok();
     let base = format!("http://127.0.0.1:{}", rx.port);

@@ -12,6 +12,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
 
+pub mod limit;
+
 use crate::metrics;
 use crate::outbound::message;
 use crate::outbound::{Dispatcher, Refused};
@@ -26,6 +28,7 @@ pub struct Api {
     pub dispatcher: Arc<Dispatcher>,
     pub tokens: Vec<Vec<u8>>,
     pub max_payload: usize,
+    pub limiter: limit::Limiter,
 }
 
 fn json(status: u16, body: serde_json::Value) -> http::Response<Vec<u8>> {
@@ -104,6 +107,10 @@ impl Api {
                 .with_label_values(&["api", "rejected"])
                 .inc()
         };
+        if !self.limiter.admit() {
+            rejected();
+            return error(429, "rate_limited");
+        }
         let body = match self.body(session).await {
             Ok(b) => b,
             Err((status, reason)) => {
@@ -121,6 +128,10 @@ impl Api {
         if message.payload.len() > self.max_payload {
             rejected();
             return error(413, "payload_too_large");
+        }
+        if !self.limiter.admit_tenant(&message.tenant) {
+            rejected();
+            return error(429, "rate_limited");
         }
         match self.dispatcher.enqueue(message, "api").await {
             Ok(done) => {

@@ -30,6 +30,8 @@ pub struct OutboundSpec {
     retention: Option<String>,
     #[serde(default)]
     dead_letters: Option<DeadLettersSpec>,
+    #[serde(default)]
+    rate_limit: Option<crate::api::limit::LimitSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,8 +63,9 @@ struct BreakerSpec {
     cooldown: Option<String>,
 }
 
-pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 4] {
+pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 5] {
     [
+        ("rate_limit", crate::api::limit::keys()),
         ("outbound", keys::<OutboundSpec>()),
         ("delivery", keys::<DeliverySpec>()),
         ("breaker", keys::<BreakerSpec>()),
@@ -80,6 +83,8 @@ pub struct Outbound {
     pub sources: Vec<super::sources::Source>,
     /// The sink every dead letter is also published to.
     pub dead_letters: Option<String>,
+    /// Calls per second the API takes (none by default).
+    pub rate_limit: crate::api::limit::Limit,
 }
 
 /// Delivered messages and their attempts are kept this long (7 days by default).
@@ -174,6 +179,7 @@ pub fn load(spec: &OutboundSpec, base: &Path, report: &mut Report<'_>) -> Outbou
         delivery,
         dead_letters: spec.dead_letters.as_ref().map(|d| d.sink.clone()),
         max_payload,
+        rate_limit: crate::api::limit::load(spec.rate_limit.as_ref(), &mut at),
         sources: super::sources::load(&spec.sources, &mut at),
     }
 }

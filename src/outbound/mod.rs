@@ -167,6 +167,7 @@ pub fn add_services(
             dispatcher: dispatcher.clone(),
             tokens: outbound.tokens.clone(),
             max_payload: outbound.max_payload,
+            limiter: crate::api::limit::Limiter::new(outbound.rate_limit),
         };
         let app = pingora::apps::http_app::HttpServer::new_app(api);
         let mut service = pingora::services::listening::Service::new("outbound api".into(), app);
