@@ -185,6 +185,15 @@ pub static OUTBOUND_IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
     .expect("register portcullis_outbound_in_flight")
 });
 
+pub static OUTBOUND_STARTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "portcullis_outbound_starts_total",
+        "Attempts started on this node, by how the delivery reached the worker: handoff (leased by its enqueue, a slot being free) or claim (from the ledger).",
+        &["via"]
+    )
+    .expect("register portcullis_outbound_starts_total")
+});
+
 pub static OUTBOUND_DEAD_LETTERS: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "portcullis_outbound_dead_letters_total",
@@ -239,6 +248,9 @@ pub fn register_outbound_series() {
         "unknown_tenant",
     ] {
         OUTBOUND_DEAD_LETTERS.with_label_values(&[reason]);
+    }
+    for via in ["handoff", "claim"] {
+        OUTBOUND_STARTS.with_label_values(&[via]);
     }
     Lazy::force(&OUTBOUND_ATTEMPT_DURATION);
     Lazy::force(&OUTBOUND_DELIVERY_LAG);

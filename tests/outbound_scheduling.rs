@@ -82,6 +82,76 @@ fn an_open_breaker_defers_attempts_without_spending_retries_and_a_probe_closes_i
     );
 }
 
+/// `portcullis_outbound_starts_total{via}` now.
+fn starts(d: &Dispatcher, via: &str) -> u64 {
+    let prefix = format!("portcullis_outbound_starts_total{{via=\"{via}\"}} ");
+    d.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix}in:\n{}", d.metrics()))
+}
+
+#[test]
+fn an_enqueue_hands_deliveries_to_free_slots_but_not_past_an_ordered_queue_or_an_open_breaker() {
+    let ok = Receiver::ok();
+    let down = Arc::new(AtomicBool::new(true));
+    let state = down.clone();
+    let flaky = Receiver::start(move |_| {
+        Reply::Status(if state.load(Ordering::SeqCst) {
+            500
+        } else {
+            200
+        })
+    });
+    let d = Dispatcher::start(
+        &[
+            (
+                "acme.yaml",
+                tenant(
+                    "acme",
+                    &[
+                        endpoint("plain", &url(&ok), "    event_types: [\"a\"]\n"),
+                        endpoint("fifo", &url(&ok), "    event_types: [\"a\"]\n    ordered: true\n"),
+                        endpoint("flaky", &url(&flaky), "    event_types: [\"b\"]\n"),
+                    ],
+                ),
+            ),
+        ],
+        "{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [1h], breaker: { failures: 1, cooldown: 1s } }",
+    );
+    // Once a delivery arrived, the worker is running (and takes hand-offs).
+    d.queue("acme", "a", "warm", "{}");
+    ok.wait_for(2);
+    let (handed, claimed) = (starts(&d, "handoff"), starts(&d, "claim"));
+    d.queue("acme", "a", "a1", "{}");
+    ok.wait_for(4);
+    assert_eq!(
+        (starts(&d, "handoff"), starts(&d, "claim")),
+        (handed + 1, claimed + 1),
+        "plain handed off, fifo claimed"
+    );
+    let (handed, claimed) = (handed + 1, claimed + 1);
+
+    // The first message to the failing endpoint is handed off, fails and opens its breaker.
+    let first = d.queue("acme", "b", "b1", "{}");
+    wait_log(&d, "circuit breaker open");
+    assert_eq!(starts(&d, "handoff"), handed + 1);
+    // While it is open, an enqueue leases nothing to it: the delivery waits for the probe.
+    down.store(false, Ordering::SeqCst);
+    let second = d.queue("acme", "b", "b2", "{}");
+    assert_eq!(
+        starts(&d, "handoff"),
+        handed + 1,
+        "nothing handed to an open breaker"
+    );
+    wait_log(&d, "circuit breaker closed");
+    wait_delivered(&flaky, &[second.clone()]);
+    assert_eq!(starts(&d, "claim"), claimed + 1, "the probe was a claim");
+    // The first one's retry is an hour away: it was attempted once, not lost.
+    assert_eq!(d.attempts(&first).len(), 1);
+}
+
 #[test]
 fn a_hanging_endpoints_backlog_does_not_delay_a_healthy_endpoint() {
     // The dead endpoint never answers (each attempt ends at its 1 s timeout); the breaker is

@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod delivery;
 pub mod endpoints;
 pub mod message;
+pub mod slots;
 pub mod sources;
 pub mod ssrf;
 pub mod worker;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::store::{Enqueued, NewMessage, Route, Store, StoreError};
+use crate::store::{Enqueued, Handoff, NewMessage, Route, Store, StoreError};
 use config::Delivery;
 use endpoints::Endpoints;
 use message::{Invalid, Message};
@@ -32,8 +33,15 @@ pub struct Dispatcher {
     pub client: delivery::Client,
     /// This node's name on the leases it takes.
     pub owner: String,
-    /// Rung after an enqueue, so the worker does not wait for its next poll.
+    /// Rung after an enqueue that left deliveries for a claim, so the worker does not wait
+    /// for its next poll.
     pub wake: Notify,
+    /// Rung when an attempt gives its slot back (a worker with a backlog claims again).
+    pub freed: Notify,
+    pub slots: slots::Slots,
+    /// How long a lease lasts: the longest attempt (any endpoint's timeout) and 5 s to
+    /// record its outcome.
+    pub lease_ms: i64,
 }
 
 /// Why a message was not queued.
@@ -52,13 +60,17 @@ impl Dispatcher {
             std::process::id(),
             rand::random::<u32>()
         );
+        let longest = endpoints.max_timeout().max(delivery.timeout);
         Dispatcher {
             client: delivery::Client::new(delivery.allow_internal.clone()),
+            slots: slots::Slots::new(delivery.concurrency),
+            lease_ms: longest.as_millis() as i64 + 5_000,
             store,
             endpoints,
             delivery,
             owner,
             wake: Notify::new(),
+            freed: Notify::new(),
         }
     }
 
@@ -79,7 +91,7 @@ impl Dispatcher {
                 }));
             }
         }
-        let endpoints = all
+        let matching: Vec<_> = all
             .iter()
             .filter(|e| e.takes(&message.event_type))
             .filter(|e| {
@@ -88,11 +100,47 @@ impl Dispatcher {
                     .as_ref()
                     .is_none_or(|n| n.contains(&e.name))
             })
+            .collect();
+        let endpoints = matching
+            .iter()
             .map(|e| Route {
                 endpoint: e.name.clone(),
                 ordered: e.ordered,
             })
             .collect();
+        // Deliveries this node can start at once are leased to its worker in the enqueue
+        // (no claim needed); not those an ordered queue or a fleet-wide limit must admit.
+        let mut slots: Vec<(String, slots::Slot)> = matching
+            .iter()
+            .filter(|e| !e.ordered && e.limits.max_in_flight.is_none() && e.limits.rate.is_none())
+            .filter_map(|e| {
+                self.slots
+                    .try_take(&message.tenant, &e.name)
+                    .map(|slot| (e.name.clone(), slot))
+            })
+            .collect();
+        let handed = slots.len();
+        let handoff = self
+            .slots
+            .handoffs()
+            .filter(|_| handed > 0)
+            .map(|to| Handoff {
+                owner: std::sync::Arc::from(self.owner.as_str()),
+                lease_ms: self.lease_ms,
+                endpoints: slots.iter().map(|(name, _)| name.clone()).collect(),
+                then: Box::new(move |claims| {
+                    for claim in claims {
+                        if let Some(i) = slots.iter().position(|(name, _)| *name == claim.endpoint)
+                        {
+                            let (_, slot) = slots.swap_remove(i);
+                            crate::metrics::OUTBOUND_STARTS
+                                .with_label_values(&["handoff"])
+                                .inc();
+                            let _ = to.send((claim, slot));
+                        }
+                    }
+                }),
+            });
         let (event_id, idempotency_ms) = match message.id {
             Some(id) => (id, IDEMPOTENCY_WINDOW_MS),
             // No id, no idempotency: a key of its own that names nothing else.
@@ -100,20 +148,32 @@ impl Dispatcher {
         };
         let enqueued = self
             .store
-            .enqueue(NewMessage {
-                tenant: message.tenant,
-                event_id,
-                event_type: message.event_type,
-                payload: message.payload,
-                content_type: message.content_type,
-                ordering_key: message.ordering_key,
-                source,
-                endpoints,
-                idempotency_ms,
-            })
+            .enqueue(
+                NewMessage {
+                    tenant: message.tenant,
+                    event_id,
+                    event_type: message.event_type,
+                    payload: message.payload,
+                    content_type: message.content_type,
+                    ordering_key: message.ordering_key,
+                    source,
+                    endpoints,
+                    idempotency_ms,
+                },
+                handoff,
+            )
             .await
             .map_err(Refused::Store)?;
-        self.wake.notify_one();
+        if let Enqueued::Queued {
+            endpoints,
+            handed_off,
+            ..
+        } = &enqueued
+        {
+            if handed_off < endpoints {
+                self.wake.notify_one();
+            }
+        }
         Ok(enqueued)
     }
 }
@@ -124,6 +184,7 @@ pub fn enqueued_json(e: &Enqueued) -> serde_json::Value {
         Enqueued::Queued {
             message_id,
             endpoints,
+            ..
         } => {
             serde_json::json!({"status": "queued", "message_id": message_id, "endpoints": endpoints})
         }

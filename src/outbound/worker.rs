@@ -1,12 +1,14 @@
-//! The delivery worker: claims due deliveries from the ledger under a lease, attempts each
-//! under the node's concurrency limit, records the outcome and the next step.
+//! The delivery worker: attempts deliveries under the node's concurrency limit, records the
+//! outcome and the next step. Deliveries reach it two ways: handed off by an enqueue that
+//! leased them to this node in its own transaction (a slot was free: attempted at once), or
+//! claimed from the ledger under a lease (retries, backlogs, ordered and rate-limited
+//! endpoints, other nodes' expired leases).
 //!
-//! A permit of the node's semaphore is taken before an attempt is spawned (never more
-//! attempts in flight than `concurrency`) and given back when the endpoint has answered; the
-//! outcome is then recorded in the store's next group commit. The lease outlives the
-//! attempt's hard timeout (by 5 s), so a node that dies mid-attempt only delays the delivery
-//! until its lease runs out and another claim picks it up (at least once, with the same
-//! `webhook-id`).
+//! A slot (`slots`) is taken before an attempt is spawned (never more attempts in flight
+//! than `concurrency`) and given back when the endpoint has answered; the outcome is then
+//! recorded in the store's next group commit. The lease outlives the attempt's hard timeout
+//! (by 5 s), so a node that dies mid-attempt only delays the delivery until its lease runs
+//! out and another claim picks it up (at least once, with the same `webhook-id`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +17,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use rand::Rng;
-use tokio::sync::Semaphore;
 
 use super::delivery::Attempted;
+use super::slots::Slot;
 use super::Dispatcher;
 use crate::metrics;
 use crate::store::{now_ms, BreakerMove, Claimed, Next, Outcome};
@@ -38,14 +40,14 @@ impl BackgroundService for Worker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let d = &self.dispatcher;
         let concurrency = d.delivery.concurrency;
-        let permits = Arc::new(Semaphore::new(concurrency));
-        // Attempts made whose outcome is not recorded yet (their lease still held): bounded,
-        // so a store slower than delivery slows claims down instead of piling outcomes up.
-        let unrecorded = Arc::new(Semaphore::new(concurrency * 4));
-        // An attempt is bounded by its timeout (the longest of any endpoint); the margin
-        // covers recording the outcome.
-        let longest = d.endpoints.max_timeout().max(d.delivery.timeout);
-        let lease_ms = longest.as_millis() as i64 + 5_000;
+        if let Some(mut handed) = d.slots.take_handoffs() {
+            let d = d.clone();
+            tokio::spawn(async move {
+                while let Some((claim, slot)) = handed.recv().await {
+                    tokio::spawn(run(d.clone(), claim, slot));
+                }
+            });
+        }
         tokio::spawn(gauges(d.clone(), shutdown.clone()));
         tokio::spawn(retention(d.clone(), shutdown.clone()));
         // Whether the last claim took all it asked for (more may be due).
@@ -54,62 +56,52 @@ impl BackgroundService for Worker {
             if *shutdown.borrow() {
                 return;
             }
-            let free = || {
-                permits
-                    .available_permits()
-                    .min(unrecorded.available_permits())
-            };
             // Under a backlog, claim a batch (a quarter of the slots) rather than one
             // delivery per transaction as each attempt ends; never wait long for it.
-            if busy && free() < (concurrency / 4).max(1) {
+            if busy && d.slots.free() < (concurrency / 4).max(1) {
                 tokio::select! {
-                    _ = d.wake.notified() => {}
+                    _ = d.freed.notified() => {}
                     _ = tokio::time::sleep(BATCH_WAIT) => {}
                     _ = shutdown.changed() => return,
                 }
             }
-            let free = free();
-            let claimed = if free == 0 {
-                Ok(Vec::new())
-            } else {
-                let limits = |tenant: &str, name: &str| {
-                    d.endpoints
-                        .get(tenant, name)
-                        .map(|e| e.limits)
-                        .unwrap_or_default()
-                };
-                d.store
-                    .claim(&d.owner, lease_ms, free as i64, &limits)
-                    .await
+            let free = d.slots.free();
+            if free == 0 {
+                tokio::select! {
+                    _ = d.freed.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            let limits = |tenant: &str, name: &str| {
+                d.endpoints
+                    .get(tenant, name)
+                    .map(|e| e.limits)
+                    .unwrap_or_default()
             };
+            let claimed = d
+                .store
+                .claim(&d.owner, d.lease_ms, free as i64, &limits)
+                .await;
             busy = matches!(&claimed, Ok(list) if list.len() == free);
             match claimed {
-                Ok(list) if !list.is_empty() => {
+                Ok(list) => {
                     for claim in list {
-                        let (Ok(permit), Ok(pending)) = (
-                            permits.clone().acquire_owned().await,
-                            unrecorded.clone().acquire_owned().await,
-                        ) else {
+                        let Some(slot) = d.slots.acquire(&claim.tenant, &claim.endpoint).await
+                        else {
                             return;
                         };
-                        let d = self.dispatcher.clone();
-                        tokio::spawn(async move {
-                            metrics::OUTBOUND_IN_FLIGHT.inc();
-                            let (outcome, attempted) = attempt(&d, &claim).await;
-                            metrics::OUTBOUND_IN_FLIGHT.dec();
-                            drop(permit);
-                            d.wake.notify_one();
-                            record(&d, &claim, outcome, attempted).await;
-                            drop(pending);
-                            d.wake.notify_one();
-                        });
+                        metrics::OUTBOUND_STARTS.with_label_values(&["claim"]).inc();
+                        tokio::spawn(run(d.clone(), claim, slot));
                     }
-                }
-                Ok(_) => {
-                    tokio::select! {
-                        _ = d.wake.notified() => {}
-                        _ = tokio::time::sleep(POLL) => {}
-                        _ = shutdown.changed() => return,
+                    // Nothing more is due: wait for an enqueue a hand-off did not take,
+                    // or the next poll (retries come due).
+                    if !busy {
+                        tokio::select! {
+                            _ = d.wake.notified() => {}
+                            _ = tokio::time::sleep(POLL) => {}
+                            _ = shutdown.changed() => return,
+                        }
                     }
                 }
                 Err(e) => {
@@ -122,6 +114,18 @@ impl BackgroundService for Worker {
             }
         }
     }
+}
+
+/// One attempt in its slot: made, the slot freed once the endpoint answered, recorded.
+async fn run(d: Arc<Dispatcher>, claim: Claimed, mut slot: Slot) {
+    metrics::OUTBOUND_IN_FLIGHT.inc();
+    let (outcome, attempted) = attempt(&d, &claim).await;
+    metrics::OUTBOUND_IN_FLIGHT.dec();
+    slot.answered();
+    d.freed.notify_one();
+    record(&d, &claim, outcome, attempted).await;
+    drop(slot);
+    d.freed.notify_one();
 }
 
 /// Refreshes the ledger-wide gauges (pending, open breakers) every few seconds.

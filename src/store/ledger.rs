@@ -3,6 +3,12 @@
 //! Enqueues go through one committer task that takes every message waiting and writes them
 //! in one transaction: under load many API calls share one commit (one fsync on SQLite)
 //! instead of queueing for their own, and each caller is answered only after the commit.
+//!
+//! The hand-off: an enqueue may ask for some of its deliveries to be leased, in the same
+//! transaction, to the node's own worker (it has a free slot for them), which then attempts
+//! them at once instead of finding them with a claim. Only while the endpoint's breaker is
+//! closed; the lease is the same as a claim's, so a node that dies before the attempt only
+//! delays it until another node's claim takes the delivery over.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::OnceLock;
@@ -64,6 +70,8 @@ pub enum Enqueued {
     Queued {
         message_id: String,
         endpoints: usize,
+        /// Of those, the deliveries leased to the enqueue's hand-off.
+        handed_off: usize,
     },
     Duplicate {
         message_id: String,
@@ -158,8 +166,20 @@ pub(super) fn stored_message(r: &sqlx::any::AnyRow) -> Result<StoredMessage, sql
     })
 }
 
+/// Deliveries of one message to lease, in its enqueue transaction, to the node's worker.
+pub struct Handoff {
+    pub owner: std::sync::Arc<str>,
+    pub lease_ms: i64,
+    /// Endpoints of the message's routes the worker has a slot for.
+    pub endpoints: Vec<String>,
+    /// Called after the commit with the deliveries leased (not those whose endpoint's
+    /// breaker is open or that the endpoint state stopped); dropped uncalled if none was.
+    pub then: Box<dyn FnOnce(Vec<Claimed>) + Send + Sync>,
+}
+
 struct Job {
     message: NewMessage,
+    handoff: Option<Handoff>,
     done: oneshot::Sender<Result<Enqueued, String>>,
 }
 
@@ -170,7 +190,12 @@ pub struct Committer {
 
 impl Store {
     /// Writes the message and its deliveries; returns once committed (or says it was not).
-    pub async fn enqueue(&self, message: NewMessage) -> Result<Enqueued, StoreError> {
+    /// With `handoff`, some deliveries are leased to the node's worker (see the module doc).
+    pub async fn enqueue(
+        &self,
+        message: NewMessage,
+        handoff: Option<Handoff>,
+    ) -> Result<Enqueued, StoreError> {
         let pool = self.pool().await?.clone();
         let tx = self.committer.tx.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -179,8 +204,12 @@ impl Store {
             tx
         });
         let (done, answer) = oneshot::channel();
-        tx.send(Job { message, done })
-            .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?;
+        tx.send(Job {
+            message,
+            handoff,
+            done,
+        })
+        .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?
@@ -367,8 +396,11 @@ async fn commit_loop(pool: AnyPool, writes: Option<Writes>, mut rx: mpsc::Unboun
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
         match commit(&pool, writes.as_ref(), &jobs).await {
-            Ok(results) => {
-                for (job, result) in jobs.into_iter().zip(results) {
+            Ok((results, mut leased)) => {
+                for (i, (job, result)) in jobs.into_iter().zip(results).enumerate() {
+                    if let (Some(h), Some(claims)) = (job.handoff, leased.remove(&i)) {
+                        (h.then)(claims);
+                    }
                     let _ = job.done.send(Ok(result));
                 }
             }
@@ -382,12 +414,15 @@ async fn commit_loop(pool: AnyPool, writes: Option<Writes>, mut rx: mpsc::Unboun
     }
 }
 
+/// The deliveries leased by a batch's hand-offs, by the index of their job.
+type Leased = HashMap<usize, Vec<Claimed>>;
+
 /// `writes`: SQLite's (see [`Writes`]).
 async fn commit(
     pool: &AnyPool,
     writes: Option<&Writes>,
     jobs: &[Job],
-) -> Result<Vec<Enqueued>, sqlx::Error> {
+) -> Result<(Vec<Enqueued>, Leased), sqlx::Error> {
     // SQLite: the write lock from the start (the batch reads before it writes, and a read
     // transaction cannot become a write one once another connection has committed).
     let (_writing, mut tx) = match writes {
@@ -399,7 +434,7 @@ async fn commit(
     let mut disabled = HashMap::new();
     let mut queues = BTreeSet::new();
     let mut accepted = Vec::new();
-    for job in jobs {
+    for (index, job) in jobs.iter().enumerate() {
         let m = &job.message;
         if !disabled.contains_key(&m.tenant) {
             let names = disabled_endpoints(&mut tx, &m.tenant).await?;
@@ -413,45 +448,120 @@ async fn commit(
             continue;
         }
         let off: &Vec<String> = &disabled[&m.tenant];
-        let routes: Vec<(&str, Option<String>)> = m
+        let routes: Vec<RouteRow> = m
             .endpoints
             .iter()
             .filter(|r| !off.contains(&r.endpoint))
-            .map(|r| {
-                let fifo = r
+            .map(|r| RouteRow {
+                endpoint: r.endpoint.as_str(),
+                fifo: r
                     .ordered
-                    .then(|| m.ordering_key.clone().unwrap_or_default());
-                (r.endpoint.as_str(), fifo)
+                    .then(|| m.ordering_key.clone().unwrap_or_default()),
+                lease: job
+                    .handoff
+                    .as_ref()
+                    .filter(|h| h.endpoints.contains(&r.endpoint))
+                    .map(|h| (h.owner.clone(), now + h.lease_ms)),
             })
             .collect();
-        for (endpoint, _) in &routes {
-            queues.insert((m.tenant.as_str(), *endpoint));
+        for r in &routes {
+            queues.insert((m.tenant.as_str(), r.endpoint));
         }
         results.push(Enqueued::Queued {
             message_id: message_id.clone(),
             endpoints: routes.len(),
+            handed_off: 0,
         });
         accepted.push(Accepted {
+            index,
             message_id,
             m,
             seq: next_seq(),
             routes,
         });
     }
-    insert_rows(&mut tx, &accepted, now).await?;
-    // Claims find an endpoint's queue through its health row.
+    // Claims find an endpoint's queue through its health row; a hand-off only goes to an
+    // endpoint whose breaker is closed (an open one's deliveries wait for its probe).
+    let mut open = BTreeSet::new();
     for (tenant, endpoint) in queues {
-        sqlx::query(
-            "INSERT INTO endpoint_health (tenant, endpoint) VALUES ($1, $2) \
-             ON CONFLICT (tenant, endpoint) DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(endpoint)
-        .execute(&mut *tx)
-        .await?;
+        let state: Option<String> =
+            sqlx::query("SELECT state FROM endpoint_health WHERE tenant = $1 AND endpoint = $2")
+                .bind(tenant)
+                .bind(endpoint)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        match state.as_deref() {
+            Some("closed") => {}
+            Some(_) => {
+                open.insert((tenant, endpoint));
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO endpoint_health (tenant, endpoint) VALUES ($1, $2) \
+                     ON CONFLICT (tenant, endpoint) DO NOTHING",
+                )
+                .bind(tenant)
+                .bind(endpoint)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
     }
+    for a in &mut accepted {
+        for r in &mut a.routes {
+            if open.contains(&(a.m.tenant.as_str(), r.endpoint)) {
+                r.lease = None;
+            }
+        }
+    }
+    insert_rows(&mut tx, &accepted, now).await?;
     tx.commit().await?;
-    Ok(results)
+    let leased = handed_off(&accepted, now);
+    for (i, claims) in &leased {
+        if let Some(Enqueued::Queued { handed_off, .. }) = results.get_mut(*i) {
+            *handed_off = claims.len();
+        }
+    }
+    Ok((results, leased))
+}
+
+/// The deliveries the batch leased to hand-offs, with their messages.
+fn handed_off(accepted: &[Accepted<'_>], now: i64) -> Leased {
+    let mut leased = Leased::new();
+    for a in accepted {
+        let endpoints: Vec<&str> = a
+            .routes
+            .iter()
+            .filter(|r| r.lease.is_some())
+            .map(|r| r.endpoint)
+            .collect();
+        if endpoints.is_empty() {
+            continue;
+        }
+        let message = std::sync::Arc::new(StoredMessage {
+            id: a.message_id.clone(),
+            tenant: a.m.tenant.clone(),
+            event_type: a.m.event_type.clone(),
+            payload: a.m.payload.clone(),
+            content_type: a.m.content_type.clone(),
+            created_at: now,
+        });
+        let claims = endpoints
+            .into_iter()
+            .map(|endpoint| Claimed {
+                message_id: a.message_id.clone(),
+                tenant: a.m.tenant.clone(),
+                endpoint: endpoint.to_owned(),
+                attempts: 0,
+                budget_from: 0,
+                message: Some(message.clone()),
+            })
+            .collect();
+        leased.insert(a.index, claims);
+    }
+    leased
 }
 
 async fn disabled_endpoints(
@@ -467,12 +577,23 @@ async fn disabled_endpoints(
         .collect()
 }
 
-/// A message whose idempotency key this batch took, with its deliveries (endpoint, FIFO).
+/// A message whose idempotency key this batch took, with its deliveries.
 struct Accepted<'a> {
+    /// Its job's place in the batch.
+    index: usize,
     message_id: String,
     m: &'a NewMessage,
     seq: i64,
-    routes: Vec<(&'a str, Option<String>)>,
+    routes: Vec<RouteRow<'a>>,
+}
+
+/// A delivery row to write.
+struct RouteRow<'a> {
+    endpoint: &'a str,
+    /// The FIFO it belongs to (ordered endpoints).
+    fifo: Option<String>,
+    /// Leased at once to a hand-off: (owner, until).
+    lease: Option<(std::sync::Arc<str>, i64)>,
 }
 
 /// Takes the message's idempotency key: `Err(existing message id)` when it is a duplicate.
@@ -539,39 +660,47 @@ async fn insert_rows(
         }
         q.execute(&mut **tx).await?;
     }
-    let deliveries: Vec<(&Accepted<'_>, &(&str, Option<String>))> = accepted
+    let deliveries: Vec<(&Accepted<'_>, &RouteRow<'_>)> = accepted
         .iter()
         .flat_map(|a| a.routes.iter().map(move |r| (a, r)))
         .collect();
     for chunk in deliveries.chunks(ROWS) {
         let sql = format!(
-            "INSERT INTO deliveries (message_id, tenant, endpoint, status, attempts, next_at, lease_until, updated_at, seq, fifo_key) VALUES {}",
+            "INSERT INTO deliveries (message_id, tenant, endpoint, status, attempts, next_at, updated_at, seq, fifo_key, lease_until, lease_owner) VALUES {}",
             (0..chunk.len())
                 .map(|i| {
-                    let p = |j: usize| format!("${}", i * 6 + j);
+                    let p = |j: usize| format!("${}", i * 8 + j);
                     format!(
-                        "({}, {}, {}, 'pending', 0, {}, 0, {}, {}, {})",
+                        "({}, {}, {}, 'pending', 0, {}, {}, {}, {}, {}, {})",
                         p(1),
                         p(2),
                         p(3),
                         p(4),
                         p(4),
                         p(5),
-                        p(6)
+                        p(6),
+                        p(7),
+                        p(8)
                     )
                 })
                 .collect::<Vec<_>>()
                 .join(", ")
         );
         let mut q = sqlx::query(&sql);
-        for (a, (endpoint, fifo)) in chunk {
+        for (a, r) in chunk {
+            let (owner, until) = match &r.lease {
+                Some((owner, until)) => (Some(owner.as_ref()), *until),
+                None => (None, 0),
+            };
             q = q
                 .bind(&a.message_id)
                 .bind(&a.m.tenant)
-                .bind(*endpoint)
+                .bind(r.endpoint)
                 .bind(now)
                 .bind(a.seq)
-                .bind(fifo.as_deref());
+                .bind(r.fifo.as_deref())
+                .bind(until)
+                .bind(owner);
         }
         q.execute(&mut **tx).await?;
     }

@@ -24,8 +24,8 @@ mod retention;
 
 pub use claim::{Limits, Rate};
 pub use ledger::{
-    Attempt, Breaker, BreakerMove, Claimed, DeadLetter, Enqueued, NewMessage, Next, Outcome, Route,
-    StoredMessage,
+    Attempt, Breaker, BreakerMove, Claimed, DeadLetter, Enqueued, Handoff, NewMessage, Next,
+    Outcome, Route, StoredMessage,
 };
 pub use operator::EndpointStatus;
 pub use outbox::Unpublished;

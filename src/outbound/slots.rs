@@ -1,0 +1,152 @@
+//! Where this node's attempts may run: `delivery.concurrency` slots (a semaphore taken
+//! before an attempt is spawned), a bound on attempts made but not yet recorded, and a count
+//! of attempts in flight per endpoint.
+//!
+//! The per-endpoint count keeps the hand-off fair (see `crate::store`'s ledger: an enqueue
+//! leases a delivery straight to this node's worker when a slot is free): one endpoint is
+//! handed at most half the slots, so an endpoint that hangs until its timeout cannot take
+//! every slot from the others before its breaker opens. Claims need no such cap: they
+//! already serve the least busy endpoint first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::store::Claimed;
+
+type Busy = Arc<Mutex<HashMap<(String, String), usize>>>;
+
+pub struct Slots {
+    concurrency: usize,
+    permits: Arc<Semaphore>,
+    unrecorded: Arc<Semaphore>,
+    busy: Busy,
+    /// The worker's queue of handed-off deliveries; unset until the worker runs (the CLI's
+    /// dispatcher has none, so it never hands off).
+    handoff: OnceLock<mpsc::UnboundedSender<(Claimed, Slot)>>,
+}
+
+/// One attempt's room: given back in two steps, when the endpoint answered
+/// ([`Slot::answered`]) and when the outcome is recorded (drop).
+pub struct Slot {
+    attempt: Option<(OwnedSemaphorePermit, Counted)>,
+    _unrecorded: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// The endpoint answered: the slot is free for another attempt, the record still pends.
+    pub fn answered(&mut self) {
+        self.attempt = None;
+    }
+}
+
+/// One attempt counted against its endpoint while held.
+struct Counted {
+    busy: Busy,
+    key: (String, String),
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = busy.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Slots {
+    pub fn new(concurrency: usize) -> Slots {
+        Slots {
+            concurrency,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            // Bounded, so a store slower than delivery slows attempts down instead of
+            // piling outcomes up.
+            unrecorded: Arc::new(Semaphore::new(concurrency * 4)),
+            busy: Arc::default(),
+            handoff: OnceLock::new(),
+        }
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> usize {
+        self.permits
+            .available_permits()
+            .min(self.unrecorded.available_permits())
+    }
+
+    /// Waits for a slot for an attempt to this endpoint (`None`: shutting down).
+    pub async fn acquire(&self, tenant: &str, endpoint: &str) -> Option<Slot> {
+        let unrecorded = self.unrecorded.clone().acquire_owned().await.ok()?;
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        Some(self.counted(permit, unrecorded, tenant, endpoint))
+    }
+
+    /// A slot for a hand-off to this endpoint, if one is free now, the worker takes
+    /// hand-offs and the endpoint holds less than half of the slots.
+    pub fn try_take(&self, tenant: &str, endpoint: &str) -> Option<Slot> {
+        self.handoff.get()?;
+        let unrecorded = self.unrecorded.clone().try_acquire_owned().ok()?;
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let key = (tenant.to_owned(), endpoint.to_owned());
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let n = busy.entry(key.clone()).or_insert(0);
+        if *n >= (self.concurrency / 2).max(1) {
+            return None;
+        }
+        *n += 1;
+        drop(busy);
+        Some(Slot {
+            attempt: Some((
+                permit,
+                Counted {
+                    busy: self.busy.clone(),
+                    key,
+                },
+            )),
+            _unrecorded: unrecorded,
+        })
+    }
+
+    fn counted(
+        &self,
+        permit: OwnedSemaphorePermit,
+        unrecorded: OwnedSemaphorePermit,
+        tenant: &str,
+        endpoint: &str,
+    ) -> Slot {
+        let key = (tenant.to_owned(), endpoint.to_owned());
+        *self
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_insert(0) += 1;
+        Slot {
+            attempt: Some((
+                permit,
+                Counted {
+                    busy: self.busy.clone(),
+                    key,
+                },
+            )),
+            _unrecorded: unrecorded,
+        }
+    }
+
+    /// The worker takes hand-offs from here on; they arrive on the returned queue.
+    pub fn take_handoffs(&self) -> Option<mpsc::UnboundedReceiver<(Claimed, Slot)>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.handoff.set(tx).ok()?;
+        Some(rx)
+    }
+
+    /// Where hand-offs go, once the worker takes them.
+    pub fn handoffs(&self) -> Option<mpsc::UnboundedSender<(Claimed, Slot)>> {
+        self.handoff.get().cloned()
+    }
+}
