@@ -146,7 +146,7 @@ fn an_enqueue_hands_deliveries_to_free_slots_but_not_past_an_ordered_queue_or_an
         "nothing handed to an open breaker"
     );
     wait_log(&d, "circuit breaker closed");
-    wait_delivered(&flaky, &[second.clone()]);
+    wait_delivered(&flaky, std::slice::from_ref(&second));
     assert_eq!(starts(&d, "claim"), claimed + 1, "the probe was a claim");
     // The first one's retry is an hour away: it was attempted once, not lost.
     assert_eq!(d.attempts(&first).len(), 1);
