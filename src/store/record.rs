@@ -15,7 +15,8 @@ use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    now_ms, Backend, Breaker, BreakerMove, Claimed, Lease, Next, Outcome, Store, StoreError,
+    now_ms, placeholders, Backend, Breaker, BreakerMove, Claimed, Lease, Next, Outcome, Store,
+    StoreError,
 };
 
 /// Most outcomes written in one transaction.
@@ -111,11 +112,13 @@ async fn write(lease: &Lease, jobs: &[Job]) -> Result<Vec<BreakerMove>, StoreErr
         let row = read_health(&mut tx, lease.backend, key.0, key.1).await?;
         health.insert(key, row);
     }
+    for chunk in jobs.chunks(ROWS) {
+        insert_attempts(&mut tx, chunk, now).await?;
+        update_deliveries(&mut tx, chunk, now).await?;
+    }
     let mut moves = Vec::with_capacity(jobs.len());
     for job in jobs {
         let c = &job.claimed;
-        insert_attempt(&mut tx, c, &job.outcome, now).await?;
-        update_delivery(&mut tx, c, &job.owner, &job.outcome, now).await?;
         let moved = match (
             job.breaker,
             health.get_mut(&(c.tenant.as_str(), c.endpoint.as_str())),
@@ -223,58 +226,71 @@ async fn write_health(
     Ok(())
 }
 
-async fn insert_attempt(
+/// Outcomes per statement (well under either database's parameter limit).
+const ROWS: usize = 200;
+
+async fn insert_attempts(
     tx: &mut Transaction<'_, Any>,
-    c: &Claimed,
-    outcome: &Outcome,
+    jobs: &[Job],
     now: i64,
 ) -> Result<(), sqlx::Error> {
     // A node whose lease ran out may record the same attempt number as the node that took
     // over: the first record stands, neither fails.
-    sqlx::query(
+    let sql = format!(
         "INSERT INTO attempts (message_id, endpoint, attempt, at, outcome, status, latency_ms, preview) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(&c.message_id)
-    .bind(&c.endpoint)
-    .bind(c.attempts + 1)
-    .bind(now)
-    .bind(outcome.outcome)
-    .bind(outcome.status.map(i64::from))
-    .bind(outcome.latency_ms)
-    .bind(outcome.preview.as_deref())
-    .execute(&mut **tx)
-    .await?;
+         VALUES {} ON CONFLICT DO NOTHING",
+        placeholders(0, jobs.len(), 8)
+    );
+    let mut q = sqlx::query(&sql);
+    for job in jobs {
+        let (c, outcome) = (&job.claimed, &job.outcome);
+        q = q
+            .bind(&c.message_id)
+            .bind(&c.endpoint)
+            .bind(c.attempts + 1)
+            .bind(now)
+            .bind(outcome.outcome)
+            .bind(outcome.status.map(i64::from))
+            .bind(outcome.latency_ms)
+            .bind(outcome.preview.as_deref());
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
-async fn update_delivery(
+/// Each delivery's next step, one statement for the batch (a join on the primary key with
+/// the outcomes as a VALUES list, whose columns both databases name column1, column2, …);
+/// only while this node still holds the lease.
+async fn update_deliveries(
     tx: &mut Transaction<'_, Any>,
-    c: &Claimed,
-    owner: &str,
-    outcome: &Outcome,
+    jobs: &[Job],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let (status, next_at, dead_reason) = match &outcome.next {
-        Next::Delivered => ("delivered", now, None),
-        Next::RetryAt(at) => ("pending", *at, None),
-        Next::Dead(reason) => ("dead", now, Some(*reason)),
-    };
-    sqlx::query(
-        "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_at = $2, \
-         lease_until = 0, lease_owner = NULL, last_outcome = $3, dead_reason = $4, updated_at = $5 \
-         WHERE message_id = $6 AND endpoint = $7 AND lease_owner = $8",
-    )
-    .bind(status)
-    .bind(next_at)
-    .bind(outcome.outcome)
-    .bind(dead_reason)
-    .bind(now)
-    .bind(&c.message_id)
-    .bind(&c.endpoint)
-    .bind(owner)
-    .execute(&mut **tx)
-    .await?;
+    let sql = format!(
+        "UPDATE deliveries SET status = v.column1, attempts = attempts + 1, next_at = v.column2, \
+         lease_until = 0, lease_owner = NULL, last_outcome = v.column3, dead_reason = v.column4, \
+         updated_at = $1 FROM (VALUES {}) AS v \
+         WHERE deliveries.message_id = v.column5 AND deliveries.endpoint = v.column6 \
+         AND deliveries.lease_owner = v.column7",
+        placeholders(1, jobs.len(), 7)
+    );
+    let mut q = sqlx::query(&sql).bind(now);
+    for job in jobs {
+        let (status, next_at, dead_reason) = match &job.outcome.next {
+            Next::Delivered => ("delivered", now, None),
+            Next::RetryAt(at) => ("pending", *at, None),
+            Next::Dead(reason) => ("dead", now, Some(*reason)),
+        };
+        q = q
+            .bind(status)
+            .bind(next_at)
+            .bind(job.outcome.outcome)
+            .bind(dead_reason)
+            .bind(&job.claimed.message_id)
+            .bind(&job.claimed.endpoint)
+            .bind(&job.owner);
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
