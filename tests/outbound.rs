@@ -107,6 +107,57 @@ fn the_api_answers_with_the_contract_statuses() {
 }
 
 #[test]
+fn one_id_sent_many_times_at_once_is_queued_once_on_either_store() {
+    one_id_many_times("sqlite://state/ledger.db");
+    // PostgreSQL refuses one upsert touching a row twice: a batch must not ask it to.
+    if let Some(db) = PgDatabase::create() {
+        one_id_many_times(&db.url());
+    }
+}
+
+fn one_id_many_times(store: &str) {
+    let rx = Receiver::ok();
+    let url = format!("http://127.0.0.1:{}/hook", rx.port);
+    let d = Dispatcher::start_on_store(
+        &[("acme.yaml", tenant("acme", &[endpoint("all", &url, "")]))],
+        LOCAL,
+        store,
+    );
+    // Sixteen callers at once with eight ids, two each: calls that share a commit batch
+    // must still agree on one message per id.
+    let answers: Vec<(u16, String, String)> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let d = &d;
+                s.spawn(move || {
+                    let id = format!("same-{}", i % 8);
+                    let r = d.send(&format!(
+                        r#"{{"tenant":"acme","event_type":"a","id":"{id}","payload":{{"n":1}}}}"#
+                    ));
+                    let message = r.json()["message_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    (r.status, id, message)
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for k in 0..8 {
+        let id = format!("same-{k}");
+        let mine: Vec<_> = answers.iter().filter(|a| a.1 == id).collect();
+        let mut statuses: Vec<u16> = mine.iter().map(|a| a.0).collect();
+        statuses.sort();
+        assert_eq!(statuses, [200, 202], "{id}: {answers:?}");
+        assert_eq!(mine[0].2, mine[1].2, "{id}: one message id");
+    }
+    rx.wait_for(8);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.count(), 8, "one delivery per id");
+}
+
+#[test]
 fn calls_over_the_api_rate_limit_get_429_and_keep_nothing() {
     let rx = Receiver::ok();
     let url = format!("http://127.0.0.1:{}/hook", rx.port);

@@ -434,19 +434,25 @@ async fn commit(
     let mut disabled = HashMap::new();
     let mut queues = BTreeSet::new();
     let mut accepted = Vec::new();
-    for (index, job) in jobs.iter().enumerate() {
+    for job in jobs {
+        let tenant = &job.message.tenant;
+        if !disabled.contains_key(tenant) {
+            let names = disabled_endpoints(&mut tx, tenant).await?;
+            disabled.insert(tenant.clone(), names);
+        }
+    }
+    let keys = take_keys(&mut tx, jobs, now).await?;
+    for (index, (job, key)) in jobs.iter().zip(keys).enumerate() {
         let m = &job.message;
-        if !disabled.contains_key(&m.tenant) {
-            let names = disabled_endpoints(&mut tx, &m.tenant).await?;
-            disabled.insert(m.tenant.clone(), names);
-        }
-        let message_id = new_message_id();
-        if let Err(existing) = take_key(&mut tx, m, &message_id, now).await? {
-            results.push(Enqueued::Duplicate {
-                message_id: existing,
-            });
-            continue;
-        }
+        let message_id = match key {
+            Key::Taken(id) => id,
+            Key::Duplicate(existing) => {
+                results.push(Enqueued::Duplicate {
+                    message_id: existing,
+                });
+                continue;
+            }
+        };
         let off: &Vec<String> = &disabled[&m.tenant];
         let routes: Vec<RouteRow> = m
             .endpoints
@@ -596,38 +602,86 @@ struct RouteRow<'a> {
     lease: Option<(std::sync::Arc<str>, i64)>,
 }
 
-/// Takes the message's idempotency key: `Err(existing message id)` when it is a duplicate.
-async fn take_key(
+/// What a job's idempotency key gave it.
+enum Key {
+    /// The key is this new message's.
+    Taken(String),
+    /// A message already holds it (in the ledger, or earlier in this batch).
+    Duplicate(String),
+}
+
+/// Takes each job's idempotency key, many rows per statement; a key whose window has passed
+/// is taken over by the new message.
+async fn take_keys(
     tx: &mut Transaction<'_, Any>,
-    m: &NewMessage,
-    message_id: &str,
+    jobs: &[Job],
     now: i64,
-) -> Result<Result<(), String>, sqlx::Error> {
-    // A key whose window has passed is taken over by the new message.
-    let taken = sqlx::query(
-        "INSERT INTO idempotency (tenant, event_id, message_id, expires_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (tenant, event_id) DO UPDATE SET message_id = excluded.message_id, \
-         expires_at = excluded.expires_at WHERE idempotency.expires_at < $5",
-    )
-    .bind(&m.tenant)
-    .bind(&m.event_id)
-    .bind(message_id)
-    .bind(now + m.idempotency_ms)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if taken == 1 {
-        return Ok(Ok(()));
+) -> Result<Vec<Key>, sqlx::Error> {
+    // A key twice in one batch: the later job is the earlier one's duplicate (and one row
+    // may not be upserted twice in a statement).
+    let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut repeats: HashMap<usize, usize> = HashMap::new();
+    let mut ids: Vec<String> = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        let m = &job.message;
+        match first.get(&(m.tenant.as_str(), m.event_id.as_str())) {
+            Some(&j) => {
+                repeats.insert(i, j);
+            }
+            None => {
+                first.insert((m.tenant.as_str(), m.event_id.as_str()), i);
+            }
+        }
+        ids.push(new_message_id());
     }
-    let existing: String =
-        sqlx::query("SELECT message_id FROM idempotency WHERE tenant = $1 AND event_id = $2")
+    let unique: Vec<usize> = (0..jobs.len())
+        .filter(|i| !repeats.contains_key(i))
+        .collect();
+    let mut taken = std::collections::HashSet::new();
+    for chunk in unique.chunks(ROWS) {
+        let sql = format!(
+            "INSERT INTO idempotency (tenant, event_id, message_id, expires_at) VALUES {} \
+             ON CONFLICT (tenant, event_id) DO UPDATE SET message_id = excluded.message_id, \
+             expires_at = excluded.expires_at WHERE idempotency.expires_at < $1 RETURNING message_id",
+            placeholders(1, chunk.len(), 4)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for &i in chunk {
+            let m = &jobs[i].message;
+            q = q
+                .bind(&m.tenant)
+                .bind(&m.event_id)
+                .bind(&ids[i])
+                .bind(now + m.idempotency_ms);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            taken.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    let mut keys: Vec<Key> = Vec::with_capacity(jobs.len());
+    for (i, id) in ids.into_iter().enumerate() {
+        let key = if let Some(&j) = repeats.get(&i) {
+            Key::Duplicate(match &keys[j] {
+                Key::Taken(id) | Key::Duplicate(id) => id.clone(),
+            })
+        } else if taken.contains(&id) {
+            Key::Taken(id)
+        } else {
+            // Rare (a sender's retry): one read each.
+            let m = &jobs[i].message;
+            let existing: String = sqlx::query(
+                "SELECT message_id FROM idempotency WHERE tenant = $1 AND event_id = $2",
+            )
             .bind(&m.tenant)
             .bind(&m.event_id)
             .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
-    Ok(Err(existing))
+            Key::Duplicate(existing)
+        };
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// Rows per multi-row INSERT (well under either database's parameter limit).
