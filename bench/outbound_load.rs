@@ -48,6 +48,10 @@ struct Args {
     metrics: Option<String>,
     #[arg(long, default_value = "outbound")]
     label: String,
+    /// Also send as many messages to this tenant, interleaved (e.g. one whose endpoint is
+    /// dead); they are not waited for or counted.
+    #[arg(long)]
+    also_tenant: Option<String>,
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -123,10 +127,9 @@ async fn receiver(listener: TcpListener, seen: Seen) {
     }
 }
 
-fn request(args: &Args, i: usize, run: u32) -> Vec<u8> {
+fn request(args: &Args, tenant: &str, i: usize, run: u32) -> Vec<u8> {
     let body = format!(
-        r#"{{"tenant":"{}","event_type":"order.updated","id":"load-{run}-{i}","payload":{{"order":{i},"status":"shipped","items":[{{"sku":"A-1","qty":2}},{{"sku":"B-7","qty":1}}],"note":"benchmark message of about two hundred bytes"}}}}"#,
-        args.tenant
+        r#"{{"tenant":"{tenant}","event_type":"order.updated","id":"load-{run}-{i}","payload":{{"order":{i},"status":"shipped","items":[{{"sku":"A-1","qty":2}},{{"sku":"B-7","qty":1}}],"note":"benchmark message of about two hundred bytes"}}}}"#
     );
     let mut req = format!(
         "POST /outbound HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -175,9 +178,21 @@ async fn main() {
         .expect("receiver address");
     tokio::spawn(receiver(listener, seen.clone()));
     let run = std::process::id();
-    let requests: Arc<Vec<Vec<u8>>> =
-        Arc::new((0..args.messages).map(|i| request(&args, i, run)).collect());
+    // (request, counted): with --also-tenant every other one goes there, uncounted.
+    let requests: Arc<Vec<(Vec<u8>, bool)>> = Arc::new(
+        (0..args.messages)
+            .flat_map(|i| {
+                let mut r = vec![(request(&args, &args.tenant, i, run), true)];
+                if let Some(other) = &args.also_tenant {
+                    r.push((request(&args, other, i, run), false));
+                }
+                r
+            })
+            .collect(),
+    );
     let cpu_before: f64 = args.pid.iter().map(|p| cpu_seconds(*p)).sum();
+    // This process (the API callers and the receiver) shares the machine with the node.
+    let own_before = cpu_seconds(run);
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -195,11 +210,13 @@ async fn main() {
                     break;
                 }
                 let at = Instant::now();
-                if stream.write_all(&requests[i]).await.is_err() {
+                let (request, counted) = &requests[i];
+                if stream.write_all(request).await.is_err() {
                     failed += 1;
                     break;
                 }
                 match read_message(&mut stream, &mut buf).await {
+                    Some((head, _)) if head.starts_with(b"HTTP/1.1 202") && !counted => {}
                     Some((head, body)) if head.starts_with(b"HTTP/1.1 202") => {
                         match message_id(&body) {
                             Some(id) => sent.push((id, at)),
@@ -236,6 +253,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu: f64 = args.pid.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;
+    let own = cpu_seconds(run) - own_before;
     let seen_now = seen.lock().unwrap().clone();
     let mut lat: Vec<f64> = sent
         .iter()
@@ -254,7 +272,7 @@ async fn main() {
         .unwrap_or(started);
     let total = last.duration_since(started).as_secs_f64();
     println!(
-        "{}: messages={} failed={} delivered={} enqueue={:.0}/s end_to_end={:.0}/s latency_ms p50={:.1} p99={:.1} max={:.1} cpu_s_per_10k={:.2}",
+        "{}: messages={} failed={} delivered={} enqueue={:.0}/s end_to_end={:.0}/s latency_ms p50={:.1} p99={:.1} max={:.1} cpu_s_per_10k={:.2} load_cpu_s_per_10k={:.2}",
         args.label,
         sent.len(),
         failed,
@@ -264,7 +282,8 @@ async fn main() {
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(0.0),
-        cpu / sent.len().max(1) as f64 * 10_000.0
+        cpu / sent.len().max(1) as f64 * 10_000.0,
+        own / sent.len().max(1) as f64 * 10_000.0
     );
 
     if args.cut == 0 {
@@ -278,7 +297,7 @@ async fn main() {
     };
     let before = queued(metrics).await;
     for i in 0..args.cut {
-        let req = request(&args, args.messages + i, run);
+        let req = request(&args, &args.tenant, args.messages + i, run);
         let mut s = TcpStream::connect(&args.api).await.expect("api");
         let upto = if i % 2 == 0 {
             req.len() - 20

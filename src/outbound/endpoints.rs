@@ -356,6 +356,7 @@ fn endpoint(
         limits: Limits {
             max_in_flight: spec.max_in_flight.filter(|n| *n > 0),
             rate,
+            node_room: None,
         },
         ordered: spec.ordered,
     })

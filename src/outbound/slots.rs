@@ -2,11 +2,13 @@
 //! before an attempt is spawned), a bound on attempts made but not yet recorded, and a count
 //! of attempts in flight per endpoint.
 //!
-//! The per-endpoint count keeps the hand-off fair (see `crate::store`'s ledger: an enqueue
-//! leases a delivery straight to this node's worker when a slot is free): one endpoint is
-//! handed at most half the slots, so an endpoint that hangs until its timeout cannot take
-//! every slot from the others before its breaker opens. Claims need no such cap: they
-//! already serve the least busy endpoint first.
+//! The per-endpoint count keeps the node fair: one endpoint holds at most half the slots,
+//! however its attempts reach the worker (handed off by an enqueue, see `crate::store`'s
+//! ledger, or claimed). An endpoint that hangs until its timeout would otherwise take every
+//! slot that frees (claims are work-conserving, and a healthy endpoint's deliveries are
+//! mostly handed off, so rarely waiting in the ledger when a slot frees) and starve the
+//! others until its breaker opens. The price: one slow endpoint alone uses half the node's
+//! `concurrency`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,6 +81,21 @@ impl Slots {
             .min(self.unrecorded.available_permits())
     }
 
+    /// One endpoint's most slots on this node.
+    fn share(&self) -> usize {
+        (self.concurrency / 2).max(1)
+    }
+
+    /// Attempts this endpoint may still start on this node.
+    pub fn room(&self, tenant: &str, endpoint: &str) -> usize {
+        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let n = busy
+            .get(&(tenant.to_owned(), endpoint.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        self.share().saturating_sub(n)
+    }
+
     /// Waits for a slot for an attempt to this endpoint (`None`: shutting down).
     pub async fn acquire(&self, tenant: &str, endpoint: &str) -> Option<Slot> {
         let unrecorded = self.unrecorded.clone().acquire_owned().await.ok()?;
@@ -87,7 +104,7 @@ impl Slots {
     }
 
     /// A slot for a hand-off to this endpoint, if one is free now, the worker takes
-    /// hand-offs and the endpoint holds less than half of the slots.
+    /// hand-offs and the endpoint holds less than its share.
     pub fn try_take(&self, tenant: &str, endpoint: &str) -> Option<Slot> {
         self.handoff.get()?;
         let unrecorded = self.unrecorded.clone().try_acquire_owned().ok()?;
@@ -95,7 +112,7 @@ impl Slots {
         let key = (tenant.to_owned(), endpoint.to_owned());
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let n = busy.entry(key.clone()).or_insert(0);
-        if *n >= (self.concurrency / 2).max(1) {
+        if *n >= self.share() {
             return None;
         }
         *n += 1;

@@ -74,18 +74,21 @@ impl BackgroundService for Worker {
                 continue;
             }
             let limits = |tenant: &str, name: &str| {
-                d.endpoints
+                let mut l = d
+                    .endpoints
                     .get(tenant, name)
                     .map(|e| e.limits)
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                l.node_room = Some(d.slots.room(tenant, name));
+                l
             };
             let claimed = d
                 .store
                 .claim(&d.owner, d.lease_ms, free as i64, &limits)
                 .await;
-            busy = matches!(&claimed, Ok(list) if list.len() == free);
+            busy = matches!(&claimed, Ok((list, _)) if list.len() == free);
             match claimed {
-                Ok(list) => {
+                Ok((list, held_back)) => {
                     for claim in list {
                         let Some(slot) = d.slots.acquire(&claim.tenant, &claim.endpoint).await
                         else {
@@ -94,10 +97,12 @@ impl BackgroundService for Worker {
                         metrics::OUTBOUND_STARTS.with_label_values(&["claim"]).inc();
                         tokio::spawn(run(d.clone(), claim, slot));
                     }
-                    // Nothing more is due: wait for an enqueue a hand-off did not take,
-                    // or the next poll (retries come due).
+                    // Nothing (more) is due: wait for an enqueue a hand-off did not take,
+                    // the next poll (retries come due), or, if an endpoint's share held
+                    // this claim back, a slot freeing.
                     if !busy {
                         tokio::select! {
+                            _ = d.freed.notified(), if held_back => {}
                             _ = d.wake.notified() => {}
                             _ = tokio::time::sleep(POLL) => {}
                             _ = shutdown.changed() => return,

@@ -8,7 +8,8 @@
 //! - due deliveries round-robin across endpoints (the oldest due of each endpoint, then the
 //!   second of each, …), the endpoint with the fewest attempts in flight first, so one
 //!   endpoint's backlog or slowness never queues ahead of another's work;
-//! - skipping endpoints at `max_in_flight` (leases held by any node), over their rate limit
+//! - skipping endpoints at `max_in_flight` (leases held by any node), at the claiming node's
+//!   share of its own slots (`node_room`), over their rate limit
 //!   (GCRA on `endpoint_health.tat_us`), or with an open breaker; an `ordered` endpoint's
 //!   delivery only when it heads its FIFO and nothing of that FIFO is in flight; nothing of
 //!   a disabled endpoint.
@@ -29,6 +30,9 @@ pub struct Limits {
     /// Attempts in flight across the fleet.
     pub max_in_flight: Option<u32>,
     pub rate: Option<Rate>,
+    /// Attempts the claiming node may still start to this endpoint (its share of the node's
+    /// slots); `None`: no cap.
+    pub node_room: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,14 +62,15 @@ const ENABLED: &str =
     "NOT EXISTS (SELECT 1 FROM endpoint_state s WHERE s.tenant = h.tenant AND s.endpoint = h.endpoint)";
 
 impl Store {
-    /// Leases up to `limit` due deliveries for `lease_ms` to `owner`.
+    /// Leases up to `limit` due deliveries for `lease_ms` to `owner`; also says whether
+    /// some due delivery was left only because its endpoint had no `node_room`.
     pub async fn claim(
         &self,
         owner: &str,
         lease_ms: i64,
         limit: i64,
         limits: &(dyn Fn(&str, &str) -> Limits + Sync),
-    ) -> Result<Vec<Claimed>, StoreError> {
+    ) -> Result<(Vec<Claimed>, bool), StoreError> {
         let (_writing, mut tx) = self.lease().await?.tx().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -76,6 +81,7 @@ impl Store {
         // After the lock: a claim that waited for another node's sees that node's leases.
         let now = now_ms();
         let mut taken = Vec::new();
+        let mut held_back = false;
         // Probes first: one per endpoint whose cooldown has passed.
         for probe in candidates(&mut tx, self.backend, PROBE, now, 1, limit).await? {
             let updated = sqlx::query(
@@ -98,6 +104,8 @@ impl Store {
             let mut in_flight = in_flight(&mut tx, self.backend, now).await?;
             // Each rate-limited endpoint's theoretical arrival time, as this claim moves it.
             let mut rates: HashMap<(String, String), i64> = HashMap::new();
+            // What this claim took per endpoint (against the node's share).
+            let mut took: HashMap<(String, String), usize> = HashMap::new();
             let now_us = now * 1000;
             // Four times the room: some candidates are skipped for their endpoint's limits.
             let mut pool = candidates(&mut tx, self.backend, CLOSED, now, room, room * 4).await?;
@@ -119,6 +127,12 @@ impl Store {
                 {
                     continue;
                 }
+                if l.node_room
+                    .is_some_and(|room| took.get(&key).copied().unwrap_or(0) >= room)
+                {
+                    held_back = true;
+                    continue;
+                }
                 if let Some(rate) = l.rate {
                     let tat = match rates.get(&key) {
                         Some(t) => *t,
@@ -133,6 +147,7 @@ impl Store {
                     }
                     rates.insert(key.clone(), start + interval);
                 }
+                *took.entry(key.clone()).or_insert(0) += 1;
                 *in_flight.entry(key).or_insert(0) += 1;
                 taken.push(c);
             }
@@ -153,7 +168,7 @@ impl Store {
         for c in &mut taken {
             c.message = messages.get(&c.message_id).cloned();
         }
-        Ok(taken)
+        Ok((taken, held_back))
     }
 }
 
