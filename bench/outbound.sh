@@ -7,6 +7,7 @@
 #
 #   bench/outbound.sh                     # N=20000 C=64, delivery concurrency 20, both stores
 #   N=50000 C=128 DC=64 STORES=sqlite bench/outbound.sh
+#   RATE=1314 CUT=0 bench/outbound.sh     # offered load fixed at 1,314 calls/s (latency below saturation)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -62,7 +63,7 @@ YAML
   [ "$store" = postgres ] && pids="$node,$(pgrep -d, -x postgres || pgrep -d, postgres)"
   "$load" --api "127.0.0.1:$api" --token "$BENCH_TOKEN" --receiver "127.0.0.1:$rport" \
     --messages "$N" --concurrency "$C" --pid "$pids" --cut "$CUT" --metrics "127.0.0.1:$admin" \
-    --label "$store"
+    --label "$store" ${RATE:+--rate "$RATE"}
   kill "$node"; wait "$node" 2>/dev/null || true; node=""
   if [ "$store" = postgres ]; then
     psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE $db" >/dev/null; db=""

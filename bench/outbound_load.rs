@@ -52,6 +52,9 @@ struct Args {
     /// dead); they are not waited for or counted.
     #[arg(long)]
     also_tenant: Option<String>,
+    /// Offered load: calls per second in all (default: as fast as the connections go).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -209,6 +212,11 @@ async fn main() {
                 if i >= requests.len() {
                     break;
                 }
+                if let Some(rate) = args.rate {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                // Latency counts from the call, not from the pacing wait before it.
                 let at = Instant::now();
                 let (request, counted) = &requests[i];
                 if stream.write_all(request).await.is_err() {
