@@ -100,7 +100,7 @@ impl Slots {
     pub async fn acquire(&self, tenant: &str, endpoint: &str) -> Option<Slot> {
         let unrecorded = self.unrecorded.clone().acquire_owned().await.ok()?;
         let permit = self.permits.clone().acquire_owned().await.ok()?;
-        Some(self.counted(permit, unrecorded, tenant, endpoint))
+        self.counted(permit, unrecorded, tenant, endpoint, None)
     }
 
     /// A slot for a hand-off to this endpoint, if one is free now, the worker takes
@@ -109,14 +109,25 @@ impl Slots {
         self.handoff.get()?;
         let unrecorded = self.unrecorded.clone().try_acquire_owned().ok()?;
         let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.counted(permit, unrecorded, tenant, endpoint, Some(self.share()))
+    }
+
+    /// The slot, counted against its endpoint (`None` if that would pass `cap`).
+    fn counted(
+        &self,
+        permit: OwnedSemaphorePermit,
+        unrecorded: OwnedSemaphorePermit,
+        tenant: &str,
+        endpoint: &str,
+        cap: Option<usize>,
+    ) -> Option<Slot> {
         let key = (tenant.to_owned(), endpoint.to_owned());
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let n = busy.entry(key.clone()).or_insert(0);
-        if *n >= self.share() {
+        if cap.is_some_and(|cap| *n >= cap) {
             return None;
         }
         *n += 1;
-        drop(busy);
         Some(Slot {
             attempt: Some((
                 permit,
@@ -129,32 +140,6 @@ impl Slots {
         })
     }
 
-    fn counted(
-        &self,
-        permit: OwnedSemaphorePermit,
-        unrecorded: OwnedSemaphorePermit,
-        tenant: &str,
-        endpoint: &str,
-    ) -> Slot {
-        let key = (tenant.to_owned(), endpoint.to_owned());
-        *self
-            .busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_insert(0) += 1;
-        Slot {
-            attempt: Some((
-                permit,
-                Counted {
-                    busy: self.busy.clone(),
-                    key,
-                },
-            )),
-            _unrecorded: unrecorded,
-        }
-    }
-
     /// The worker takes hand-offs from here on; they arrive on the returned queue.
     pub fn take_handoffs(&self) -> Option<mpsc::UnboundedReceiver<(Claimed, Slot)>> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -165,5 +150,29 @@ impl Slots {
     /// Where hand-offs go, once the worker takes them.
     pub fn handoffs(&self) -> Option<mpsc::UnboundedSender<(Claimed, Slot)>> {
         self.handoff.get().cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_handed_at_most_half_the_slots_and_answering_frees_one() {
+        let slots = Slots::new(4);
+        assert!(slots.try_take("t", "a").is_none(), "no worker yet");
+        let _queue = slots.take_handoffs();
+        let mut a1 = slots.try_take("t", "a").expect("a's first");
+        let _a2 = slots.try_take("t", "a").expect("a's second");
+        assert!(slots.try_take("t", "a").is_none(), "a holds its share");
+        assert_eq!(slots.room("t", "a"), 0);
+        let _b = slots.try_take("t", "b").expect("b has its own share");
+        assert_eq!(slots.free(), 1);
+        // Answered: the slot and the share are back, the record still pends.
+        a1.answered();
+        assert_eq!(slots.room("t", "a"), 1);
+        assert_eq!(slots.free(), 2);
+        assert!(slots.try_take("t", "a").is_some());
+        drop(a1);
     }
 }
