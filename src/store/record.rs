@@ -15,8 +15,7 @@ use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    now_ms, placeholders, Backend, Breaker, BreakerMove, Claimed, Lease, Next, Outcome, Store,
-    StoreError,
+    now_ms, placeholders, Breaker, BreakerMove, Claimed, Lease, Next, Outcome, Store, StoreError,
 };
 
 /// Most outcomes written in one transaction.
@@ -109,7 +108,7 @@ async fn write(lease: &Lease, jobs: &[Job]) -> Result<Vec<BreakerMove>, StoreErr
         .collect();
     let mut health: BTreeMap<(&str, &str), Health> = BTreeMap::new();
     for key in keys {
-        let row = read_health(&mut tx, lease.backend, key.0, key.1).await?;
+        let row = read_health(&mut tx, key.0, key.1).await?;
         health.insert(key, row);
     }
     for chunk in jobs.chunks(ROWS) {
@@ -166,27 +165,16 @@ fn apply(h: &mut Health, delivered: bool, b: Breaker, now: i64) -> BreakerMove {
 
 async fn read_health(
     tx: &mut Transaction<'_, Any>,
-    backend: Backend,
     tenant: &str,
     endpoint: &str,
 ) -> Result<Health, sqlx::Error> {
-    // The row exists before it is read, so PostgreSQL can lock it.
-    sqlx::query(
+    // One statement: the row is made if missing and read; the no-op update also locks it on
+    // PostgreSQL (as FOR UPDATE would) until the batch commits.
+    let row = sqlx::query(
         "INSERT INTO endpoint_health (tenant, endpoint) VALUES ($1, $2) \
-         ON CONFLICT (tenant, endpoint) DO NOTHING",
+         ON CONFLICT (tenant, endpoint) DO UPDATE SET failures = endpoint_health.failures \
+         RETURNING failures, state, open_until",
     )
-    .bind(tenant)
-    .bind(endpoint)
-    .execute(&mut **tx)
-    .await?;
-    let lock = match backend {
-        Backend::Postgres => " FOR UPDATE",
-        Backend::Sqlite => "",
-    };
-    let row = sqlx::query(&format!(
-        "SELECT failures, state, open_until FROM endpoint_health \
-         WHERE tenant = $1 AND endpoint = $2{lock}"
-    ))
     .bind(tenant)
     .bind(endpoint)
     .fetch_one(&mut **tx)
