@@ -40,17 +40,13 @@ pub fn load(spec: Option<&LimitSpec>, at: &mut Section<'_, '_>) -> Limit {
     let Some(spec) = spec else {
         return Limit::default();
     };
-    for (key, value) in [
-        ("per_second", spec.per_second),
-        ("per_tenant_per_second", spec.per_tenant_per_second),
-    ] {
-        if value == Some(0) {
-            at.error(
-                &["rate_limit", key],
-                format!("rate_limit.{key} is 0, which admits nothing: remove it for no limit"),
-            );
-        }
-    }
+    at.refuse_zero_limits(
+        "rate_limit",
+        &[
+            ("per_second", spec.per_second),
+            ("per_tenant_per_second", spec.per_tenant_per_second),
+        ],
+    );
     Limit {
         per_second: spec.per_second,
         per_tenant_per_second: spec.per_tenant_per_second,

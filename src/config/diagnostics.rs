@@ -432,6 +432,19 @@ impl<'r, 'a> Section<'r, 'a> {
             .any(|p| p.severity == Severity::Error)
     }
 
+    /// Refuses a limit of 0 in `block` (say `rate_limit`): it would admit nothing, and
+    /// leaving the key out is how to say "no limit".
+    pub fn refuse_zero_limits(&mut self, block: &str, limits: &[(&str, Option<u32>)]) {
+        for (key, value) in limits {
+            if *value == Some(0) {
+                self.error(
+                    &[block, key],
+                    format!("{block}.{key} is 0, which admits nothing: remove it for no limit"),
+                );
+            }
+        }
+    }
+
     /// An optional duration at `key`: `default` when absent, `rule` says what a value must be.
     pub fn duration(
         &mut self,

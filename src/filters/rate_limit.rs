@@ -47,17 +47,13 @@ pub fn keys() -> &'static [&'static str] {
 
 /// `rate_limit:`, checked.
 pub fn load(spec: &RateLimitSpec, at: &mut crate::config::Section<'_, '_>) -> RateLimit {
-    for (key, value) in [
-        ("per_second", spec.per_second),
-        ("per_ip_per_second", spec.per_ip_per_second),
-    ] {
-        if value == Some(0) {
-            at.error(
-                &["rate_limit", key],
-                format!("rate_limit.{key} is 0, which admits nothing: remove it for no limit"),
-            );
-        }
-    }
+    at.refuse_zero_limits(
+        "rate_limit",
+        &[
+            ("per_second", spec.per_second),
+            ("per_ip_per_second", spec.per_ip_per_second),
+        ],
+    );
     let fleet = match spec.scope.as_deref() {
         None | Some("node") => false,
         Some("fleet") => true,
