@@ -29,8 +29,8 @@ fn wait_log(d: &Dispatcher, text: &str) {
     }
 }
 
-#[test]
-fn an_open_breaker_defers_attempts_without_spending_retries_and_a_probe_closes_it() {
+/// A receiver answering 500 until the flag is cleared, then 200.
+fn failing_until_mended() -> (Receiver, Arc<AtomicBool>) {
     let down = Arc::new(AtomicBool::new(true));
     let state = down.clone();
     let rx = Receiver::start(move |_| {
@@ -40,6 +40,12 @@ fn an_open_breaker_defers_attempts_without_spending_retries_and_a_probe_closes_i
             200
         })
     });
+    (rx, down)
+}
+
+#[test]
+fn an_open_breaker_defers_attempts_without_spending_retries_and_a_probe_closes_it() {
+    let (rx, down) = failing_until_mended();
     // Three attempts per delivery, 50 ms apart: without the breaker every message would be
     // a dead letter long before the 2 s cooldown ends.
     let d = Dispatcher::start(
@@ -95,15 +101,7 @@ fn starts(d: &Dispatcher, via: &str) -> u64 {
 #[test]
 fn an_enqueue_hands_deliveries_to_free_slots_but_not_past_an_ordered_queue_or_an_open_breaker() {
     let ok = Receiver::ok();
-    let down = Arc::new(AtomicBool::new(true));
-    let state = down.clone();
-    let flaky = Receiver::start(move |_| {
-        Reply::Status(if state.load(Ordering::SeqCst) {
-            500
-        } else {
-            200
-        })
-    });
+    let (flaky, down) = failing_until_mended();
     let d = Dispatcher::start(
         &[
             (
