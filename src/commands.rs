@@ -44,23 +44,26 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         }
         return 1;
     };
+    // Every address this process listens on.
+    let api = config
+        .server
+        .outbound
+        .as_ref()
+        .and_then(|o| o.api)
+        .map(|a| a.to_string());
+    let addrs: Vec<&str> = config
+        .server
+        .listen
+        .iter()
+        .map(|l| l.addr.as_str())
+        .chain(config.server.admin.iter().map(String::as_str))
+        .chain(api.as_deref())
+        .collect();
+    let sockets_held = crate::lifecycle::SocketsHeld {
+        addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+    };
     if !options.upgrade {
         // (With -u the running process holds the sockets and hands them over.)
-        let admin = config.server.admin.iter().map(String::as_str);
-        let api = config
-            .server
-            .outbound
-            .as_ref()
-            .and_then(|o| o.api)
-            .map(|a| a.to_string());
-        let addrs: Vec<&str> = config
-            .server
-            .listen
-            .iter()
-            .map(|l| l.addr.as_str())
-            .chain(admin)
-            .chain(api.as_deref())
-            .collect();
         if let Err(e) = addresses_free(&addrs) {
             tracing::error!("not starting: {e}");
             return 1;
@@ -138,14 +141,15 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     let trusted_proxies = settings.trusted_proxies;
     let mut conf = settings.pingora;
     conf.daemon |= options.daemon;
+    // `run -d` waits for the daemon its own way (crate::daemon); Pingora's wait would race it.
+    conf.daemon_wait_for_ready = false;
     let opt = Opt {
         upgrade: options.upgrade,
         daemon: options.daemon,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    // As a service, so a daemon (`-d`) takes the sockets after forking and tells its parent
-    // when it is ready (`daemon_wait_for_ready`, what systemd's ExecReload waits for).
+    // As a service, so a daemon (`-d`) takes the sockets after forking.
     let bootstrap = server.bootstrap_as_a_service();
     let (sinks, dedup) = (gateway.sinks(), gateway.dedup());
     let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
@@ -247,6 +251,20 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         tracing::info!(%addr, "admin listening (/healthz /readyz /metrics)");
     }
     server.add_service(background_service("drainer", crate::lifecycle::Drainer));
+    server
+        .add_service(background_service("sockets held", sockets_held))
+        .add_dependency(&bootstrap);
+    if server.configuration.daemon {
+        let conf = server.configuration.clone();
+        crate::daemon::fork_and_wait(crate::daemon::Wait {
+            pid_file: &conf.pid_file,
+            upgrade_sock: &conf.upgrade_sock,
+            upgrade: options.upgrade,
+            timeout: std::time::Duration::from_secs(
+                conf.daemon_ready_timeout_seconds.map_or(600, |s| s.get()),
+            ),
+        });
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(crate::lifecycle::Signals { drain }),
     });

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod filters;
 pub mod gateway;
 pub mod header_deadline;

@@ -3,7 +3,7 @@
 //! Pingora's sequence on SIGTERM (and on SIGQUIT, after handing the listening sockets to the
 //! process started with `--upgrade`) is: stop accepting, drop idle connections, let requests
 //! in flight finish, then sleep the whole `grace_period_seconds` before stopping its runtimes.
-//! Two things are added here:
+//! Added here:
 //!
 //! - a readiness drain: on SIGTERM, `/readyz` answers 503 for `drain` (server config) while
 //!   the node still serves, so a load balancer stops sending before the listeners close;
@@ -13,7 +13,9 @@
 //! - a prompt exit: [`Drainer`] counts requests in flight and exits the process as soon as
 //!   none is left after that, instead of always sleeping out the grace period (which stays
 //!   the upper bound). Every 202 was already acknowledged by its sink, so there is nothing
-//!   left to flush.
+//!   left to flush;
+//! - no handover of nothing: a SIGQUIT waits until this process holds the sockets
+//!   ([`SocketsHeld`], which also releases a `run -d` parent: [`crate::daemon`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use tokio::signal::unix::{signal, SignalKind};
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static DRAINING: AtomicBool = AtomicBool::new(false);
 static LISTENERS_DONE: AtomicBool = AtomicBool::new(false);
+static SOCKETS_HELD: AtomicBool = AtomicBool::new(false);
 
 /// After the listeners close, how long a just-accepted connection has to send its request.
 pub const LINGER: Duration = Duration::from_secs(1);
@@ -76,6 +79,18 @@ impl ShutdownSignalWatch for Signals {
         let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
         tokio::select! {
             _ = quit.recv() => {
+                // Pingora hands over the sockets it holds; before its bootstrap has them (a
+                // second reload right after a first) it would hand over none, and the new
+                // process, then this one, would exit: nothing left listening.
+                if !SOCKETS_HELD.load(Ordering::Acquire) {
+                    tracing::info!("SIGQUIT: waiting for the listening sockets before handing them over");
+                }
+                while !SOCKETS_HELD.load(Ordering::Acquire) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = int.recv() => return ShutdownSignal::FastShutdown,
+                    }
+                }
                 tracing::info!("SIGQUIT: handing the listeners to the new process, then draining");
                 ShutdownSignal::GracefulUpgrade
             }
@@ -116,6 +131,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Lingering<A> {
         tokio::time::sleep(LINGER).await;
         self.inner.cleanup().await;
         LISTENERS_DONE.store(true, Ordering::Release);
+    }
+}
+
+/// Depends on Pingora's bootstrap (which receives an upgrade's sockets); then waits for the
+/// listeners to be bound (a fresh start, or an address new in this config). From then on a
+/// SIGQUIT may hand the sockets over, and a `run -d` parent is released.
+pub struct SocketsHeld {
+    pub addrs: Vec<std::net::SocketAddr>,
+}
+
+#[async_trait]
+impl BackgroundService for SocketsHeld {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        while !crate::daemon::listening(&self.addrs) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        SOCKETS_HELD.store(true, Ordering::Release);
+        crate::daemon::sockets_held();
     }
 }
 
