@@ -95,6 +95,36 @@ fn check_refuses_a_listener_twice_and_an_admin_on_a_listener() {
 }
 
 #[test]
+fn group_access_opens_the_spool_to_its_directory_group_and_keeps_setgid() {
+    let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    // A deployment's setgid directory: segments take its group.
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o2700)).unwrap();
+    let port = free_port();
+    let server = Server::start_in(
+        dir,
+        port,
+        &format!("  - addr: 127.0.0.1:{port}"),
+        "  spool: { type: spool, dir: spool/, group_access: read-write }",
+        "",
+    );
+    let body = br#"{"action":"opened"}"#;
+    let r = server.post("/webhook/github", &sign(GITHUB, body, now(), "grp-1"), body);
+    assert_eq!(r.status, 202);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&spool), 0o2770, "group may list, ack and delete");
+    let segments: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!segments.is_empty());
+    for path in segments {
+        assert_eq!(mode(&path), 0o660, "{}", path.display());
+    }
+}
+
+#[test]
 fn spool_files_are_private_answers_end_with_a_newline_and_404s_name_the_client() {
     let server = Server::start(&[("github.yaml", GITHUB)], spool_sink());
     let body = br#"{"action":"opened"}"#;

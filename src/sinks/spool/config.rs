@@ -23,6 +23,39 @@ pub struct Spec {
     retention: Option<String>,
     #[serde(default)]
     max_size: Option<SizeValue>,
+    #[serde(default)]
+    group_access: Access,
+}
+
+/// Who besides the gateway's user may reach the segments (`group_access`): nobody by default
+/// (files 0600 in a 0700 directory), or the directory's group, to read (0640 / 0750) or also
+/// to acknowledge, which writes checkpoints and deletes segments (0660 / 0770). The modes are
+/// set explicitly, whatever the umask (the unit's is 0077).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    #[default]
+    None,
+    Read,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn file_mode(self) -> u32 {
+        match self {
+            Access::None => 0o600,
+            Access::Read => 0o640,
+            Access::ReadWrite => 0o660,
+        }
+    }
+
+    pub fn dir_mode(self) -> u32 {
+        match self {
+            Access::None => 0o700,
+            Access::Read => 0o750,
+            Access::ReadWrite => 0o770,
+        }
+    }
 }
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
@@ -56,11 +89,15 @@ pub struct Config {
     pub dir: PathBuf,
     pub segment_size: u64,
     pub limits: Limits,
+    pub access: Access,
 }
 
 impl Config {
     pub fn open(&self, name: &str) -> Result<Spool, String> {
-        Ok(Spool::open(name, &self.dir, self.segment_size)?.with_limits(self.limits))
+        Ok(
+            Spool::open_with(name, &self.dir, self.segment_size, self.access)?
+                .with_limits(self.limits),
+        )
     }
 }
 
@@ -117,6 +154,7 @@ impl SinkSpec for Spec {
         Some(Arc::new(Config {
             dir,
             segment_size,
+            access: self.group_access,
             limits: Limits {
                 min_free,
                 retention,

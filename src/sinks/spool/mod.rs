@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,7 +24,7 @@ use super::{Envelope, Sink, SinkError};
 const MAX_BATCH: usize = 4096;
 
 mod config;
-pub use config::{Config, Limits, Spec, DEFAULT_MIN_FREE, DEFAULT_SEGMENT_SIZE};
+pub use config::{Access, Config, Limits, Spec, DEFAULT_MIN_FREE, DEFAULT_SEGMENT_SIZE};
 
 /// `type: spool`.
 pub const KIND: super::Kind = super::Kind::of::<Spec>("spool");
@@ -34,6 +34,7 @@ pub struct Spool {
     dir: PathBuf,
     segment_size: u64,
     limits: Limits,
+    access: Access,
     /// Started on first use: Pingora may fork to daemonize after the config is loaded.
     writer: OnceLock<mpsc::UnboundedSender<Job>>,
     healthy: Arc<AtomicBool>,
@@ -49,12 +50,22 @@ struct Job {
 
 impl Spool {
     pub fn open(name: &str, dir: &Path, segment_size: u64) -> Result<Spool, String> {
-        create_dir(dir)
+        Self::open_with(name, dir, segment_size, Access::None)
+    }
+
+    pub fn open_with(
+        name: &str,
+        dir: &Path,
+        segment_size: u64,
+        access: Access,
+    ) -> Result<Spool, String> {
+        create_dir(dir, access)
             .map_err(|e| format!("spool `{name}`: cannot create {}: {e}", dir.display()))?;
         Ok(Spool {
             name: name.to_owned(),
             dir: dir.to_path_buf(),
             segment_size,
+            access,
             limits: Limits::default(),
             writer: OnceLock::new(),
             healthy: Arc::new(AtomicBool::new(true)),
@@ -83,6 +94,7 @@ impl Spool {
                 dir: self.dir.clone(),
                 segment_size: self.segment_size,
                 limits: self.limits,
+                access: self.access,
                 healthy: self.healthy.clone(),
                 rotate: self.rotate.clone(),
             };
@@ -183,6 +195,7 @@ struct Writer {
     dir: PathBuf,
     segment_size: u64,
     limits: Limits,
+    access: Access,
     healthy: Arc<AtomicBool>,
     rotate: Arc<AtomicBool>,
 }
@@ -276,13 +289,17 @@ impl Writer {
     }
 
     fn create(&self, seq: u64) -> std::io::Result<Segment> {
-        create_dir(&self.dir)?;
-        // Webhook bodies are the senders' data: readable by this user alone, whatever the umask.
+        create_dir(&self.dir, self.access)?;
+        // Webhook bodies are the senders' data: readable by this user alone (or the group
+        // `group_access` names), whatever the umask.
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .mode(0o600)
             .open(segment_path(&self.dir, seq))?;
+        if self.access != Access::None {
+            file.set_permissions(std::fs::Permissions::from_mode(self.access.file_mode()))?;
+        }
         // The new directory entry must be durable too, or a crash could lose the whole file.
         File::open(&self.dir)?.sync_all()?;
         // Fresh file, nobody else has it: the lock only fails on filesystems without flock.
@@ -293,14 +310,23 @@ impl Writer {
     }
 }
 
-/// Creates a spool directory (and its parents) private to this user; an existing one keeps
-/// the mode it was given (a deployment may grant a consumer's group access).
-fn create_dir(dir: &Path) -> std::io::Result<()> {
+/// Creates a spool directory (and its parents) private to this user. With `group_access`
+/// the directory gets its group's bits whatever the umask, keeping a setgid bit (so segments
+/// take the directory's group); without, an existing directory keeps the mode it was given.
+fn create_dir(dir: &Path, access: Access) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    if access != Access::None {
+        let setgid = std::fs::metadata(dir)?.permissions().mode() & 0o2000;
+        std::fs::set_permissions(
+            dir,
+            std::fs::Permissions::from_mode(setgid | access.dir_mode()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Bytes available to this user on the filesystem holding `dir` (`None` if it cannot tell).
