@@ -9,8 +9,9 @@
 //! upgrade socket under the first one, which then received nothing: every process exited.
 //!
 //! Here the parent forks before Pingora daemonizes and keeps the read end of a pipe. The
-//! daemon writes one byte once its bootstrap holds the sockets ([`sockets_held`], from
-//! [`crate::lifecycle::SocketsHeld`]); end of file without it means the daemon died. With
+//! daemon writes one byte once it holds the sockets: bootstrap done (an upgrade's received)
+//! and every address listening ([`sockets_held`], from [`crate::lifecycle::SocketsHeld`]);
+//! end of file without it means the daemon died. With
 //! `-u` the parent also sends the running process (from the pid file) its SIGQUIT once the
 //! new process listens on the upgrade socket, so the handover is not a second, racing step.
 //! Exit 0 means the new process serves; anything else is a failed start or reload, the
@@ -38,6 +39,15 @@ pub fn fork_and_wait(wait: Wait) {
     // The process whose sockets an upgrade takes: it must be running, or nothing hands over.
     let old = if wait.upgrade {
         match read_pid(wait.pid_file).filter(|pid| alive(*pid)) {
+            // A stale pid file's number may since belong to another program: never signal it.
+            Some(pid) if comm(pid) != comm(std::process::id() as i32) => {
+                tracing::error!(
+                    pid,
+                    pid_file = wait.pid_file,
+                    "upgrade refused: the pid file names a process that is not portcullis"
+                );
+                std::process::exit(1);
+            }
             Some(pid) => Some(pid),
             None => {
                 tracing::error!(
@@ -143,6 +153,11 @@ fn parent(mut ready: std::fs::File, wait: &Wait, old: Option<i32>) -> i32 {
             return 1;
         }
     }
+}
+
+/// The process's command name (`/proc/PID/comm`): the binary's file name.
+fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()
 }
 
 fn read_pid(path: &str) -> Option<i32> {

@@ -82,7 +82,9 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(5));
         };
         let pid = self.pid();
-        self.pids.borrow_mut().extend(pid);
+        self.pids
+            .borrow_mut()
+            .extend(pid.filter(|p| *p != std::process::id()));
         (code, pid)
     }
 
@@ -185,6 +187,13 @@ fn run_d_returns_once_the_daemon_is_ready_200_times_in_a_row() {
     assert!(daemon
         .log()
         .contains("no running gateway to take the sockets from"));
+    // A stale pid file whose number now names another program: that program is not signalled.
+    std::fs::write(daemon.pid_file(), std::process::id().to_string()).unwrap();
+    let (code, _) = daemon.run(&["-u"]);
+    assert_eq!(code, Some(1));
+    assert!(daemon
+        .log()
+        .contains("names a process that is not portcullis"));
     assert!(
         !daemon.log().contains("panicked"),
         "{}",
