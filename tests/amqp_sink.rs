@@ -135,7 +135,8 @@ fn n_signed_events_become_exactly_n_confirmed_persistent_messages() {
     let queue = unique("q");
     bind_queue(&exchange, &queue, "am");
     let f = filter("am");
-    let server = Server::start(&[("f.yaml", &f)], &amqp_sink(&exchange));
+    let sink = amqp_sink(&exchange).replace(" }", ", channels: 3 }");
+    let server = Server::start(&[("f.yaml", &f)], &sink);
     let n = 30;
     let threads: Vec<_> = (0..3)
         .map(|t| {
@@ -154,6 +155,25 @@ fn n_signed_events_become_exactly_n_confirmed_persistent_messages() {
         t.join().unwrap();
     }
     assert_eq!(server.admin_get("/readyz").status, 200);
+    // The publishes went over a pool: one connection with the three channels asked for.
+    let channels = String::from_utf8(
+        Command::new("rabbitmqctl")
+            .args(["list_channels", "-q", "--no-table-headers", "name"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut per_connection = std::collections::HashMap::<&str, usize>::new();
+    for line in channels.lines() {
+        *per_connection
+            .entry(line.rsplit_once(" (").map_or(line, |(c, _)| c))
+            .or_default() += 1;
+    }
+    assert!(
+        per_connection.values().any(|n| *n == 3),
+        "rabbitmqctl list_channels:\n{channels}"
+    );
     let got = drain(&queue);
     assert_eq!(
         got.len(),

@@ -4,9 +4,13 @@
 //!
 //! The envelope rides in AMQP properties (`message_id` = event id, `timestamp`,
 //! `content_type`, `app_id`) and `portcullis-*` headers beside the forwarded request headers.
-//! One connection and one confirm-mode channel are shared by every publish; after any failure
-//! they are dropped and the next publish reconnects, so the gateway heals without a restart.
+//! One connection carries a small pool of confirm-mode channels (`channels`, default 4),
+//! taken in turn: a single channel was the bound (RabbitMQ runs each channel as one process,
+//! and its confirms come back in order), 9.5k/s against Redis's 51k in `bench/sinks.sh`.
+//! After any failure the link is dropped and the next publish reconnects, so the gateway heals
+//! without a restart.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,6 +25,9 @@ use super::{render, Envelope, Sink, SinkError};
 
 /// After a failed connect, publishes fail fast for this long instead of reconnecting each time.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// Confirm channels per connection unless `channels:` says otherwise.
+pub const DEFAULT_CHANNELS: usize = 4;
+const MAX_CHANNELS: usize = 64;
 
 pub struct AmqpSink {
     name: String,
@@ -28,25 +35,28 @@ pub struct AmqpSink {
     exchange: String,
     routing_key: String,
     timeout: Duration,
+    channels: usize,
+    /// Round robin over the pool.
+    next: AtomicUsize,
     link: Mutex<Link>,
 }
 
 #[derive(Default)]
 struct Link {
     connection: Option<Connection>,
-    channel: Option<Channel>,
+    channels: Vec<Channel>,
     failed_at: Option<Instant>,
 }
 
 impl Link {
-    fn healthy(&self) -> Option<&Channel> {
+    /// Channel `turn` of the pool, if the connection and that channel are up.
+    fn healthy(&self, turn: usize) -> Option<&Channel> {
         let connected = self
             .connection
             .as_ref()
             .is_some_and(|c| c.status().connected());
-        self.channel
-            .as_ref()
-            .filter(|c| connected && c.status().connected())
+        let channel = self.channels.get(turn % self.channels.len().max(1))?;
+        (connected && channel.status().connected()).then_some(channel)
     }
 }
 
@@ -57,6 +67,7 @@ impl AmqpSink {
         exchange: &str,
         routing_key: &str,
         timeout: Duration,
+        channels: usize,
     ) -> AmqpSink {
         AmqpSink {
             name: name.to_owned(),
@@ -64,14 +75,17 @@ impl AmqpSink {
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
             timeout,
+            channels: channels.clamp(1, MAX_CHANNELS),
+            next: AtomicUsize::new(0),
             link: Mutex::new(Link::default()),
         }
     }
 
-    /// The shared channel, connecting (and declaring the exchange) when there is none.
+    /// The pool's next channel, connecting (and declaring the exchange) when there is none.
     async fn channel(&self) -> Result<Channel, SinkError> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
         let mut link = self.link.lock().await;
-        if let Some(channel) = link.healthy() {
+        if let Some(channel) = link.healthy(turn) {
             return Ok(channel.clone());
         }
         if link
@@ -81,10 +95,11 @@ impl AmqpSink {
             return Err(SinkError::Unavailable("amqp: reconnecting".into()));
         }
         match self.connect().await {
-            Ok((connection, channel)) => {
+            Ok((connection, channels)) => {
+                let channel = channels[turn % channels.len()].clone();
                 *link = Link {
                     connection: Some(connection),
-                    channel: Some(channel.clone()),
+                    channels,
                     failed_at: None,
                 };
                 Ok(channel)
@@ -99,21 +114,25 @@ impl AmqpSink {
         }
     }
 
-    async fn connect(&self) -> Result<(Connection, Channel), SinkError> {
+    async fn connect(&self) -> Result<(Connection, Vec<Channel>), SinkError> {
         let unavailable =
             |what: &str, e: lapin::Error| SinkError::Unavailable(format!("amqp {what}: {e}"));
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .map_err(|e| unavailable("connect", e))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| unavailable("channel", e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| unavailable("confirm.select", e))?;
-        channel
+        let mut channels = Vec::with_capacity(self.channels);
+        for _ in 0..self.channels {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| unavailable("channel", e))?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| unavailable("confirm.select", e))?;
+            channels.push(channel);
+        }
+        channels[0]
             .exchange_declare(
                 ShortString::from(self.exchange.clone()),
                 ExchangeKind::Topic,
@@ -125,7 +144,7 @@ impl AmqpSink {
             )
             .await
             .map_err(|e| unavailable("exchange.declare", e))?;
-        Ok((connection, channel))
+        Ok((connection, channels))
     }
 
     async fn forget(&self) {
@@ -219,8 +238,10 @@ impl Sink for AmqpSink {
             ))),
         };
         if result.is_err() {
-            // An unroutable message leaves the channel healthy; anything else may not have.
-            let healthy = self.link.lock().await.healthy().is_some();
+            // An unroutable message leaves the channels healthy; anything else may not have.
+            let link = self.link.lock().await;
+            let healthy = (0..link.channels.len()).all(|i| link.healthy(i).is_some());
+            drop(link);
             if !healthy {
                 self.forget().await;
             }
@@ -250,6 +271,8 @@ pub struct Spec {
     #[serde(default)]
     timeout: Option<String>,
     #[serde(default)]
+    channels: Option<usize>,
+    #[serde(default)]
     fallback: Option<String>,
 }
 
@@ -259,6 +282,7 @@ pub struct Config {
     pub exchange: String,
     pub routing_key: String,
     pub timeout: Duration,
+    pub channels: usize,
 }
 
 impl super::SinkConfig for Config {
@@ -269,6 +293,7 @@ impl super::SinkConfig for Config {
             &self.exchange,
             &self.routing_key,
             self.timeout,
+            self.channels,
         )))
     }
 }
@@ -294,11 +319,19 @@ impl super::config::Spec for Spec {
         if let Err(e) = super::check_template(&routing_key) {
             at.error(&["routing_key"], e);
         }
+        let channels = self.channels.unwrap_or(DEFAULT_CHANNELS);
+        if !(1..=MAX_CHANNELS).contains(&channels) {
+            at.error(
+                &["channels"],
+                format!("channels must be from 1 to {MAX_CHANNELS} (confirm channels on one connection)"),
+            );
+        }
         Some(std::sync::Arc::new(Config {
             url,
             exchange,
             routing_key,
             timeout,
+            channels,
         }))
     }
 
