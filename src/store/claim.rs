@@ -22,7 +22,9 @@ use std::sync::Arc;
 use sqlx::{Any, Row, Transaction};
 
 use super::ledger::{stored_message, MESSAGE_COLUMNS};
-use super::{now_ms, placeholders, Backend, Claimed, Store, StoreError, StoredMessage};
+use super::{
+    is_sqlite, now_ms, param, placeholders, Backend, Claimed, Store, StoreError, StoredMessage,
+};
 
 /// An endpoint's limits, from its config.
 #[derive(Debug, Clone, Copy, Default)]
@@ -184,11 +186,14 @@ async fn lease(
     // The `message_id IN` lets both planners find the rows by primary key (SQLite would
     // scan the table for the row values alone).
     let n = taken.len();
+    let sqlite = is_sqlite(tx);
     let sql = format!(
-        "UPDATE deliveries SET lease_until = $1, lease_owner = $2 \
+        "UPDATE deliveries SET lease_until = {}, lease_owner = {} \
          WHERE message_id IN ({}) AND (message_id, endpoint) IN (VALUES {})",
-        placeholders(2, n, 1),
-        placeholders(2 + n, n, 2)
+        param(sqlite, 1),
+        param(sqlite, 2),
+        placeholders(sqlite, 2, n, 1),
+        placeholders(sqlite, 2 + n, n, 2)
     );
     let mut q = sqlx::query(&sql).bind(until).bind(owner);
     for c in taken {
@@ -207,7 +212,7 @@ async fn read_messages(
 ) -> Result<Vec<StoredMessage>, sqlx::Error> {
     let sql = format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({})",
-        placeholders(0, taken.len(), 1)
+        placeholders(is_sqlite(tx), 0, taken.len(), 1)
     );
     let mut q = sqlx::query(&sql);
     for c in taken {

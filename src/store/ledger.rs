@@ -17,7 +17,7 @@ use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, placeholders, Backend, Store, StoreError, Writes};
+use super::{is_sqlite, now_ms, param, placeholders, Backend, Store, StoreError, Writes};
 
 /// Most messages written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -638,14 +638,17 @@ async fn take_keys(
         .filter(|i| !repeats.contains_key(i))
         .collect();
     let mut taken = std::collections::HashSet::new();
+    let sqlite = is_sqlite(tx);
     for chunk in unique.chunks(ROWS) {
+        // Parameters in the order of the text: the rows, then `now`.
         let sql = format!(
             "INSERT INTO idempotency (tenant, event_id, message_id, expires_at) VALUES {} \
              ON CONFLICT (tenant, event_id) DO UPDATE SET message_id = excluded.message_id, \
-             expires_at = excluded.expires_at WHERE idempotency.expires_at < $1 RETURNING message_id",
-            placeholders(1, chunk.len(), 4)
+             expires_at = excluded.expires_at WHERE idempotency.expires_at < {} RETURNING message_id",
+            placeholders(sqlite, 0, chunk.len(), 4),
+            param(sqlite, chunk.len() * 4 + 1)
         );
-        let mut q = sqlx::query(&sql).bind(now);
+        let mut q = sqlx::query(&sql);
         for &i in chunk {
             let m = &jobs[i].message;
             q = q
@@ -654,7 +657,7 @@ async fn take_keys(
                 .bind(&ids[i])
                 .bind(now + m.idempotency_ms);
         }
-        for row in q.fetch_all(&mut **tx).await? {
+        for row in q.bind(now).fetch_all(&mut **tx).await? {
             taken.insert(row.try_get::<String, _>(0)?);
         }
     }
@@ -693,10 +696,11 @@ async fn insert_rows(
     accepted: &[Accepted<'_>],
     now: i64,
 ) -> Result<(), sqlx::Error> {
+    let sqlite = is_sqlite(tx);
     for chunk in accepted.chunks(ROWS) {
         let sql = format!(
             "INSERT INTO messages (id, tenant, event_id, event_type, payload, ordering_key, source, created_at, content_type) VALUES {}",
-            placeholders(0, chunk.len(), 9)
+            placeholders(sqlite, 0, chunk.len(), 9)
         );
         let mut q = sqlx::query(&sql);
         for a in chunk {
@@ -723,18 +727,18 @@ async fn insert_rows(
             "INSERT INTO deliveries (message_id, tenant, endpoint, status, attempts, next_at, updated_at, seq, fifo_key, lease_until, lease_owner) VALUES {}",
             (0..chunk.len())
                 .map(|i| {
-                    let p = |j: usize| format!("${}", i * 8 + j);
+                    let p = |j: usize| param(sqlite, i * 9 + j);
                     format!(
                         "({}, {}, {}, 'pending', 0, {}, {}, {}, {}, {}, {})",
                         p(1),
                         p(2),
                         p(3),
                         p(4),
-                        p(4),
                         p(5),
                         p(6),
                         p(7),
-                        p(8)
+                        p(8),
+                        p(9)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -750,6 +754,7 @@ async fn insert_rows(
                 .bind(&a.message_id)
                 .bind(&a.m.tenant)
                 .bind(r.endpoint)
+                .bind(now)
                 .bind(now)
                 .bind(a.seq)
                 .bind(r.fifo.as_deref())

@@ -15,7 +15,8 @@ use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    now_ms, placeholders, Breaker, BreakerMove, Claimed, Lease, Next, Outcome, Store, StoreError,
+    is_sqlite, now_ms, param, placeholders, Breaker, BreakerMove, Claimed, Lease, Next, Outcome,
+    Store, StoreError,
 };
 
 /// Most outcomes written in one transaction.
@@ -227,7 +228,7 @@ async fn insert_attempts(
     let sql = format!(
         "INSERT INTO attempts (message_id, endpoint, attempt, at, outcome, status, latency_ms, preview) \
          VALUES {} ON CONFLICT DO NOTHING",
-        placeholders(0, jobs.len(), 8)
+        placeholders(is_sqlite(tx), 0, jobs.len(), 8)
     );
     let mut q = sqlx::query(&sql);
     for job in jobs {
@@ -257,10 +258,11 @@ async fn update_deliveries(
     let sql = format!(
         "UPDATE deliveries SET status = v.column1, attempts = attempts + 1, next_at = v.column2, \
          lease_until = 0, lease_owner = NULL, last_outcome = v.column3, dead_reason = v.column4, \
-         updated_at = $1 FROM (VALUES {}) AS v \
+         updated_at = {} FROM (VALUES {}) AS v \
          WHERE deliveries.message_id = v.column5 AND deliveries.endpoint = v.column6 \
          AND deliveries.lease_owner = v.column7",
-        placeholders(1, jobs.len(), 7)
+        param(is_sqlite(tx), 1),
+        placeholders(is_sqlite(tx), 1, jobs.len(), 7)
     );
     let mut q = sqlx::query(&sql).bind(now);
     for job in jobs {
