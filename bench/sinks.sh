@@ -6,7 +6,7 @@
 #
 #   bench/sinks.sh            # N=20000 requests, C=64 connections per target
 #   N=50000 C=128 bench/sinks.sh
-#   SINKS="redis amqp1 amqp" bench/sinks.sh   # amqp1: one confirm channel, amqp: the pool
+#   SINKS="redis amqp amqp4" bench/sinks.sh   # amqp: one confirm channel, amqp4: four
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -56,8 +56,8 @@ sink_yaml() {
     redis) echo "  out: { type: redis, url: \"redis://127.0.0.1:6379\", stream: \"bench:{provider}:$$\", timeout: 5s }" ;;
     nats|nats+journal) echo "  out: { type: nats, url: \"nats://127.0.0.1:4222\", stream: BENCH$$, subject: \"bench$$.{provider}\", create_stream: true, timeout: 5s }" ;;
     amqp)  echo "  out: { type: amqp, url: \"amqp://guest:guest@127.0.0.1:5672/%2f\", exchange: bench$$, routing_key: \"{provider}\", timeout: 5s }" ;;
-    # The amqp sink as it was before its channel pool: one confirm channel.
-    amqp1) echo "  out: { type: amqp, url: \"amqp://guest:guest@127.0.0.1:5672/%2f\", exchange: bench$$, routing_key: \"{provider}\", timeout: 5s, channels: 1 }" ;;
+    # amqp4: a pool of four confirm channels (amqp: the default, one).
+    amqp4) echo "  out: { type: amqp, url: \"amqp://guest:guest@127.0.0.1:5672/%2f\", exchange: bench$$, routing_key: \"{provider}\", timeout: 5s, channels: 4 }" ;;
     http)  echo "  out: { type: http, url: \"http://127.0.0.1:$up/ingest\", timeout: 5s }" ;;
   esac
 }

@@ -4,11 +4,12 @@
 //!
 //! The envelope rides in AMQP properties (`message_id` = event id, `timestamp`,
 //! `content_type`, `app_id`) and `portcullis-*` headers beside the forwarded request headers.
-//! One connection carries a small pool of confirm-mode channels (`channels`, default 4),
-//! taken in turn: a single channel was the bound (RabbitMQ runs each channel as one process,
-//! and its confirms come back in order), 9.5k/s against Redis's 51k in `bench/sinks.sh`.
-//! After any failure the link is dropped and the next publish reconnects, so the gateway heals
-//! without a restart.
+//! One connection carries `channels` confirm-mode channels, taken in turn (default 1). A pool
+//! was meant to lift the sink's 9.5k/s (Redis: 51k), but measured side by side it did not:
+//! one durable queue on RabbitMQ is the bound (its process near a core, confirms waiting for
+//! its disk batches), and four channels only lengthened p99 (`bench/RESULTS.md`). It is there
+//! for brokers where a channel is the bound (many queues, a cluster). After any failure the
+//! link is dropped and the next publish reconnects, so the gateway heals without a restart.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use super::{render, Envelope, Sink, SinkError};
 /// After a failed connect, publishes fail fast for this long instead of reconnecting each time.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// Confirm channels per connection unless `channels:` says otherwise.
-pub const DEFAULT_CHANNELS: usize = 4;
+pub const DEFAULT_CHANNELS: usize = 1;
 const MAX_CHANNELS: usize = 64;
 
 pub struct AmqpSink {
