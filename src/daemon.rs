@@ -102,9 +102,9 @@ pub fn sockets_held() {
 
 fn parent(mut ready: std::fs::File, wait: &Wait, old: Option<i32>) -> i32 {
     let deadline = Instant::now() + wait.timeout;
-    let mut quit_sent = old.is_none();
+    let mut quit_sent = false;
     loop {
-        if !quit_sent && std::path::Path::new(wait.upgrade_sock).exists() {
+        if old.is_some() && !quit_sent && std::path::Path::new(wait.upgrade_sock).exists() {
             // The new process listens on the upgrade socket: the old one may hand over now.
             let old = old.unwrap_or_default();
             // SAFETY: kill(2) with a pid read from the pid file and a valid signal.
@@ -178,12 +178,13 @@ fn alive(pid: i32) -> bool {
 
 /// Whether every address has a socket in LISTEN state (`/proc/net/tcp`, `tcp6`): read-only,
 /// so it cannot take a port from the listener about to bind it. `run` checked the ports free
-/// before starting, so a listener there is this process's.
+/// before starting, so a listener there is this process's. A table that cannot be read
+/// (no /proc, no IPv6) cannot tell: the address counts as listening, trusting the bind.
 pub fn listening(addrs: &[std::net::SocketAddr]) -> bool {
-    let table = |name| std::fs::read_to_string(format!("/proc/net/{name}")).unwrap_or_default();
+    let table = |name| std::fs::read_to_string(format!("/proc/net/{name}")).ok();
     let (v4, v6) = (table("tcp"), table("tcp6"));
     addrs.iter().all(|addr| {
-        let (table, ip) = match addr.ip() {
+        let (Some(table), ip) = (match addr.ip() {
             std::net::IpAddr::V4(ip) => (&v4, format!("{:08X}", u32::from_ne_bytes(ip.octets()))),
             std::net::IpAddr::V6(ip) => (
                 &v6,
@@ -192,6 +193,8 @@ pub fn listening(addrs: &[std::net::SocketAddr]) -> bool {
                     .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
                     .collect(),
             ),
+        }) else {
+            return true;
         };
         let local = format!("{ip}:{:04X}", addr.port());
         table.lines().skip(1).any(|line| {
