@@ -724,6 +724,18 @@ impl Drop for PrivateBroker {
 /// One request of a stream of traffic: event id, status, Retry-After.
 pub type Sent = (String, u16, Option<String>);
 
+/// Every request of `sent` answered 202 (`during` names what they went through), and each
+/// accepted id is among `spooled` exactly once, with nothing else there.
+pub fn assert_all_accepted_once(sent: Vec<Sent>, mut spooled: Vec<String>, during: &str) {
+    let failed: Vec<_> = sent.iter().filter(|(_, s, _)| *s != 202).collect();
+    assert!(failed.is_empty(), "failed during {during}: {failed:?}");
+    let mut accepted: Vec<String> = sent.into_iter().map(|(id, _, _)| id).collect();
+    accepted.sort();
+    spooled.sort();
+    assert_eq!(spooled.len(), accepted.len(), "no event lost or doubled");
+    assert_eq!(spooled, accepted);
+}
+
 /// A thread sending signed events `f-0`, `f-1`, … (body `{"i":N}`) one after another until
 /// stopped, recording every answer: the load a fault test breaks the broker under.
 pub struct Traffic {
