@@ -42,6 +42,11 @@ struct Args {
     /// A label for the result line.
     #[arg(long, default_value = "target")]
     label: String,
+    /// Let wrk send the same pre-signed requests for this long (e.g. 5s) instead of this
+    /// tool (`wrk -t1`, `bench/wrk_presigned.lua`): a second generator, so a latency tail one
+    /// of them hides shows. `--requests` should exceed what wrk sends in that time.
+    #[arg(long)]
+    wrk: Option<String>,
 }
 
 fn body(i: usize, size: usize) -> Vec<u8> {
@@ -174,6 +179,9 @@ async fn main() {
     let requests = Arc::new(requests(&args, host, path));
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_total = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+    if let Some(duration) = &args.wrk {
+        return run_wrk(&args, &requests, duration, &cpu_total);
+    }
     let cpu_before = cpu_total(&args.pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -244,6 +252,75 @@ async fn main() {
         percentile(&latencies, 0.999),
         statuses.join(","),
         elapsed.as_secs_f64(),
+        label = args.label,
+    );
+}
+
+/// `--wrk`: the requests to a file, wrk (one thread, `--concurrency` connections) over them,
+/// the target's CPU and peak RSS around it; prints the same line as a run of this tool.
+fn run_wrk(args: &Args, requests: &[Vec<u8>], duration: &str, cpu_total: &dyn Fn(&[u32]) -> f64) {
+    let path = std::env::temp_dir().join(format!("portcullis-wrk-{}.bin", std::process::id()));
+    {
+        let file = std::fs::File::create(&path).expect("temporary file");
+        let mut out = std::io::BufWriter::new(file);
+        for r in requests {
+            std::io::Write::write_all(&mut out, r).unwrap();
+            std::io::Write::write_all(&mut out, b"\0").unwrap();
+        }
+    }
+    let cpu_before = cpu_total(&args.pid);
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t1",
+            "-c",
+            &args.concurrency.to_string(),
+            "-d",
+            duration,
+            "-s",
+        ])
+        .arg("bench/wrk_presigned.lua")
+        .arg(&args.url)
+        .env("WRK_REQUESTS", &path)
+        .output();
+    let _ = std::fs::remove_file(&path);
+    let out = out.expect("run wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find_map(|l| l.strip_prefix("WRK ")) else {
+        panic!(
+            "wrk printed no result:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let field = |k: &str| {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or("0")
+            .to_owned()
+    };
+    let sent: f64 = field("requests").parse().unwrap_or(0.0);
+    let seconds: f64 = field("seconds").parse().unwrap_or(1.0);
+    let (cpu, rss) = if args.pid.is_empty() || sent == 0.0 {
+        ("-".to_string(), "-".to_string())
+    } else {
+        let cpu = (cpu_total(&args.pid) - cpu_before) * 10_000.0 / sent;
+        let rss: u64 = args.pid.iter().map(|&p| peak_rss_kib(p)).sum();
+        (format!("{cpu:.2}"), format!("{}", rss / 1024))
+    };
+    if sent as usize > requests.len() {
+        eprintln!(
+            "{}: wrk sent {sent} of {} pre-signed requests: raise --requests",
+            args.label,
+            requests.len()
+        );
+    }
+    println!(
+        "{label}\trps={:.0}\tp50_ms={}\tp99_ms={}\tp999_ms={}\tcpu_s_per_10k={cpu}\tpeak_rss_mib={rss}\tstatuses={}\tsocket_errors={}\telapsed_s={seconds:.2}",
+        sent / seconds,
+        field("p50_ms"),
+        field("p99_ms"),
+        field("p999_ms"),
+        field("statuses"),
+        field("socket_errors"),
         label = args.label,
     );
 }
