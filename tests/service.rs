@@ -101,6 +101,10 @@ fn group_access_opens_the_spool_to_its_directory_group_and_keeps_setgid() {
     std::fs::create_dir(&spool).unwrap();
     // A deployment's setgid directory: segments take its group.
     std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o2700)).unwrap();
+    // A segment from before `group_access` was set: it is opened up too.
+    let older = spool.join(format!("{:020}.jsonl", 1));
+    std::fs::write(&older, b"").unwrap();
+    std::fs::set_permissions(&older, std::fs::Permissions::from_mode(0o600)).unwrap();
     let port = free_port();
     let server = Server::start_in(
         dir,

@@ -61,6 +61,17 @@ impl Spool {
     ) -> Result<Spool, String> {
         create_dir(dir, access)
             .map_err(|e| format!("spool `{name}`: cannot create {}: {e}", dir.display()))?;
+        if access != Access::None {
+            // Segments written before `group_access` was set get its mode too.
+            for seq in segments(dir) {
+                let path = segment_path(dir, seq);
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(access.file_mode()),
+                )
+                .map_err(|e| format!("spool `{name}`: cannot chmod {}: {e}", path.display()))?;
+            }
+        }
         Ok(Spool {
             name: name.to_owned(),
             dir: dir.to_path_buf(),
