@@ -131,6 +131,17 @@ portcullis spool ack -c conf/portcullis.yaml 3:40960   # after batch.jsonl is pr
         #[command(subcommand)]
         action: OutboundAction,
     },
+    /// The store: keys of the secrets at rest.
+    #[command(
+        after_help = "Example:\n  portcullis store rotate-master-key -c conf/portcullis.yaml"
+    )]
+    Store {
+        /// The server config naming the store and its master keys.
+        #[arg(short, long, default_value = "conf/portcullis.yaml", global = true)]
+        conf: PathBuf,
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  portcullis completions bash > /etc/bash_completion.d/portcullis"
@@ -236,6 +247,13 @@ enum DlqAction {
         #[arg(long, default_value = "10/s")]
         rate: String,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Re-wrap every tenant's data key under store.master_key (set the old key as
+    /// previous_master_key on every node first; remove it after).
+    RotateMasterKey,
 }
 
 #[derive(Subcommand)]
@@ -394,6 +412,9 @@ fn main() -> ExitCode {
             };
             commands::spool(&conf, sink.as_deref(), &consumer, command)
         }
+        Command::Store { conf, action } => match action {
+            StoreAction::RotateMasterKey => portcullis::outbound::cli::rotate_master_key(&conf),
+        },
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -590,59 +590,6 @@ fn two_nodes_on_one_postgresql_ledger_lose_nothing_when_one_is_killed() {
     drop((a, b, db));
 }
 
-/// A database of its own on the machine's PostgreSQL, dropped afterwards.
-struct PgDatabase {
-    name: String,
-}
-
-impl PgDatabase {
-    fn create() -> Option<PgDatabase> {
-        if !broker("PostgreSQL", "127.0.0.1:5432") {
-            return None;
-        }
-        let name = unique("portcullis_test").replace(['-', '.', ':'], "_");
-        Self::psql(&format!("CREATE DATABASE {name}"));
-        Some(PgDatabase { name })
-    }
-
-    fn psql(sql: &str) {
-        let out = std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("psql (apt-get install postgresql-client)");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-c"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .output();
-    }
-}
-
 #[test]
 fn the_postgresql_ledger_queues_retries_and_survives_a_kill() {
     let Some(db) = PgDatabase::create() else {

@@ -83,9 +83,94 @@ impl Limiter {
     }
 }
 
+/// `outbound.tenant_limits:`: what one tenant may do through the management API.
+#[derive(Debug, Deserialize)]
+pub struct TenantLimitsSpec {
+    #[serde(default)]
+    endpoints: Option<usize>,
+    #[serde(default)]
+    calls_per_minute: Option<u32>,
+}
+
+pub fn tenant_keys() -> &'static [&'static str] {
+    crate::config::keys::<TenantLimitsSpec>()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TenantLimits {
+    /// Endpoints a tenant may create through the API (its endpoints file's not counted).
+    pub endpoints: usize,
+    /// Management calls (`/v1/…`) per minute and tenant.
+    pub calls_per_minute: u32,
+}
+
+pub const DEFAULT_TENANT_LIMITS: TenantLimits = TenantLimits {
+    endpoints: 10,
+    calls_per_minute: 60,
+};
+
+/// `outbound.tenant_limits:`, checked.
+pub fn load_tenant(spec: Option<&TenantLimitsSpec>, at: &mut Section<'_, '_>) -> TenantLimits {
+    let mut limits = DEFAULT_TENANT_LIMITS;
+    let Some(spec) = spec else { return limits };
+    match spec.endpoints {
+        Some(n) if (1..=100_000).contains(&n) => limits.endpoints = n,
+        Some(_) => at.error(
+            &["tenant_limits", "endpoints"],
+            "tenant_limits.endpoints must be from 1 to 100000",
+        ),
+        None => {}
+    }
+    match spec.calls_per_minute {
+        Some(n) if n >= 1 => limits.calls_per_minute = n,
+        Some(_) => at.error(
+            &["tenant_limits", "calls_per_minute"],
+            "tenant_limits.calls_per_minute must be at least 1",
+        ),
+        None => {}
+    }
+    limits
+}
+
+/// Management calls per tenant in one-minute windows (count-min sketch: bounded memory
+/// whatever tenants callers name).
+pub struct PerMinute {
+    max: u32,
+    rate: Rate,
+    start: std::time::Instant,
+}
+
+impl PerMinute {
+    pub fn new(max: u32) -> PerMinute {
+        PerMinute {
+            max,
+            rate: Rate::new(Duration::from_secs(60)),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts one call of `tenant`; beyond the limit, the seconds until its window ends.
+    pub fn admit(&self, tenant: &str) -> Result<(), u64> {
+        if self.rate.observe(&tenant, 1) <= self.max as isize {
+            return Ok(());
+        }
+        Err(60 - self.start.elapsed().as_secs() % 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_over_its_calls_per_minute_is_told_when_to_come_back() {
+        let l = PerMinute::new(3);
+        let admitted = (0..5).filter(|_| l.admit("acme").is_ok()).count();
+        assert_eq!(admitted, 3);
+        let wait = l.admit("acme").unwrap_err();
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert!(l.admit("globex").is_ok());
+    }
 
     #[test]
     fn a_tenant_over_its_limit_does_not_use_up_another_tenants() {

@@ -1,8 +1,9 @@
-//! The internal API listener (`outbound.api`): `POST /outbound` enqueues a message.
+//! The internal API listener (`outbound.api`): `POST /outbound` enqueues a message;
+//! `/v1/endpoints…` manages endpoints at run time (see `endpoints`).
 //!
-//! Every call needs `Authorization: Bearer <token>` (one of `outbound.tokens`, compared in
-//! constant time, never logged). A 202 is sent only after the ledger committed the message;
-//! a 503 means nothing was kept, so the caller's retry is safe.
+//! Every call needs `Authorization: Bearer <token>`; an `X-Account-Id` from a trusted proxy
+//! narrows it to one tenant (see `auth`). A 202 is sent only after the ledger committed the
+//! message; a 503 means nothing was kept, so the caller's retry is safe.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use subtle::ConstantTimeEq;
 
+pub mod auth;
+pub mod endpoints;
 pub mod limit;
 
 use crate::metrics;
@@ -27,47 +29,66 @@ const ENVELOPE_ROOM: usize = 16 * 1024;
 pub struct Api {
     pub dispatcher: Arc<Dispatcher>,
     pub tokens: Vec<Vec<u8>>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_payload: usize,
     pub limiter: limit::Limiter,
+    pub tenant_limits: limit::TenantLimits,
+    /// Management calls per tenant and minute.
+    pub per_minute: limit::PerMinute,
 }
 
-fn json(status: u16, body: serde_json::Value) -> http::Response<Vec<u8>> {
+/// An answer of the API.
+pub type Reply = http::Response<Vec<u8>>;
+
+/// A JSON answer; a 503 says when to retry (a second).
+fn json_response(status: u16, body: serde_json::Value) -> Reply {
     let mut body = serde_json::to_vec(&body).unwrap_or_default();
     body.push(b'\n');
-    let mut r = http::Response::builder()
+    let r = http::Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, body.len());
-    if status == 503 || status == 429 {
-        r = r.header(http::header::RETRY_AFTER, "1");
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("static response parts are valid");
+    if status == 503 {
+        with_retry_after(r, 1)
+    } else {
+        r
     }
-    r.body(body).expect("static response parts are valid")
 }
 
-fn error(status: u16, reason: &str) -> http::Response<Vec<u8>> {
-    json(status, serde_json::json!({ "error": reason }))
+fn with_retry_after(mut r: Reply, seconds: u64) -> Reply {
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, seconds.max(1).into());
+    r
+}
+
+fn error(status: u16, reason: &str) -> Reply {
+    let r = json_response(status, serde_json::json!({ "error": reason }));
+    match status {
+        401 => {
+            let mut r = r;
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+        // Over a per-second limit: the next second.
+        429 => with_retry_after(r, 1),
+        _ => r,
+    }
+}
+
+fn empty(status: u16) -> Reply {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_LENGTH, 0)
+        .body(Vec::new())
+        .expect("static response parts are valid")
 }
 
 impl Api {
-    fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(value) = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
-        };
-        let Some(token) = value.strip_prefix("Bearer ") else {
-            return false;
-        };
-        let mut ok = false;
-        for known in &self.tokens {
-            ok |= bool::from(known.as_slice().ct_eq(token.trim().as_bytes()));
-        }
-        ok
-    }
-
     /// The whole body, or the status and reason to answer with.
     async fn body(&self, session: &mut ServerSession) -> Result<Vec<u8>, (u16, &'static str)> {
         let limit = self.max_payload + ENVELOPE_ROOM;
@@ -101,7 +122,7 @@ impl Api {
         }
     }
 
-    async fn outbound(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+    async fn outbound(&self, who: &auth::Principal, session: &mut ServerSession) -> Reply {
         let rejected = || {
             metrics::OUTBOUND_MESSAGES
                 .with_label_values(&["api", "rejected"])
@@ -129,6 +150,10 @@ impl Api {
             rejected();
             return error(413, "payload_too_large");
         }
+        if !who.may(&message.tenant) {
+            rejected();
+            return error(403, "forbidden_tenant");
+        }
         if !self.limiter.admit_tenant(&message.tenant) {
             rejected();
             return error(429, "rate_limited");
@@ -142,7 +167,7 @@ impl Api {
                 metrics::OUTBOUND_MESSAGES
                     .with_label_values(&["api", outcome])
                     .inc();
-                json(status, crate::outbound::enqueued_json(&done))
+                json_response(status, crate::outbound::enqueued_json(&done))
             }
             Err(Refused::Invalid(invalid)) => {
                 rejected();
@@ -160,12 +185,12 @@ impl Api {
     }
 }
 
-fn invalid_message(invalid: message::Invalid) -> http::Response<Vec<u8>> {
+fn invalid_message(invalid: message::Invalid) -> Reply {
     let mut body = serde_json::json!({"error": "invalid_message", "detail": invalid.detail});
     if let Some(field) = invalid.field {
         body["field"] = field.into();
     }
-    json(400, body)
+    json_response(400, body)
 }
 
 #[async_trait]
@@ -173,11 +198,19 @@ impl ServeHttp for Api {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
         let method = session.req_header().method.clone();
+        let ours =
+            path == "/outbound" || path == "/v1/endpoints" || path.starts_with("/v1/endpoints/");
+        if !ours {
+            return error(404, "not_found");
+        }
+        let who = match auth::principal(session, &self.tokens, &self.trusted_proxies) {
+            Ok(who) => who,
+            Err((status, reason)) => return error(status, reason),
+        };
         match (method.as_str(), path.as_str()) {
-            (_, "/outbound") if !self.authorized(session) => error(401, "unauthorized"),
-            ("POST", "/outbound") => self.outbound(session).await,
+            ("POST", "/outbound") => self.outbound(&who, session).await,
             (_, "/outbound") => error(405, "method_not_allowed"),
-            _ => error(404, "not_found"),
+            _ => endpoints::route(self, &who, session).await,
         }
     }
 }

@@ -350,12 +350,18 @@ pub fn endpoint(conf: &Path, target: &str, enable: bool) -> i32 {
     };
     let result = (|| {
         let (config, store) = open_full(conf)?;
-        if config.endpoints.get(tenant, name).is_none() {
-            return Err(format!(
-                "no endpoint {tenant}/{name} in the endpoints files"
-            ));
-        }
         runtime()?.block_on(async {
+            let stored = store
+                .stored_endpoints(Some(tenant))
+                .await
+                .map_err(|e| e.to_string())?;
+            if config.endpoints.get(tenant, name).is_none()
+                && !stored.iter().any(|e| e.name == name)
+            {
+                return Err(format!(
+                    "no endpoint {tenant}/{name} in the endpoints files or the store"
+                ));
+            }
             if enable {
                 store.enable_endpoint(tenant, name).await
             } else {
@@ -372,6 +378,33 @@ pub fn endpoint(conf: &Path, target: &str, enable: bool) -> i32 {
             } else {
                 println!("{tenant}/{name} was already {state}");
             }
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// `store rotate-master-key`: re-wraps every tenant's data key under `store.master_key`
+/// (those still under `previous_master_key` are unwrapped with it). Secrets are untouched.
+pub fn rotate_master_key(conf: &Path) -> i32 {
+    let result = open(conf).and_then(|store| {
+        if !store.can_seal() {
+            return Err(format!(
+                "{}: store.master_key is not set: name the new key there and the old one in previous_master_key",
+                conf.display()
+            ));
+        }
+        runtime()?.block_on(async { store.rewrap_data_keys().await.map_err(|e| e.to_string()) })
+    });
+    match result {
+        Ok((rewrapped, kept)) => {
+            println!(
+                "re-wrapped {rewrapped} data key{} under the current master key ({kept} already were); previous_master_key can now be removed",
+                if rewrapped == 1 { "" } else { "s" }
+            );
             0
         }
         Err(e) => {

@@ -32,6 +32,10 @@ pub struct OutboundSpec {
     dead_letters: Option<DeadLettersSpec>,
     #[serde(default)]
     rate_limit: Option<crate::api::limit::LimitSpec>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    tenant_limits: Option<crate::api::limit::TenantLimitsSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,9 +67,10 @@ struct BreakerSpec {
     cooldown: Option<String>,
 }
 
-pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 5] {
+pub fn nested_keys() -> [(&'static str, &'static [&'static str]); 6] {
     [
         ("rate_limit", crate::api::limit::keys()),
+        ("tenant_limits", crate::api::limit::tenant_keys()),
         ("outbound", keys::<OutboundSpec>()),
         ("delivery", keys::<DeliverySpec>()),
         ("breaker", keys::<BreakerSpec>()),
@@ -85,6 +90,9 @@ pub struct Outbound {
     pub dead_letters: Option<String>,
     /// Calls per second the API takes (none by default).
     pub rate_limit: crate::api::limit::Limit,
+    /// Peers whose `X-Account-Id` is believed (a gateway that authenticated the caller).
+    pub trusted_proxies: Vec<IpNet>,
+    pub tenant_limits: crate::api::limit::TenantLimits,
 }
 
 /// Delivered messages and their attempts are kept this long (7 days by default).
@@ -159,6 +167,16 @@ pub fn load(spec: &OutboundSpec, base: &Path, report: &mut Report<'_>) -> Outbou
             DEFAULT_MAX_PAYLOAD
         }
     };
+    let mut trusted_proxies = Vec::new();
+    for cidr in &spec.trusted_proxies {
+        match parse_net(cidr) {
+            Some(net) => trusted_proxies.push(net),
+            None => at.error(
+                &["trusted_proxies"],
+                format!("`{cidr}` is not an IP address or CIDR"),
+            ),
+        }
+    }
     let mut delivery = delivery(spec.delivery.as_ref(), &mut at);
     delivery.retention = at.duration_at(
         &["retention"],
@@ -180,6 +198,8 @@ pub fn load(spec: &OutboundSpec, base: &Path, report: &mut Report<'_>) -> Outbou
         dead_letters: spec.dead_letters.as_ref().map(|d| d.sink.clone()),
         max_payload,
         rate_limit: crate::api::limit::load(spec.rate_limit.as_ref(), &mut at),
+        tenant_limits: crate::api::limit::load_tenant(spec.tenant_limits.as_ref(), &mut at),
+        trusted_proxies,
         sources: super::sources::load(&spec.sources, &mut at),
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::ssrf::{self, Target};
 use crate::config::diagnostics::{self, parse, Report};
-use crate::config::secrets::{self, Source};
+use crate::config::secrets::{self, Secret, Source};
 use crate::config::{keys, Problem, Section};
 use crate::schemes::{self, Scheme, SchemeConfig, SignatureSpec, TimestampSpec};
 use crate::store::{Limits, Rate};
@@ -25,9 +25,10 @@ struct TenantFile {
     endpoints: Vec<EndpointSpec>,
 }
 
+/// An endpoint's keys, as an endpoints file's entry or a management API body holds them.
 #[derive(Debug, Deserialize)]
-struct EndpointSpec {
-    name: String,
+pub struct EndpointSpec {
+    pub name: String,
     url: String,
     #[serde(default)]
     secrets: Vec<String>,
@@ -73,6 +74,16 @@ pub struct Endpoint {
     pub limits: Limits,
     /// FIFO per endpoint (per `ordering_key` when a message has one).
     pub ordered: bool,
+    pub origin: Origin,
+}
+
+/// Where an endpoint is defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `endpoints/TENANT.yaml` (read-only through the API).
+    File,
+    /// The management API, under this id.
+    Api(String),
 }
 
 impl Endpoint {
@@ -102,7 +113,7 @@ fn matches(pattern: &str, text: &str) -> bool {
 }
 
 /// Every tenant's endpoints, by tenant.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Endpoints {
     by_tenant: BTreeMap<String, Vec<Arc<Endpoint>>>,
 }
@@ -133,6 +144,15 @@ impl Endpoints {
 
     pub fn count(&self) -> usize {
         self.by_tenant.values().map(Vec::len).sum()
+    }
+
+    /// These endpoints and `more` (each after its tenant's own).
+    pub fn with(&self, more: Vec<Arc<Endpoint>>) -> Endpoints {
+        let mut all = self.clone();
+        for e in more {
+            all.by_tenant.entry(e.tenant.clone()).or_default().push(e);
+        }
+        all
     }
 }
 
@@ -239,6 +259,93 @@ fn endpoint(
     at: &mut Section<'_, '_>,
 ) -> Option<Endpoint> {
     let name = &spec.name;
+    let mut secrets = Vec::new();
+    for reference in &spec.secrets {
+        match secrets::resolve(reference, base) {
+            Ok((secret, Source::Literal)) => {
+                at.warn(&["endpoints", "secrets"], format!("endpoint `{name}`: a secret is written literally in the file: use env:NAME or file:PATH in production"));
+                secrets.push(secret);
+            }
+            Ok((secret, _)) => secrets.push(secret),
+            Err(e) => at.error_at(line, format!("endpoint `{name}`: {e}")),
+        }
+    }
+    if spec.secrets.is_empty() {
+        at.error_at(
+            line,
+            format!("endpoint `{name}`: needs at least one secret (secrets: [env:NAME])"),
+        );
+        return None;
+    }
+    build(tenant, spec, &secrets, rules, line, at, Origin::File)
+}
+
+/// An endpoint of the management API from its JSON keys (those of a file's entry, less
+/// `secrets`) and its opened secrets; or every problem, as messages for the caller.
+pub fn from_api(
+    tenant: &str,
+    id: &str,
+    spec: &serde_json::Value,
+    secrets: &[Secret],
+    rules: &Rules<'_>,
+) -> Result<Endpoint, Vec<String>> {
+    let mut unknown = Vec::new();
+    let parsed: Result<EndpointSpec, _> =
+        serde_ignored::deserialize(spec, |path| unknown.push(path.to_string()));
+    let parsed = parsed.map_err(|e| vec![e.to_string()])?;
+    let known = keys::<EndpointSpec>();
+    let mut problems: Vec<String> = unknown
+        .iter()
+        .map(|k| {
+            format!(
+                "unknown key `{k}`: {}",
+                diagnostics::suggest(k.rsplit('.').next().unwrap_or(k), known)
+            )
+        })
+        .collect();
+    if !parsed.secrets.is_empty() {
+        problems.push("`secrets` is not set through the API: a secret is generated (or given as `secret`) at creation and replaced with POST /v1/endpoints/{id}/rotate".into());
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut found = Vec::new();
+    let built = {
+        let file = Path::new("endpoint");
+        let mut report = Report::new(file, "", &mut found);
+        let mut at = Section::new(&mut report, &[]);
+        build(
+            tenant,
+            &parsed,
+            secrets,
+            rules,
+            1,
+            &mut at,
+            Origin::Api(id.to_owned()),
+        )
+    };
+    let errors: Vec<String> = found
+        .into_iter()
+        .filter(|p| p.severity == crate::config::Severity::Error)
+        .map(|p| p.message)
+        .collect();
+    match built {
+        Some(e) if errors.is_empty() => Ok(e),
+        _ => Err(errors),
+    }
+}
+
+/// An endpoint from its keys and resolved secrets, checked.
+fn build(
+    tenant: &str,
+    spec: &EndpointSpec,
+    secrets: &[Secret],
+    rules: &Rules<'_>,
+    line: usize,
+    at: &mut Section<'_, '_>,
+    origin: Origin,
+) -> Option<Endpoint> {
+    let name = &spec.name;
     let mut fail = |message: String| at.error_at(line, format!("endpoint `{name}`: {message}"));
     if !crate::config::is_name(name) {
         fail("name must be letters, digits, `-` or `_`".into());
@@ -267,21 +374,10 @@ fn endpoint(
         fail(format!("scheme `{scheme_name}` does not sign: use standard-webhooks, hmac or a provider preset"));
         return None;
     };
-    let mut secrets = Vec::new();
-    for reference in &spec.secrets {
-        match secrets::resolve(reference, base) {
-            Ok((secret, Source::Literal)) => {
-                at.warn(&["endpoints", "secrets"], format!("endpoint `{name}`: a secret is written literally in the file: use env:NAME or file:PATH in production"));
-                secrets.push(secret);
-            }
-            Ok((secret, _)) => secrets.push(secret),
-            Err(e) => at.error_at(line, format!("endpoint `{name}`: {e}")),
-        }
-    }
-    if spec.secrets.is_empty() {
+    if secrets.is_empty() {
         at.error_at(
             line,
-            format!("endpoint `{name}`: needs at least one secret (secrets: [env:NAME])"),
+            format!("endpoint `{name}`: has no secret to sign with"),
         );
         return None;
     }
@@ -330,7 +426,7 @@ fn endpoint(
     }
     let scheme = schemes::build(&SchemeConfig {
         preset,
-        secrets: &secrets,
+        secrets,
         tolerance: None,
         signature: spec.signature.as_ref(),
         timestamp: spec.timestamp.as_ref(),
@@ -359,6 +455,7 @@ fn endpoint(
             node_room: None,
         },
         ordered: spec.ordered,
+        origin,
     })
 }
 

@@ -3,6 +3,7 @@
 //! signed and delivered by the [`worker`] with retries and dead letters, through the SSRF
 //! guard. The ledger (`crate::store`) is the truth; nothing is queued outside it.
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod dead_letters;
@@ -28,7 +29,8 @@ pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 pub struct Dispatcher {
     pub store: Arc<Store>,
-    pub endpoints: Endpoints,
+    /// The endpoints files' and the management API's endpoints.
+    pub catalog: catalog::Catalog,
     pub delivery: Delivery,
     pub client: delivery::Client,
     /// This node's name on the leases it takes.
@@ -66,12 +68,21 @@ impl Dispatcher {
             slots: slots::Slots::new(delivery.concurrency),
             lease_ms: longest.as_millis() as i64 + 5_000,
             store,
-            endpoints,
+            catalog: catalog::Catalog::new(
+                endpoints,
+                delivery.allow_http,
+                delivery.allow_internal.clone(),
+            ),
             delivery,
             owner,
             wake: Notify::new(),
             freed: Notify::new(),
         }
+    }
+
+    /// The longest an attempt may take: its lease is that and 5 s to record the outcome.
+    pub fn longest_attempt(&self) -> std::time::Duration {
+        std::time::Duration::from_millis((self.lease_ms - 5_000).max(1) as u64)
     }
 
     /// Writes `message` to the ledger for every endpoint of its tenant that takes its type.
@@ -80,9 +91,10 @@ impl Dispatcher {
         message: Message,
         source: &'static str,
     ) -> Result<Enqueued, Refused> {
-        let Some(all) = self.endpoints.tenant(&message.tenant) else {
+        let Some(known) = self.catalog.tenant(&self.store, &message.tenant).await else {
             return Err(Refused::UnknownTenant);
         };
+        let all = known.tenant(&message.tenant).unwrap_or_default();
         if let Some(names) = &message.endpoints {
             if let Some(unknown) = names.iter().find(|n| !all.iter().any(|e| &e.name == *n)) {
                 return Err(Refused::Invalid(Invalid {
@@ -218,6 +230,12 @@ pub fn add_services(
         server.add_service(background_service("outbound source", consumer));
     }
     server.add_service(background_service(
+        "outbound endpoints",
+        catalog::Refresher {
+            dispatcher: dispatcher.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "outbound worker",
         worker::Worker {
             dispatcher: dispatcher.clone(),
@@ -227,14 +245,17 @@ pub fn add_services(
         let api = crate::api::Api {
             dispatcher: dispatcher.clone(),
             tokens: outbound.tokens.clone(),
+            trusted_proxies: outbound.trusted_proxies.clone(),
             max_payload: outbound.max_payload,
             limiter: crate::api::limit::Limiter::new(outbound.rate_limit),
+            tenant_limits: outbound.tenant_limits,
+            per_minute: crate::api::limit::PerMinute::new(outbound.tenant_limits.calls_per_minute),
         };
         let app = pingora::apps::http_app::HttpServer::new_app(api);
         let mut service = pingora::services::listening::Service::new("outbound api".into(), app);
         service.add_tcp(&addr.to_string());
         server.add_service(service).add_dependency(bootstrap);
-        tracing::info!(%addr, endpoints = dispatcher.endpoints.count(), "outbound api listening (POST /outbound)");
+        tracing::info!(%addr, endpoints = dispatcher.catalog.current().count(), "outbound api listening (POST /outbound, /v1/)");
     }
 }
 

@@ -73,9 +73,9 @@ impl BackgroundService for Worker {
                 }
                 continue;
             }
+            let endpoints = d.catalog.current();
             let limits = |tenant: &str, name: &str| {
-                let mut l = d
-                    .endpoints
+                let mut l = endpoints
                     .get(tenant, name)
                     .map(|e| e.limits)
                     .unwrap_or_default();
@@ -172,10 +172,31 @@ async fn attempt(d: &Dispatcher, claim: &Claimed) -> (Outcome, bool) {
     let Some(message) = claim.message.as_deref() else {
         return (dead("message_missing"), false);
     };
-    let Some(endpoint) = d.endpoints.get(&claim.tenant, &claim.endpoint).cloned() else {
-        return (dead("endpoint_removed"), false);
+    let endpoint = match d
+        .catalog
+        .get(&d.store, &claim.tenant, &claim.endpoint)
+        .await
+    {
+        Ok(Some(e)) => e,
+        Ok(None) => return (dead("endpoint_removed"), false),
+        // Unknown here, and the store could not say whether it still exists: later.
+        Err(e) => {
+            tracing::warn!(endpoint = %claim.endpoint, "outbound: endpoint not looked up: {e}");
+            let outcome = Outcome {
+                outcome: "endpoint_unknown",
+                status: None,
+                latency_ms: 0,
+                preview: None,
+                next: Next::RetryAt(now_ms() + 5_000),
+            };
+            return (outcome, false);
+        }
     };
-    let timeout = endpoint.timeout.unwrap_or(d.delivery.timeout);
+    // Within the lease, whatever a stored endpoint asks.
+    let timeout = endpoint
+        .timeout
+        .unwrap_or(d.delivery.timeout)
+        .min(d.longest_attempt());
     let attempted = d.client.attempt(&endpoint, message, timeout).await;
     metrics::OUTBOUND_ATTEMPTS
         .with_label_values(&[attempted.outcome])

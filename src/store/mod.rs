@@ -14,6 +14,7 @@
 //! deliveries are attempted again with the same `webhook-id`, at least once as always. A
 //! process crash loses none of them (WAL).
 
+pub mod catalog;
 mod claim;
 pub mod config;
 mod ledger;
@@ -21,6 +22,7 @@ mod operator;
 mod outbox;
 mod record;
 mod retention;
+pub mod sealed;
 
 pub use claim::{Limits, Rate};
 pub use ledger::{
@@ -66,6 +68,8 @@ pub struct Store {
     writes: Writes,
     committer: ledger::Committer,
     recorder: record::Recorder,
+    /// Wrap the tenants' data keys (see `sealed`).
+    keys: Option<sealed::Keyring>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -85,7 +89,13 @@ impl Store {
             writes: Writes::default(),
             committer: ledger::Committer::default(),
             recorder: record::Recorder::default(),
+            keys: config.keys.clone(),
         }
+    }
+
+    /// Whether endpoint secrets can be stored (a master key is configured).
+    pub fn can_seal(&self) -> bool {
+        self.keys.is_some()
     }
 
     pub fn backend(&self) -> Backend {
@@ -104,8 +114,10 @@ impl Store {
                 .pool()
                 .await
                 .map_err(|e| format!("store {}: {e}", config::redact(&config.url)))?;
+            // Stored endpoints whose secrets this node cannot open would fail every delivery.
+            let opened = store.unsealed_endpoints().await.map(|_| ());
             pool.close().await;
-            Ok(())
+            opened.map_err(|e| format!("store {}: {e}", config::redact(&config.url)))
         })
     }
 

@@ -66,6 +66,57 @@ impl Dispatcher {
         Dispatcher { server, api }
     }
 
+    /// With the management API's keys: `store` is the `store:` flow mapping (a master key
+    /// among them) and `outbound` more lines of the `outbound:` block (`  key: value`).
+    pub fn start_managed(
+        dir: tempfile::TempDir,
+        endpoints: &[(&str, String)],
+        store: &str,
+        delivery: &str,
+        outbound: &str,
+    ) -> Dispatcher {
+        for (name, yaml) in endpoints {
+            write(dir.path(), &format!("endpoints/{name}"), yaml);
+        }
+        std::fs::create_dir_all(dir.path().join("endpoints")).unwrap();
+        let api = free_port();
+        let extra = format!(
+            "store: {store}\noutbound:\n  api: 127.0.0.1:{api}\n  tokens: [\"{TOKEN}\"]\n  endpoints: endpoints/\n  delivery: {delivery}\n{outbound}"
+        );
+        let port = free_port();
+        let server = Server::start_in(
+            dir,
+            port,
+            &format!("  - addr: 127.0.0.1:{port}"),
+            spool_sink(),
+            &extra,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no API listener:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dispatcher { server, api }
+    }
+
+    /// One API call as the admin token, with `headers` added (say an `X-Account-Id`).
+    pub fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+        let mut raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            raw += &format!("{k}: {v}\r\n");
+        }
+        raw += "\r\n";
+        raw += body;
+        request(self.api, raw.as_bytes())
+    }
+
     pub fn send(&self, body: &str) -> Response {
         self.send_as(Some(TOKEN), body)
     }
@@ -287,4 +338,57 @@ print("verified")
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     })
+}
+
+/// A database of its own on the machine's PostgreSQL, dropped afterwards.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Option<PgDatabase> {
+        if !broker("PostgreSQL", "127.0.0.1:5432") {
+            return None;
+        }
+        let name = unique("portcullis_test").replace(['-', '.', ':'], "_");
+        Self::psql(&format!("CREATE DATABASE {name}"));
+        Some(PgDatabase { name })
+    }
+
+    pub fn psql(sql: &str) {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql (apt-get install postgresql-client)");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
 }
