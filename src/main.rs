@@ -276,8 +276,16 @@ enum SpoolAction {
 }
 
 fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Pingora's HTTP apps (the API and admin listeners) log a malformed request with its raw
+    // head, bearer token included: silenced unless RUST_LOG names that target itself.
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    if !asked.contains("http_app") {
+        if let Ok(off) = "pingora_core::apps::http_app=off".parse() {
+            filter = filter.add_directive(off);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -289,6 +289,17 @@ fn a_caller_scoped_by_a_trusted_proxy_sees_and_changes_only_its_own_tenant() {
         "",
     );
     assert_eq!((r.status, r.reason()), (400, "invalid_account".into()));
+
+    // A malformed head carrying the token: refused, and the token is not logged.
+    let raw = format!(
+        "GET /v1/endpoints HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nBad\x01Header: x\r\n\r\n"
+    );
+    let _ = try_request(d.api, raw.as_bytes());
+    assert_eq!(d.call("GET", "/v1/endpoints", &acme, "").status, 200);
+    assert!(
+        !d.server.log().contains(TOKEN),
+        "the API token is in the log"
+    );
 }
 
 #[test]
@@ -547,4 +558,59 @@ fn two_nodes_on_one_postgresql_share_the_endpoints_and_the_tables_hold_no_secret
     }
     drop(b);
     drop(a);
+}
+
+#[test]
+fn the_openapi_document_is_what_the_live_api_answers() {
+    let present = std::process::Command::new("st")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_BROKERS").is_none(),
+            "no schemathesis (pip install -r tests/sdk/requirements.txt), and PORTCULLIS_REQUIRE_BROKERS=1"
+        );
+        eprintln!("skipped: no schemathesis (st) on PATH");
+        return;
+    }
+    let rx = Receiver::ok();
+    let url = format!("http://127.0.0.1:{}/hook", rx.port);
+    let dir = Server::prepare(&[]);
+    let key = master_key(dir.path(), "master.key");
+    let files = [("acme.yaml", tenant("acme", &[endpoint("orders", &url, "")]))];
+    let d = Dispatcher::start_managed(
+        dir,
+        &files,
+        &sqlite_store(&key),
+        LOCAL,
+        "  trusted_proxies: [127.0.0.1/32]\n  tenant_limits: { endpoints: 100000, calls_per_minute: 1000000 }\n",
+    );
+    let out = std::process::Command::new("st")
+        .current_dir(d.server.dir.path())
+        .args([
+            "run",
+            &format!("http://127.0.0.1:{}/v1/openapi.json", d.api),
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            "--max-failures",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!d.server.log().contains("panicked"), "{}", d.server.log());
 }

@@ -185,6 +185,23 @@ impl Api {
     }
 }
 
+/// The OpenAPI 3.1 document of this listener (no secret in it, so no token needed);
+/// `tests/management.rs` runs schemathesis against the live API with it.
+fn openapi() -> Reply {
+    static DOCUMENT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| {
+        include_str!("openapi.json")
+            .replace("PORTCULLIS_VERSION", env!("CARGO_PKG_VERSION"))
+            .into_bytes()
+    });
+    http::Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body.clone())
+        .expect("static response parts are valid")
+}
+
 fn invalid_message(invalid: message::Invalid) -> Reply {
     let mut body = serde_json::json!({"error": "invalid_message", "detail": invalid.detail});
     if let Some(field) = invalid.field {
@@ -198,6 +215,12 @@ impl ServeHttp for Api {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
         let method = session.req_header().method.clone();
+        if path == "/v1/openapi.json" {
+            return match method.as_str() {
+                "GET" => openapi(),
+                _ => error(405, "method_not_allowed"),
+            };
+        }
         let ours =
             path == "/outbound" || path == "/v1/endpoints" || path.starts_with("/v1/endpoints/");
         if !ours {
