@@ -86,6 +86,17 @@ impl Catalog {
             if let Some(at) = e.secrets.iter().filter_map(|s| s.expires_at).min() {
                 expiry = expiry.min(at);
             }
+            // A file gained an endpoint of that name after the API made this one: deliveries
+            // are kept by name, so the file's wins and this one is left out, loudly.
+            if self.files.get(&e.tenant, &e.name).is_some() {
+                tracing::error!(
+                    endpoint = %e.id,
+                    tenant = %e.tenant,
+                    name = %e.name,
+                    "stored endpoint has the name of an endpoints file's entry, not delivered to: rename one of them"
+                );
+                continue;
+            }
             let spec = match serde_json::from_str::<serde_json::Value>(&e.spec) {
                 Ok(v) => v,
                 Err(err) => {
