@@ -142,8 +142,20 @@ fn gone(pid: u32) -> bool {
 }
 
 fn wait_gone(pid: u32, daemon: &Daemon) {
+    wait_exit(pid, daemon, false);
+}
+
+/// [`wait_gone`], and its listening sockets released: a zombie leader's `/proc/PID/fd` can
+/// read empty while its other threads still hold them (the next start would find the ports
+/// taken).
+fn wait_released(pid: u32, daemon: &Daemon) {
+    wait_exit(pid, daemon, true);
+}
+
+fn wait_exit(pid: u32, daemon: &Daemon, ports: bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !gone(pid) {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    while !(gone(pid) && (!ports || (free(daemon.port) && free(daemon.admin)))) {
         assert!(
             Instant::now() < deadline,
             "pid {pid} did not exit; log tail:\n{}",
@@ -179,7 +191,7 @@ fn run_d_returns_once_the_daemon_is_ready_200_times_in_a_row() {
         }
         wait_until("the daemon is ready", || daemon.ready());
         kill(pid, "INT");
-        wait_gone(pid, &daemon);
+        wait_released(pid, &daemon);
     }
     // An upgrade with nothing running to take the sockets from fails at once, and says so.
     let (code, _) = daemon.run(&["-u"]);

@@ -290,6 +290,16 @@ async fn find(api: &Api, who: &Principal, id: &str) -> Result<Found, Reply> {
     }
 }
 
+/// A stored endpoint the caller may change (a file's is read-only), its call counted.
+async fn writable(api: &Api, who: &Principal, id: &str) -> Result<StoredEndpoint, Reply> {
+    let stored = match find(api, who, id).await? {
+        Found::Stored(e) => e,
+        Found::File(e) => return Err(read_only(&e)),
+    };
+    count_call(api, &stored.tenant)?;
+    Ok(stored)
+}
+
 async fn show(api: &Api, who: &Principal, id: &str) -> Reply {
     let found = match find(api, who, id).await {
         Ok(f) => f,
@@ -378,14 +388,10 @@ async fn create(api: &Api, who: &Principal, session: &mut ServerSession) -> Repl
 }
 
 async fn update(api: &Api, who: &Principal, id: &str, session: &mut ServerSession) -> Reply {
-    let stored = match find(api, who, id).await {
-        Ok(Found::Stored(e)) => e,
-        Ok(Found::File(e)) => return read_only(&e),
+    let stored = match writable(api, who, id).await {
+        Ok(e) => e,
         Err(r) => return r,
     };
-    if let Err(r) = count_call(api, &stored.tenant) {
-        return r;
-    }
     let body = match object(api, session).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -450,14 +456,10 @@ async fn update(api: &Api, who: &Principal, id: &str, session: &mut ServerSessio
 }
 
 async fn delete(api: &Api, who: &Principal, id: &str) -> Reply {
-    let stored = match find(api, who, id).await {
-        Ok(Found::Stored(e)) => e,
-        Ok(Found::File(e)) => return read_only(&e),
+    let stored = match writable(api, who, id).await {
+        Ok(e) => e,
         Err(r) => return r,
     };
-    if let Err(r) = count_call(api, &stored.tenant) {
-        return r;
-    }
     match api.dispatcher.store.delete_endpoint(&stored.id).await {
         Ok(true) => {
             refresh(api).await;
@@ -470,14 +472,10 @@ async fn delete(api: &Api, who: &Principal, id: &str) -> Reply {
 }
 
 async fn rotate(api: &Api, who: &Principal, id: &str, session: &mut ServerSession) -> Reply {
-    let stored = match find(api, who, id).await {
-        Ok(Found::Stored(e)) => e,
-        Ok(Found::File(e)) => return read_only(&e),
+    let stored = match writable(api, who, id).await {
+        Ok(e) => e,
         Err(r) => return r,
     };
-    if let Err(r) = count_call(api, &stored.tenant) {
-        return r;
-    }
     let mut body = match object(api, session).await {
         Ok(b) => b,
         Err(r) => return r,

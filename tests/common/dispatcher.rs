@@ -43,13 +43,27 @@ impl Dispatcher {
         store: &str,
         sinks: &str,
     ) -> Dispatcher {
+        Self::launch(dir, endpoints, sinks, |api| {
+            format!(
+                "store: {{ url: \"{store}\" }}\noutbound:\n  api: 127.0.0.1:{api}\n  tokens: [\"{TOKEN}\"]\n  endpoints: endpoints/\n  max_payload: 4KiB\n  delivery: {delivery}\n"
+            )
+        })
+    }
+
+    /// Writes the endpoint files, starts the gateway with the server file's extra keys that
+    /// `extra(api_port)` gives, and waits for the API listener.
+    fn launch(
+        dir: tempfile::TempDir,
+        endpoints: &[(&str, String)],
+        sinks: &str,
+        extra: impl FnOnce(u16) -> String,
+    ) -> Dispatcher {
+        std::fs::create_dir_all(dir.path().join("endpoints")).unwrap();
         for (name, yaml) in endpoints {
             write(dir.path(), &format!("endpoints/{name}"), yaml);
         }
         let api = free_port();
-        let extra = format!(
-            "store: {{ url: \"{store}\" }}\noutbound:\n  api: 127.0.0.1:{api}\n  tokens: [\"{TOKEN}\"]\n  endpoints: endpoints/\n  max_payload: 4KiB\n  delivery: {delivery}\n"
-        );
+        let extra = extra(api);
         let port = free_port();
         let server = Server::start_in(
             dir,
@@ -60,7 +74,11 @@ impl Dispatcher {
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "no API listener");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no API listener:\n{}",
+                server.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Dispatcher { server, api }
@@ -75,32 +93,11 @@ impl Dispatcher {
         delivery: &str,
         outbound: &str,
     ) -> Dispatcher {
-        for (name, yaml) in endpoints {
-            write(dir.path(), &format!("endpoints/{name}"), yaml);
-        }
-        std::fs::create_dir_all(dir.path().join("endpoints")).unwrap();
-        let api = free_port();
-        let extra = format!(
-            "store: {store}\noutbound:\n  api: 127.0.0.1:{api}\n  tokens: [\"{TOKEN}\"]\n  endpoints: endpoints/\n  delivery: {delivery}\n{outbound}"
-        );
-        let port = free_port();
-        let server = Server::start_in(
-            dir,
-            port,
-            &format!("  - addr: 127.0.0.1:{port}"),
-            spool_sink(),
-            &extra,
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no API listener:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Dispatcher { server, api }
+        Self::launch(dir, endpoints, spool_sink(), |api| {
+            format!(
+                "store: {store}\noutbound:\n  api: 127.0.0.1:{api}\n  tokens: [\"{TOKEN}\"]\n  endpoints: endpoints/\n  delivery: {delivery}\n{outbound}"
+            )
+        })
     }
 
     /// One API call as the admin token, with `headers` added (say an `X-Account-Id`).
