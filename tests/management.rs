@@ -614,3 +614,58 @@ fn the_openapi_document_is_what_the_live_api_answers() {
     );
     assert!(!d.server.log().contains("panicked"), "{}", d.server.log());
 }
+
+#[test]
+fn deleting_an_endpoint_dead_letters_what_waits_for_it_and_a_namesake_starts_clean() {
+    let failing = Receiver::start(|_| common::receiver::Reply::Status(500));
+    let dir = Server::prepare(&[]);
+    let key = master_key(dir.path(), "master.key");
+    // One retry, an hour away: a failed delivery waits.
+    let d = Dispatcher::start_managed(
+        dir,
+        &[],
+        &sqlite_store(&key),
+        "{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [1h] }",
+        "",
+    );
+    let make = |port: u16| {
+        d.call(
+            "POST",
+            "/v1/endpoints",
+            &[],
+            &format!(r#"{{"tenant":"acme","name":"orders","url":"http://127.0.0.1:{port}/x"}}"#),
+        )
+    };
+    let (id, _) = created(&make(failing.port));
+    let message = d.queue("acme", "a", "evt_1", r#"{"n":1}"#);
+    d.wait_attempts(&message, "orders", 1);
+    assert_eq!(
+        d.call("DELETE", &format!("/v1/endpoints/{id}"), &[], "")
+            .status,
+        204
+    );
+    let conf = d.server.dir.path().join("portcullis.yaml");
+    let (code, out, err) = portcullis(&[
+        "outbound",
+        "dlq",
+        "list",
+        "-c",
+        conf.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let dead: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(dead.len(), 1, "{out}");
+    assert_eq!(dead[0]["message_id"], message.as_str());
+    assert_eq!(dead[0]["reason"], "endpoint_removed");
+
+    // A new endpoint of that name takes new messages only.
+    let ok = Receiver::ok();
+    created(&make(ok.port));
+    let later = d.queue("acme", "a", "evt_2", r#"{"n":2}"#);
+    wait_delivered(&ok, std::slice::from_ref(&later));
+    assert!(ok
+        .all()
+        .iter()
+        .all(|r| r.header("webhook-id") == Some(later.as_str())));
+}

@@ -360,21 +360,43 @@ impl Store {
         Ok(self.stored_endpoint(id).await?)
     }
 
-    /// Removes an endpoint and its secrets; false when there was none.
+    /// Removes an endpoint and its secrets; its waiting deliveries become dead letters
+    /// `endpoint_removed` at once (a later endpoint of the same name does not inherit them,
+    /// nor a disabled state). Leased ones end with their attempt. False when there was none.
     pub async fn delete_endpoint(&self, id: &str) -> Result<bool, CatalogError> {
+        let now = now_ms();
         let (_writing, mut tx) = self.write_tx().await?;
         Self::bump(&mut tx).await?;
-        let done = sqlx::query("DELETE FROM api_endpoints WHERE id = $1")
+        let Some(row) = sqlx::query("SELECT tenant, name FROM api_endpoints WHERE id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM endpoint_secrets WHERE endpoint_id = $1")
-            .bind(id)
+        else {
+            return Ok(false);
+        };
+        let (tenant, name): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        for statement in [
+            "DELETE FROM api_endpoints WHERE id = $1",
+            "DELETE FROM endpoint_secrets WHERE endpoint_id = $1",
+        ] {
+            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM endpoint_state WHERE tenant = $1 AND endpoint = $2")
+            .bind(&tenant)
+            .bind(&name)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "UPDATE deliveries SET status = 'dead', dead_reason = 'endpoint_removed', updated_at = $1 \
+             WHERE tenant = $2 AND endpoint = $3 AND status = 'pending' AND lease_until < $1",
+        )
+        .bind(now)
+        .bind(&tenant)
+        .bind(&name)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(done == 1)
+        Ok(true)
     }
 
     /// Gives an endpoint a new current secret; the ones it had keep signing for
