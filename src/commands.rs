@@ -83,6 +83,11 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         endpoints,
         ..
     } = config;
+    let key_filters: Vec<String> = filters
+        .iter()
+        .filter(|f| f.stored_keys)
+        .map(|f| f.name.clone())
+        .collect();
     let mut outbound = settings.outbound.take().map(|o| {
         crate::metrics::register_outbound_series();
         let store = std::sync::Arc::new(crate::store::Store::new(&settings.store));
@@ -224,7 +229,14 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         server.add_service(proxy).add_dependency(&bootstrap);
     }
     if let Some((o, dispatcher)) = &mut outbound {
-        crate::outbound::add_services(&mut server, &bootstrap, o, dispatcher, &dead_letter_sinks);
+        crate::outbound::add_services(
+            &mut server,
+            &bootstrap,
+            o,
+            dispatcher,
+            &dead_letter_sinks,
+            key_filters,
+        );
     }
     // Always present: it also keeps SIGHUP from terminating the process.
     server.add_service(background_service(

@@ -578,6 +578,7 @@ fn the_openapi_document_is_what_the_live_api_answers() {
     let url = format!("http://127.0.0.1:{}/hook", rx.port);
     let dir = Server::prepare(&[]);
     let key = master_key(dir.path(), "master.key");
+    write(dir.path(), "filters/inbox.yaml", INBOX);
     let files = [("acme.yaml", tenant("acme", &[endpoint("orders", &url, "")]))];
     let d = Dispatcher::start_managed(
         dir,
@@ -668,4 +669,146 @@ fn deleting_an_endpoint_dead_letters_what_waits_for_it_and_a_namesake_starts_cle
         .all()
         .iter()
         .all(|r| r.header("webhook-id") == Some(later.as_str())));
+}
+
+const INBOX: &str = "name: inbox\npreset: url-key\nkeys: store\n";
+
+fn hook(d: &Dispatcher, key: &str, n: usize) -> Response {
+    d.server.post(
+        &format!("/webhook/inbox/{key}"),
+        &h(&[]),
+        format!("{{\"n\":{n}}}").as_bytes(),
+    )
+}
+
+#[test]
+fn url_key_keys_in_the_store_are_made_disabled_and_regenerated_at_run_time() {
+    let dir = Server::prepare(&[("inbox.yaml", INBOX)]);
+    let key = master_key(dir.path(), "master.key");
+    let d = Dispatcher::start_managed(
+        dir,
+        &[],
+        &sqlite_store(&key),
+        LOCAL,
+        "  trusted_proxies: [127.0.0.1/32]\n",
+    );
+    let r = d.call("POST", "/v1/filters/inbox/keys", &[], "");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let k1 = r.json()["key"].as_str().unwrap().to_owned();
+    assert!(k1.starts_with("wh_") && k1.len() == 35, "{k1}");
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    assert_eq!(hook(&d, &k1, next()).status, 202);
+    let r = hook(&d, "wh_0123456789abcdefghijABCDEFGHIJkl", next());
+    assert_eq!((r.status, r.reason()), (401, "invalid_signature".into()));
+
+    // Listed masked, never whole.
+    let r = d.call("GET", "/v1/filters/inbox/keys", &[], "");
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(!text.contains(&k1), "{text}");
+    assert!(text.contains(&format!("{}…", &k1[..7])), "{text}");
+
+    // Disabled: refused at once; enabled again: accepted.
+    let path = |action: &str| format!("/v1/filters/inbox/keys/{id}/{action}");
+    assert_eq!(
+        d.call("POST", &path("disable"), &[], "").json()["disabled"],
+        true
+    );
+    assert_eq!(hook(&d, &k1, next()).status, 401);
+    assert_eq!(d.call("POST", &path("enable"), &[], "").status, 200);
+    assert_eq!(hook(&d, &k1, next()).status, 202);
+
+    // Regenerated: the old key stops at once; with a grace it keeps working beside the new.
+    let k2 = d.call("POST", &path("regenerate"), &[], "").json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(hook(&d, &k1, next()).status, 401);
+    assert_eq!(hook(&d, &k2, next()).status, 202);
+    let r = d.call("POST", &path("regenerate"), &[], r#"{"grace":"1h"}"#);
+    assert_eq!(r.status, 200);
+    assert!(r.json()["previous_until"].is_string());
+    let k3 = r.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(hook(&d, &k2, next()).status, 202, "inside the grace");
+    assert_eq!(hook(&d, &k3, next()).status, 202);
+    let r = d.call("POST", &path("regenerate"), &[], r#"{"grace":"30d"}"#);
+    assert_eq!(r.status, 400);
+
+    // Its uses are counted (written back each second).
+    wait_until("the key's uses recorded", || {
+        let r = d.call("GET", "/v1/filters/inbox/keys", &[], "");
+        // Five requests were accepted with it (the refused ones count nothing).
+        r.json()["keys"][0]["events"] == 5 && r.json()["keys"][0]["last_used_at"].is_string()
+    });
+
+    // Filters are the operator's: admin tokens only; other filters are unknown here.
+    let r = d.call(
+        "GET",
+        "/v1/filters/inbox/keys",
+        &[("X-Account-Id", "acme")],
+        "",
+    );
+    assert_eq!((r.status, r.reason()), (403, "admin_only".into()));
+    let r = d.call("POST", "/v1/filters/other/keys", &[], "");
+    assert_eq!((r.status, r.reason()), (404, "unknown_filter".into()));
+    let r = d.call("POST", "/v1/filters/inbox/keys/key_nope/disable", &[], "");
+    assert_eq!(r.status, 404);
+
+    let log = d.server.log();
+    for k in [&k1, &k2, &k3] {
+        assert!(!log.contains(k.as_str()), "a key in the log");
+    }
+    assert!(
+        !holds(&dump(d.server.dir.path()), &k3),
+        "a key in the store in clear"
+    );
+}
+
+#[test]
+fn a_key_regenerated_on_one_node_is_refused_by_the_other_within_its_poll() {
+    let Some(db) = PgDatabase::create() else {
+        return;
+    };
+    let a_dir = Server::prepare(&[("inbox.yaml", INBOX)]);
+    let key = master_key(a_dir.path(), "master.key");
+    let key_text = std::fs::read_to_string(a_dir.path().join(&key)).unwrap();
+    let b_dir = Server::prepare(&[("inbox.yaml", INBOX)]);
+    write(b_dir.path(), &key, &key_text);
+    let store = format!("{{ url: \"{}\", master_key: \"file:{key}\" }}", db.url());
+    let a = Dispatcher::start_managed(a_dir, &[], &store, LOCAL, "");
+    let b = Dispatcher::start_managed(b_dir, &[], &store, LOCAL, "");
+    let r = a.call("POST", "/v1/filters/inbox/keys", &[], "");
+    assert_eq!(r.status, 201);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let old = r.json()["key"].as_str().unwrap().to_owned();
+    let mut n = 0;
+    wait_until("node B accepting the new key", || {
+        n += 1;
+        hook(&b, &old, n).status == 202
+    });
+    let r = a.call(
+        "POST",
+        &format!("/v1/filters/inbox/keys/{id}/regenerate"),
+        &[],
+        "",
+    );
+    let new = r.json()["key"].as_str().unwrap().to_owned();
+    let changed = std::time::Instant::now();
+    wait_until("node B refusing the old key", || {
+        n += 1;
+        hook(&b, &old, n).status == 401
+    });
+    eprintln!(
+        "node B refused the regenerated key {:?} after the change on node A",
+        changed.elapsed()
+    );
+    n += 1;
+    assert_eq!(hook(&b, &new, n).status, 202);
+    drop(b);
+    drop(a);
 }

@@ -14,6 +14,7 @@ use pingora::protocols::http::ServerSession;
 
 pub mod auth;
 pub mod endpoints;
+pub mod keys;
 pub mod limit;
 
 use crate::metrics;
@@ -35,6 +36,8 @@ pub struct Api {
     pub tenant_limits: limit::TenantLimits,
     /// Management calls per tenant and minute.
     pub per_minute: limit::PerMinute,
+    /// The url-key filters whose keys are in the store (`keys: store`).
+    pub key_filters: Vec<String>,
 }
 
 /// An answer of the API.
@@ -221,8 +224,10 @@ impl ServeHttp for Api {
                 _ => error(405, "method_not_allowed"),
             };
         }
-        let ours =
-            path == "/outbound" || path == "/v1/endpoints" || path.starts_with("/v1/endpoints/");
+        let ours = path == "/outbound"
+            || path == "/v1/endpoints"
+            || path.starts_with("/v1/endpoints/")
+            || path.starts_with("/v1/filters/");
         if !ours {
             return error(404, "not_found");
         }
@@ -233,6 +238,7 @@ impl ServeHttp for Api {
         match (method.as_str(), path.as_str()) {
             ("POST", "/outbound") => self.outbound(&who, session).await,
             (_, "/outbound") => error(405, "method_not_allowed"),
+            _ if path.starts_with("/v1/filters/") => keys::route(self, &who, session).await,
             _ => endpoints::route(self, &who, session).await,
         }
     }

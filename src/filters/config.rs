@@ -30,6 +30,9 @@ pub struct FilterFile {
     pub preset: String,
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// `store`: a url-key filter's keys are managed through the API (`/v1/filters/…/keys`).
+    #[serde(default)]
+    pub keys: Option<String>,
     #[serde(default)]
     pub tolerance: Option<String>,
     #[serde(default)]
@@ -78,6 +81,8 @@ pub struct Filter {
     pub route: String,
     pub preset: &'static str,
     pub url_key: bool,
+    /// `keys: store`: its keys are in the store (the dispatcher loads them).
+    pub stored_keys: bool,
     pub scheme: Arc<dyn Scheme>,
     pub event_id: EventIdSource,
     /// Where `{event_type}` comes from; `None` when neither the preset nor the filter says.
@@ -125,6 +130,17 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         signature: raw.signature.as_ref(),
         timestamp: raw.timestamp.as_ref(),
         public_url: raw.public_url.as_deref(),
+        stored: match raw.keys.as_deref() {
+            None => None,
+            Some("store") => Some(raw.name.as_str()),
+            Some(other) => {
+                at.error(
+                    &["keys"],
+                    format!("keys: `{other}`: the one value is `store`"),
+                );
+                None
+            }
+        },
     };
     let chosen = scheme::choose(&scheme_keys, base_dir, !raw.allow.is_empty(), &mut at)?;
     let preset = chosen.preset;
@@ -149,11 +165,13 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         _ => None,
     };
     let scheme = scheme::build(&chosen, &scheme_keys, id_header, &mut at)?;
+    let stored_keys = scheme_keys.stored.is_some();
     Some(Filter {
         name: raw.name,
         route,
         preset: preset.name,
         url_key: preset.name == "url-key",
+        stored_keys,
         scheme: Arc::from(scheme),
         event_id,
         event_type,

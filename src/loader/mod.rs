@@ -88,6 +88,18 @@ pub fn load(path: &Path) -> Loaded {
         load_filters(&server, path, &mut problems)
     };
     let endpoints = load_endpoints(&server, &mut problems);
+    let api = server.outbound.as_ref().and_then(|o| o.api);
+    for f in filters.iter().filter(|f| f.stored_keys && api.is_none()) {
+        problems.push(Problem {
+            file: path.to_path_buf(),
+            line: 1,
+            severity: Severity::Error,
+            message: format!(
+                "filter `{}` takes its keys from the store (keys: store): it needs an outbound: block with api: (keys are managed at /v1/filters/{}/keys)",
+                f.name, f.name
+            ),
+        });
+    }
     check_bridges(
         &server,
         &endpoints,

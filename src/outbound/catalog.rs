@@ -1,5 +1,6 @@
 //! The endpoints a node delivers to: the files' (fixed at load) and the management API's
-//! (in the store, changing at run time), as one [`Endpoints`] swapped whole on a change.
+//! (in the store, changing at run time), as one [`Endpoints`] swapped whole on a change; and,
+//! with the same version, the stored keys of `url-key` filters (`keys: store`).
 //!
 //! A node reloads the stored ones when the store's catalog version moves (polled each
 //! second by [`Refresher`], at once after its own API's change) or when a rotated-out secret
@@ -18,6 +19,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::endpoints::{self, Endpoint, Endpoints, Rules};
+use crate::schemes::url_key::StoredKey;
 use crate::store::{now_ms, Store};
 
 /// How often a node checks the store for changes made elsewhere.
@@ -116,6 +118,24 @@ impl Catalog {
                 ),
             }
         }
+        // The url-key filters' stored keys reload with the endpoints (one version for both).
+        let keys = store.active_keys().await.map_err(|e| e.to_string())?;
+        let mut installed: std::collections::HashMap<String, Vec<StoredKey>> = Default::default();
+        for k in keys {
+            if let Some(at) = k.previous_until {
+                expiry = expiry.min(at);
+            }
+            let hashes = k
+                .hashes
+                .iter()
+                .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+                .collect();
+            installed
+                .entry(k.filter)
+                .or_default()
+                .push(StoredKey { id: k.id, hashes });
+        }
+        crate::schemes::url_key::install(installed);
         self.current.store(Arc::new(self.files.with(more)));
         self.expiry.store(expiry, Ordering::Release);
         self.version.store(version, Ordering::Release);
@@ -162,6 +182,11 @@ impl BackgroundService for Refresher {
         let d = &self.dispatcher;
         let mut failing = false;
         loop {
+            let uses = crate::schemes::url_key::take_uses();
+            if let Err(e) = d.store.add_key_uses(&uses).await {
+                // Statistics only: counted again if the store comes back, else lost.
+                tracing::debug!("inbound key uses not recorded: {e}");
+            }
             match d.catalog.refresh(&d.store).await {
                 Ok(changed) => {
                     if changed {

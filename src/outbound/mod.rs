@@ -214,6 +214,7 @@ pub fn add_services(
     outbound: &mut config::Outbound,
     dispatcher: &Arc<Dispatcher>,
     sinks: &crate::sinks::Sinks,
+    key_filters: Vec<String>,
 ) {
     use pingora::services::background::background_service;
     if let Some(sink) = outbound.dead_letters.as_ref().and_then(|n| sinks.get(n)) {
@@ -250,6 +251,7 @@ pub fn add_services(
             limiter: crate::api::limit::Limiter::new(outbound.rate_limit),
             tenant_limits: outbound.tenant_limits,
             per_minute: crate::api::limit::PerMinute::new(outbound.tenant_limits.calls_per_minute),
+            key_filters,
         };
         let app = pingora::apps::http_app::HttpServer::new_app(api);
         let mut service = pingora::services::listening::Service::new("outbound api".into(), app);

@@ -19,6 +19,8 @@ pub struct SchemeKeys<'a> {
     pub signature: Option<&'a SignatureSpec>,
     pub timestamp: Option<&'a TimestampSpec>,
     pub public_url: Option<&'a str>,
+    /// `keys: store`: a `url-key` filter's keys live in the store, under this filter name.
+    pub stored: Option<&'a str>,
 }
 
 /// The keys of the `hmac` blocks, for "did you mean".
@@ -57,6 +59,28 @@ pub fn choose(
         );
         return None;
     };
+    if keys.stored.is_some() {
+        if preset.name != "url-key" {
+            at.error(
+                &["keys"],
+                format!(
+                    "keys: store is for url-key filters (preset `{}` signs with secrets:)",
+                    preset.name
+                ),
+            );
+        }
+        if !keys.secrets.is_empty() {
+            at.error(
+                &["secrets"],
+                "a filter with keys: store takes its keys from the store: remove secrets:",
+            );
+        }
+        return Some(Chosen {
+            preset,
+            secrets: Vec::new(),
+            tolerance: None,
+        });
+    }
     let secrets = resolve_secrets(preset, keys.secrets, base_dir, at);
     if preset.name == "none" && !allow {
         at.warn(
@@ -174,6 +198,9 @@ pub fn build(
     id_header: Option<&str>,
     at: &mut Section<'_, '_>,
 ) -> Option<Box<dyn Scheme>> {
+    if let Some(filter) = keys.stored {
+        return Some(Box::new(super::url_key::UrlKey::stored(filter)));
+    }
     let built = super::build(&SchemeConfig {
         preset: chosen.preset,
         secrets: &chosen.secrets,

@@ -10,7 +10,7 @@ mod paddle;
 mod standard_webhooks;
 mod stripe;
 mod twilio;
-mod url_key;
+pub mod url_key;
 
 use std::time::Duration;
 

@@ -38,14 +38,63 @@ pub fn validate(secret: &[u8]) -> Result<(), String> {
 
 pub struct UrlKey {
     keys: Vec<Secret>,
+    /// `keys: store`: this filter's keys are those [`install`] last gave it.
+    stored: Option<String>,
 }
 
 impl UrlKey {
     pub fn new(secrets: &[Secret]) -> UrlKey {
         UrlKey {
             keys: secrets.to_vec(),
+            stored: None,
         }
     }
+
+    pub fn stored(filter: &str) -> UrlKey {
+        UrlKey {
+            keys: Vec::new(),
+            stored: Some(filter.to_owned()),
+        }
+    }
+}
+
+/// A key of the store as the gateway checks it: the SHA-256 of each value that opens it (the
+/// current one and, during a regeneration's grace, the previous one). The keys are 190
+/// random bits, so their hashes are as good as the keys for comparing and reveal nothing.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub id: String,
+    pub hashes: Vec<[u8; 32]>,
+}
+
+type Installed = std::collections::HashMap<String, Vec<StoredKey>>;
+
+/// Every `keys: store` filter's enabled keys, by filter name (swapped whole by the
+/// dispatcher's reload), and the uses not yet written back to the store.
+static STORED: once_cell::sync::Lazy<arc_swap::ArcSwap<Installed>> =
+    once_cell::sync::Lazy::new(Default::default);
+static USES: once_cell::sync::Lazy<
+    std::sync::Mutex<std::collections::HashMap<String, (u64, i64)>>,
+> = once_cell::sync::Lazy::new(Default::default);
+
+/// Makes `keys` the stored keys in force.
+pub fn install(keys: Installed) {
+    STORED.store(std::sync::Arc::new(keys));
+}
+
+/// The uses (count, last unix ms) per key id since the last call.
+pub fn take_uses() -> std::collections::HashMap<String, (u64, i64)> {
+    std::mem::take(&mut *USES.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The hash [`StoredKey::hashes`] holds for a key.
+pub fn key_hash(key: &str) -> [u8; 32] {
+    sha256(key.as_bytes())
 }
 
 impl Scheme for UrlKey {
@@ -53,6 +102,27 @@ impl Scheme for UrlKey {
         let (_, last) = req.path.rsplit_once('/').unwrap_or(("", req.path));
         if !last.starts_with(KEY_PREFIX) {
             return Err(Reason::MissingSignature);
+        }
+        if let Some(filter) = &self.stored {
+            let given = sha256(last.as_bytes());
+            let installed = STORED.load();
+            let mut hit: Option<&str> = None;
+            for key in installed.get(filter).into_iter().flatten() {
+                for h in &key.hashes {
+                    if bool::from(h.ct_eq(&given)) {
+                        hit = Some(&key.id);
+                    }
+                }
+            }
+            let Some(id) = hit else {
+                return Err(Reason::InvalidSignature);
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            let mut uses = USES.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = uses.entry(id.to_owned()).or_insert((0, now));
+            entry.0 += 1;
+            entry.1 = now;
+            return Ok(());
         }
         let mut found = false;
         for key in &self.keys {
@@ -95,6 +165,35 @@ mod tests {
         assert_ne!(a, b);
         assert!(validate(b"wh_short").is_err());
         assert!(validate(b"xx_0123456789abcdef0123456789abcdef").is_err());
+    }
+
+    #[test]
+    fn a_stored_key_opens_its_filter_only_and_counts_its_uses() {
+        let (current, previous) = (generate(), generate());
+        let mut keys = Installed::new();
+        keys.insert(
+            "unit-stored".into(),
+            vec![StoredKey {
+                id: "key_unit".into(),
+                hashes: vec![key_hash(&current), key_hash(&previous)],
+            }],
+        );
+        install(keys);
+        let scheme = UrlKey::stored("unit-stored");
+        assert_eq!(at(&scheme, &format!("/webhook/x/{current}")), Ok(()));
+        assert_eq!(at(&scheme, &format!("/webhook/x/{previous}")), Ok(()));
+        assert_eq!(
+            at(&scheme, &format!("/webhook/x/{}", generate())),
+            Err(Reason::InvalidSignature)
+        );
+        let other = UrlKey::stored("unit-other");
+        assert_eq!(
+            at(&other, &format!("/webhook/x/{current}")),
+            Err(Reason::InvalidSignature),
+            "another filter's key"
+        );
+        assert_eq!(take_uses().get("key_unit").map(|u| u.0), Some(2));
+        assert_eq!(scheme.path_suffix(), None);
     }
 
     #[test]

@@ -63,7 +63,9 @@ fn new_id(prefix: &str) -> String {
 
 impl Store {
     /// A write transaction on the durable pool (SQLite: the node's write lock first).
-    async fn write_tx(&self) -> Result<(Writing, Transaction<'static, Any>), StoreError> {
+    pub(super) async fn write_tx(
+        &self,
+    ) -> Result<(Writing, Transaction<'static, Any>), StoreError> {
         let pool = self.pool().await?;
         Ok(match self.backend {
             Backend::Sqlite => {
@@ -74,7 +76,7 @@ impl Store {
         })
     }
 
-    async fn bump(tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
+    pub(super) async fn bump(tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
         sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
             .execute(&mut **tx)
             .await?;
