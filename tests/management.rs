@@ -645,18 +645,8 @@ fn deleting_an_endpoint_dead_letters_what_waits_for_it_and_a_namesake_starts_cle
             .status,
         204
     );
-    let conf = d.server.dir.path().join("portcullis.yaml");
-    let (code, out, err) = portcullis(&[
-        "outbound",
-        "dlq",
-        "list",
-        "-c",
-        conf.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let dead: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(dead.len(), 1, "{out}");
+    let dead = d.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["message_id"], message.as_str());
     assert_eq!(dead[0]["reason"], "endpoint_removed");
 

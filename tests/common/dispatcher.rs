@@ -182,6 +182,21 @@ impl Dispatcher {
         serde_json::from_str::<Vec<serde_json::Value>>(out.trim()).unwrap_or_default()
     }
 
+    /// The dead letters `portcullis outbound dlq list --json` prints.
+    pub fn dead_letters(&self) -> Vec<serde_json::Value> {
+        let conf = self.server.dir.path().join("portcullis.yaml");
+        let (code, out, err) = portcullis(&[
+            "outbound",
+            "dlq",
+            "list",
+            "-c",
+            conf.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
     /// Waits until the message has `n` attempts recorded at `endpoint`.
     pub fn wait_attempts(
         &self,
