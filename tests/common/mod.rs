@@ -705,6 +705,10 @@ impl PrivateBroker {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{name} {pid}");
+        if name == "STOP" {
+            // kill(2) returns before every thread has stopped: one still running could answer.
+            wait_until("the broker's threads stopped", || all_stopped(pid));
+        }
     }
 
     pub fn kill(&mut self) {
@@ -979,4 +983,17 @@ pub fn post_id(server: &Server, filter: &str, id: &str) -> u16 {
         id,
         format!("{{\"id\":\"{id}\"}}").as_bytes(),
     )
+}
+
+/// Whether every thread of `pid` is stopped (state `T`).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
 }
