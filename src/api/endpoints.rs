@@ -56,9 +56,7 @@ fn invalid(detail: impl Into<String>) -> Reply {
 }
 
 fn millis(ms: i64) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .into()
+    super::time(Some(ms))
 }
 
 fn stored_view(e: &StoredEndpoint) -> Value {
@@ -228,13 +226,6 @@ fn build(
         .map_err(|problems| invalid(problems.join("; ")))
 }
 
-async fn refresh(api: &Api) {
-    let d = &api.dispatcher;
-    if let Err(e) = d.catalog.refresh(&d.store).await {
-        tracing::warn!("management API: endpoints not reloaded: {e}");
-    }
-}
-
 async fn list(api: &Api, who: &Principal, session: &ServerSession) -> Reply {
     let query = session.req_header().uri.query().unwrap_or("");
     let asked = form_urlencoded::parse(query.as_bytes())
@@ -377,7 +368,7 @@ async fn create(api: &Api, who: &Principal, session: &mut ServerSession) -> Repl
         .await;
     match stored {
         Ok(e) => {
-            refresh(api).await;
+            super::reload(api).await;
             tracing::info!(endpoint = %e.id, tenant = %e.tenant, name = %e.name, "management API: endpoint created");
             let mut view = stored_view(&e);
             view["secret"] = secret.into();
@@ -447,7 +438,7 @@ async fn update(api: &Api, who: &Principal, id: &str, session: &mut ServerSessio
         .await
     {
         Ok(Some(e)) => {
-            refresh(api).await;
+            super::reload(api).await;
             json_response(200, stored_view(&e))
         }
         Ok(None) => error(404, "not_found"),
@@ -462,7 +453,7 @@ async fn delete(api: &Api, who: &Principal, id: &str) -> Reply {
     };
     match api.dispatcher.store.delete_endpoint(&stored.id).await {
         Ok(true) => {
-            refresh(api).await;
+            super::reload(api).await;
             tracing::info!(endpoint = %stored.id, tenant = %stored.tenant, name = %stored.name, "management API: endpoint deleted");
             super::empty(204)
         }
@@ -514,7 +505,7 @@ async fn rotate(api: &Api, who: &Principal, id: &str, session: &mut ServerSessio
         .await;
     match rotated {
         Ok(Some(e)) => {
-            refresh(api).await;
+            super::reload(api).await;
             tracing::info!(endpoint = %e.id, tenant = %e.tenant, "management API: endpoint secret rotated");
             let mut view = stored_view(&e);
             view["secret"] = secret.into();

@@ -19,35 +19,22 @@ const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How much of a key a list shows.
 const HINT: usize = url_key::KEY_PREFIX.len() + 4;
 
-fn millis(ms: Option<i64>) -> Value {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .into()
-}
-
 fn view(k: &KeyInfo) -> Value {
     json!({
         "id": k.id,
         "filter": k.filter,
         "key": format!("{}…", k.hint),
-        "created_at": millis(Some(k.created_at)),
+        "created_at": super::time(Some(k.created_at)),
         "disabled": k.disabled_at.is_some(),
         "events": k.events,
-        "last_used_at": millis(k.last_used_at),
-        "previous_until": millis(k.previous_until),
+        "last_used_at": super::time(k.last_used_at),
+        "previous_until": super::time(k.previous_until),
     })
 }
 
 fn store_failed(e: crate::store::StoreError) -> Reply {
     tracing::warn!("management API: {e}");
     error(503, "store_unavailable")
-}
-
-async fn refresh(api: &Api) {
-    let d = &api.dispatcher;
-    if let Err(e) = d.catalog.refresh(&d.store).await {
-        tracing::warn!("management API: keys not reloaded: {e}");
-    }
 }
 
 pub async fn route(api: &Api, who: &Principal, session: &mut ServerSession) -> Reply {
@@ -83,7 +70,7 @@ pub async fn route(api: &Api, who: &Principal, session: &mut ServerSession) -> R
             let hash = hex::encode(url_key::key_hash(&key));
             match store.create_key(filter, &hash, &key[..HINT]).await {
                 Ok(k) => {
-                    refresh(api).await;
+                    super::reload(api).await;
                     tracing::info!(filter = %filter, key = %k.id, "management API: key created");
                     let mut v = view(&k);
                     v["key"] = key.into();
@@ -99,7 +86,7 @@ pub async fn route(api: &Api, who: &Principal, session: &mut ServerSession) -> R
                 .await
             {
                 Ok(true) => {
-                    refresh(api).await;
+                    super::reload(api).await;
                     tracing::info!(filter = %filter, key = %id, "management API: key {action}d");
                     match store.key(filter, id).await {
                         Ok(Some(k)) => json_response(200, view(&k)),
@@ -154,7 +141,7 @@ async fn regenerate(api: &Api, filter: &str, id: &str, session: &mut ServerSessi
         .await
     {
         Ok(true) => {
-            refresh(api).await;
+            super::reload(api).await;
             tracing::info!(filter = %filter, key = %id, grace_ms = grace.as_millis() as u64, "management API: key regenerated");
             match store.key(filter, id).await {
                 Ok(Some(k)) => {

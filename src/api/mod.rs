@@ -83,6 +83,22 @@ fn error(status: u16, reason: &str) -> Reply {
     }
 }
 
+/// A unix-ms time as RFC 3339 (null for none), as every answer writes times.
+fn time(ms: Option<i64>) -> serde_json::Value {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .into()
+}
+
+/// After a change through this node: reload the store's endpoints and keys now, so the
+/// node's next request sees it (other nodes see it within their poll).
+async fn reload(api: &Api) {
+    let d = &api.dispatcher;
+    if let Err(e) = d.catalog.refresh(&d.store).await {
+        tracing::warn!("management API: endpoints and keys not reloaded: {e}");
+    }
+}
+
 fn empty(status: u16) -> Reply {
     http::Response::builder()
         .status(status)
