@@ -88,9 +88,12 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         .filter(|f| f.stored_keys)
         .map(|f| f.name.clone())
         .collect();
+    // One store (and pool) for the dispatcher and the event log.
+    let store = settings_need_store_of(&settings)
+        .then(|| std::sync::Arc::new(crate::store::Store::new(&settings.store)));
     let mut outbound = settings.outbound.take().map(|o| {
         crate::metrics::register_outbound_series();
-        let store = std::sync::Arc::new(crate::store::Store::new(&settings.store));
+        let store = store.clone().expect("a store is opened for outbound");
         let dispatcher = std::sync::Arc::new(crate::outbound::Dispatcher::new(
             store,
             endpoints,
@@ -98,6 +101,16 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         ));
         (o, dispatcher)
     });
+    let event_log = settings.event_log.map(|config| {
+        let (log, queue) = crate::event_log::EventLog::new(&config);
+        let writer = crate::event_log::writer::Writer {
+            store: store.clone().expect("a store is opened for the event log"),
+            config,
+            queue: std::sync::Mutex::new(Some(queue)),
+        };
+        (log, writer)
+    });
+    let (event_log, event_log_writer) = event_log.unzip();
     let built = crate::sinks::Built {
         dispatcher: outbound.as_ref().map(|(_, d)| d.clone()),
     };
@@ -111,7 +124,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     };
     // The dispatcher publishes dead letters to one of them.
     let dead_letter_sinks = sinks.clone();
-    let gateway = match Gateway::build(filters, &settings, sinks, options.access_log) {
+    let gateway = match Gateway::build(filters, &settings, sinks, options.access_log, event_log) {
         Ok(g) => g,
         Err(e) => {
             tracing::error!("not starting: {e}");
@@ -236,7 +249,11 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             dispatcher,
             &dead_letter_sinks,
             key_filters,
+            event_log_writer.is_some(),
         );
+    }
+    if let Some(writer) = event_log_writer {
+        server.add_service(background_service("event log", writer));
     }
     // Always present: it also keeps SIGHUP from terminating the process.
     server.add_service(background_service(
@@ -283,9 +300,13 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     0
 }
 
-/// Whether this config dispatches (and so needs its ledger).
+/// Whether this config dispatches or keeps an event log (and so needs its store).
 fn settings_need_store(config: &loader::Config) -> bool {
-    config.server.outbound.is_some()
+    settings_need_store_of(&config.server)
+}
+
+fn settings_need_store_of(server: &loader::Server) -> bool {
+    server.outbound.is_some() || server.event_log.is_some()
 }
 
 /// Refuses to start when an address is taken, before Pingora binds it: Pingora would retry

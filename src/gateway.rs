@@ -33,6 +33,7 @@ pub struct Gateway {
     trusted_proxies: Vec<IpNet>,
     journal: Option<dedup::Journal>,
     access_log: bool,
+    event_log: Option<crate::event_log::EventLog>,
 }
 
 /// What became of a request: the response and the metrics follow from it.
@@ -56,6 +57,10 @@ pub struct RequestCtx {
     status: u16,
     /// Names this request in the access log and the `X-Request-Id` response header.
     request_id: String,
+    /// Body bytes read.
+    bytes: u64,
+    /// The stored url-key key that opened it.
+    key_id: Option<String>,
     /// Keeps a shutdown from exiting before this request is answered.
     _in_flight: Option<crate::lifecycle::InFlight>,
 }
@@ -66,6 +71,7 @@ impl Gateway {
         server: &Server,
         sinks: Sinks,
         access_log: bool,
+        event_log: Option<crate::event_log::EventLog>,
     ) -> Result<Gateway, String> {
         let dedup = Arc::new(match &server.dedup_shared {
             None => Dedup::new(server.dedup_max_entries),
@@ -91,6 +97,7 @@ impl Gateway {
             trusted_proxies: server.trusted_proxies.clone(),
             journal,
             access_log,
+            event_log,
         })
     }
 
@@ -185,10 +192,13 @@ impl Gateway {
             Ok(body) => body,
             Err(reason) => return Outcome::Rejected(reason),
         };
+        ctx.bytes = body.len() as u64;
 
         let shadow = provider.config.mode == Mode::Shadow;
         let req = inbound(session, client_ip, &body);
-        ctx.shadow_verdict = match filters::check_body(&provider.chain, &req, unix_now(), shadow) {
+        let checked = filters::check_body(&provider.chain, &req, unix_now(), shadow);
+        ctx.key_id = req.key_id().map(str::to_owned);
+        ctx.shadow_verdict = match checked {
             Ok(verdict) => verdict,
             Err(reason) => {
                 if reason == Reason::MissingField {
@@ -501,6 +511,24 @@ impl ProxyHttp for Gateway {
                 request_id = ctx.request_id.as_str(),
                 "request"
             );
+        }
+        // (A request never answered, its connection gone first, is not an event.)
+        if let Some(log) = self.event_log.as_ref().filter(|_| !outcome.is_empty()) {
+            let provider = self.provider_label(ctx).to_owned();
+            log.record(crate::store::events::InboundEvent {
+                at: crate::store::now_ms() - elapsed.as_millis() as i64,
+                request_id: std::mem::take(&mut ctx.request_id),
+                provider,
+                key_id: ctx.key_id.take(),
+                outcome: outcome.to_owned(),
+                reason: ctx.reason.map(|r| r.as_str().to_owned()),
+                shadow_verdict: ctx.shadow_verdict.map(|r| r.as_str().to_owned()),
+                status: ctx.status,
+                event_id: ctx.event_id.take(),
+                client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+                bytes: ctx.bytes,
+                latency_us: elapsed.as_micros() as u64,
+            });
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod event_log;
 pub mod filters;
 pub mod gateway;
 pub mod header_deadline;

@@ -131,6 +131,33 @@ portcullis spool ack -c conf/portcullis.yaml 3:40960   # after batch.jsonl is pr
         #[command(subcommand)]
         action: OutboundAction,
     },
+    /// The inbound event log: every request answered, newest first (with `event_log:` on).
+    #[command(
+        after_help = "Example:\n  portcullis events -c conf/portcullis.yaml --provider github --outcome rejected --since 1h"
+    )]
+    Events {
+        /// The server config naming the store.
+        #[arg(short, long, default_value = "conf/portcullis.yaml")]
+        conf: PathBuf,
+        /// Only this provider's (the filter's name).
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this outcome: accepted, duplicate, rejected or error.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only this reason (like invalid_signature).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only those within this long (like 1h), or since an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// The store: keys of the secrets at rest.
     #[command(
         after_help = "Example:\n  portcullis store rotate-master-key -c conf/portcullis.yaml"
@@ -419,6 +446,50 @@ fn main() -> ExitCode {
                 SpoolAction::Ack { position } => commands::SpoolCommand::Ack { position },
             };
             commands::spool(&conf, sink.as_deref(), &consumer, command)
+        }
+        Command::Events {
+            conf,
+            provider,
+            outcome,
+            reason,
+            since,
+            limit,
+            json,
+        } => {
+            if let Some(o) = outcome
+                .as_deref()
+                .filter(|o| !portcullis::event_log::OUTCOMES.contains(o))
+            {
+                eprintln!(
+                    "--outcome {o}: one of {}",
+                    portcullis::event_log::OUTCOMES.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+            let now = portcullis::store::now_ms();
+            let since = match since
+                .as_deref()
+                .map(|s| portcullis::event_log::parse_since(s, now))
+            {
+                None => None,
+                Some(Ok(ms)) => Some(ms),
+                Some(Err(e)) => {
+                    eprintln!("--since: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if limit == 0 {
+                eprintln!("--limit: at least 1");
+                return ExitCode::from(2);
+            }
+            let query = portcullis::store::events::EventQuery {
+                provider,
+                outcome,
+                reason,
+                since,
+                limit,
+            };
+            portcullis::event_log::cli::events(&conf, &query, json)
         }
         Command::Store { conf, action } => match action {
             StoreAction::RotateMasterKey => portcullis::outbound::cli::rotate_master_key(&conf),

@@ -123,6 +123,28 @@ pub static HEADER_TIMEOUTS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("register portcullis_header_timeouts_total")
 });
 
+pub static EVENT_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "portcullis_event_log_dropped_total",
+        "Inbound event log records dropped: the queue was full or the store refused the batch (requests are never slowed for the log)."
+    )
+    .expect("register portcullis_event_log_dropped_total")
+});
+
+pub static EVENT_LOG_WRITTEN: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "portcullis_event_log_written_total",
+        "Inbound event log records written to the store."
+    )
+    .expect("register portcullis_event_log_written_total")
+});
+
+/// With the event log on: its counters, listed before the first request.
+pub fn register_event_log_series() {
+    Lazy::force(&EVENT_LOG_DROPPED);
+    Lazy::force(&EVENT_LOG_WRITTEN);
+}
+
 pub fn init() {
     Lazy::force(&REQUESTS);
     Lazy::force(&REJECTIONS);

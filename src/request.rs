@@ -16,6 +16,8 @@ pub struct Inbound<'a> {
     pub client_ip: IpAddr,
     pub body: &'a [u8],
     json: OnceCell<Option<serde_json::Value>>,
+    /// The stored key that opened this request (`url-key` with `keys: store`).
+    key_id: OnceCell<String>,
 }
 
 impl<'a> Inbound<'a> {
@@ -35,7 +37,18 @@ impl<'a> Inbound<'a> {
             client_ip,
             body,
             json: OnceCell::new(),
+            key_id: OnceCell::new(),
         }
+    }
+
+    /// Notes which stored key opened this request, for the event log.
+    pub fn note_key(&self, id: &str) {
+        let _ = self.key_id.set(id.to_owned());
+    }
+
+    /// The stored key that opened this request, if one did.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.get().map(String::as_str)
     }
 
     /// The header's value as text; `None` when absent, empty, not visible ASCII or sent more

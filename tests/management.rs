@@ -585,7 +585,18 @@ fn the_openapi_document_is_what_the_live_api_answers() {
         &files,
         &sqlite_store(&key),
         LOCAL,
-        "  trusted_proxies: [127.0.0.1/32]\n  tenant_limits: { endpoints: 100000, calls_per_minute: 1000000 }\n",
+        "  trusted_proxies: [127.0.0.1/32]\n  tenant_limits: { endpoints: 100000, calls_per_minute: 1000000 }\nevent_log: { retention: 1h }\n",
+    );
+    // Something for GET /v1/events to list.
+    assert_eq!(
+        d.server
+            .post(
+                "/webhook/inbox/wh_0123456789abcdefghijABCDEFGHIJkl",
+                &h(&[]),
+                b"{}"
+            )
+            .status,
+        401
     );
     let out = std::process::Command::new("st")
         .current_dir(d.server.dir.path())

@@ -1,5 +1,6 @@
 //! The internal API listener (`outbound.api`): `POST /outbound` enqueues a message;
-//! `/v1/endpoints…` manages endpoints at run time (see `endpoints`).
+//! `/v1/endpoints…` manages endpoints at run time (see `endpoints`), `/v1/filters/…/keys`
+//! url-key keys (`keys`), `GET /v1/events` reads the inbound event log (`events`).
 //!
 //! Every call needs `Authorization: Bearer <token>`; an `X-Account-Id` from a trusted proxy
 //! narrows it to one tenant (see `auth`). A 202 is sent only after the ledger committed the
@@ -14,6 +15,7 @@ use pingora::protocols::http::ServerSession;
 
 pub mod auth;
 pub mod endpoints;
+pub mod events;
 pub mod keys;
 pub mod limit;
 
@@ -38,6 +40,8 @@ pub struct Api {
     pub per_minute: limit::PerMinute,
     /// The url-key filters whose keys are in the store (`keys: store`).
     pub key_filters: Vec<String>,
+    /// Whether the inbound event log is on (`GET /v1/events`).
+    pub event_log: bool,
 }
 
 /// An answer of the API.
@@ -243,7 +247,8 @@ impl ServeHttp for Api {
         let ours = path == "/outbound"
             || path == "/v1/endpoints"
             || path.starts_with("/v1/endpoints/")
-            || path.starts_with("/v1/filters/");
+            || path.starts_with("/v1/filters/")
+            || path == "/v1/events";
         if !ours {
             return error(404, "not_found");
         }
@@ -255,6 +260,8 @@ impl ServeHttp for Api {
             ("POST", "/outbound") => self.outbound(&who, session).await,
             (_, "/outbound") => error(405, "method_not_allowed"),
             _ if path.starts_with("/v1/filters/") => keys::route(self, &who, session).await,
+            ("GET", "/v1/events") => events::list(self, &who, session).await,
+            (_, "/v1/events") => error(405, "method_not_allowed"),
             _ => endpoints::route(self, &who, session).await,
         }
     }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::config::diagnostics::{parse_quiet, report_unknown, suggest};
 use crate::config::{join_normalized, keys, parse_net, Report, Section};
+use crate::event_log::{self, EventLogConfig, EventLogSpec};
 use crate::filters::dedup::config::{self as dedup, DedupSpec, SharedDedup};
 use crate::outbound::config::{self as outbound, Outbound, OutboundSpec};
 use crate::sinks::config::{self as sinks, SinkSpec};
@@ -45,6 +46,8 @@ struct ServerFile {
     store: Option<StoreSpec>,
     #[serde(default)]
     outbound: Option<OutboundSpec>,
+    #[serde(default)]
+    event_log: Option<EventLogSpec>,
 }
 
 pub struct Server {
@@ -71,6 +74,8 @@ pub struct Server {
     pub store: StoreConfig,
     /// The dispatcher, when the server sends webhooks.
     pub outbound: Option<Outbound>,
+    /// The inbound event log (in the store), when on.
+    pub event_log: Option<EventLogConfig>,
 }
 
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +87,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
     nested.extend(listeners::nested_keys());
     nested.extend(outbound::nested_keys());
     nested.push(store::nested_keys());
+    nested.push(event_log::nested_keys());
     report_unknown(
         report,
         &ignored,
@@ -110,6 +116,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         .outbound
         .as_ref()
         .map(|o| outbound::load(o, base, report));
+    let event_log = raw.event_log.as_ref().map(|e| event_log::load(e, report));
     let pingora = pingora_conf(raw.pingora.as_ref(), report);
     let mut at = Section::new(report, &[]);
     let drain = at.duration("drain", raw.drain.as_deref(), Duration::ZERO, |d| {
@@ -163,6 +170,7 @@ pub fn load(path: &Path, report: &mut Report<'_>) -> Option<Server> {
         pingora,
         store,
         outbound,
+        event_log,
     })
 }
 

@@ -62,6 +62,11 @@ pub fn attempts(conf: &Path, message_id: &str, json: bool) -> i32 {
 
 /// The store a config names.
 fn open(conf: &Path) -> Result<Store, String> {
+    server(conf).map(|s| Store::new(&s.store))
+}
+
+/// The server file `conf`, checked (its errors as the message).
+pub(crate) fn server(conf: &Path) -> Result<crate::loader::Server, String> {
     let mut problems = Vec::new();
     let Some(text) = crate::config::diagnostics::read(conf, &mut problems) else {
         return Err(problems
@@ -77,12 +82,12 @@ fn open(conf: &Path) -> Result<Store, String> {
         .map(|p| p.to_string())
         .collect();
     match server {
-        Some(s) if errors.is_empty() => Ok(Store::new(&s.store)),
+        Some(s) if errors.is_empty() => Ok(s),
         _ => Err(errors.join("\n")),
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -215,6 +215,7 @@ pub fn add_services(
     dispatcher: &Arc<Dispatcher>,
     sinks: &crate::sinks::Sinks,
     key_filters: Vec<String>,
+    event_log: bool,
 ) {
     use pingora::services::background::background_service;
     if let Some(sink) = outbound.dead_letters.as_ref().and_then(|n| sinks.get(n)) {
@@ -252,6 +253,7 @@ pub fn add_services(
             tenant_limits: outbound.tenant_limits,
             per_minute: crate::api::limit::PerMinute::new(outbound.tenant_limits.calls_per_minute),
             key_filters,
+            event_log,
         };
         let app = pingora::apps::http_app::HttpServer::new_app(api);
         let mut service = pingora::services::listening::Service::new("outbound api".into(), app);

@@ -117,6 +117,7 @@ impl Scheme for UrlKey {
             let Some(id) = hit else {
                 return Err(Reason::InvalidSignature);
             };
+            req.note_key(id);
             let now = chrono::Utc::now().timestamp_millis();
             let mut uses = USES.lock().unwrap_or_else(|e| e.into_inner());
             let entry = uses.entry(id.to_owned()).or_insert((0, now));

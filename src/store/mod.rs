@@ -17,6 +17,7 @@
 pub mod catalog;
 mod claim;
 pub mod config;
+pub mod events;
 pub mod inbound_keys;
 mod ledger;
 mod operator;

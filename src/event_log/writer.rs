@@ -1,0 +1,119 @@
+//! The event log's writer: takes what the gateway queued and writes it to the store in
+//! multi-row inserts (one per wake-up, at most [`BATCH`] rows), and purges what is past the
+//! retention. A batch the store refuses is dropped and counted, like a record the full queue
+//! refused: the queue never waits on the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc::Receiver;
+
+use super::EventLogConfig;
+use crate::metrics;
+use crate::store::events::InboundEvent;
+use crate::store::Store;
+
+/// Rows per insert at most (12 parameters each: far below either database's limit).
+const BATCH: usize = 1_000;
+/// A wake-up that found less than a full batch waits this long before the next, so a
+/// steady trickle is written in batches rather than a transaction per request.
+const LINGER: Duration = Duration::from_millis(50);
+/// After a failed write, before trying again.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+pub struct Writer {
+    pub store: Arc<Store>,
+    pub config: EventLogConfig,
+    pub queue: std::sync::Mutex<Option<Receiver<InboundEvent>>>,
+}
+
+#[async_trait]
+impl BackgroundService for Writer {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut queue) = self.queue.lock().ok().and_then(|mut q| q.take()) else {
+            return;
+        };
+        let sweep_every =
+            (self.config.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut sweep = tokio::time::interval(sweep_every);
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                got = queue.recv_many(&mut batch, BATCH) => {
+                    if got == 0 {
+                        return;
+                    }
+                    let ok = self.write(&mut batch, &mut failing).await;
+                    let pause = if !ok { BACKOFF } else if got < BATCH { LINGER } else { Duration::ZERO };
+                    if !pause.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                }
+                _ = sweep.tick() => self.purge().await,
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                // What the gateway queued until now (at most a queue's worth), then stop.
+                let mut left = self.config.queue;
+                while left > 0 {
+                    while batch.len() < BATCH.min(left) {
+                        match queue.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                    if batch.is_empty() {
+                        break;
+                    }
+                    left = left.saturating_sub(batch.len());
+                    self.write(&mut batch, &mut failing).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Writes and empties `batch`; false when the store refused it (the rows are dropped).
+    async fn write(&self, batch: &mut Vec<InboundEvent>, failing: &mut bool) -> bool {
+        let n = batch.len() as u64;
+        let result = self.store.insert_events(batch).await;
+        batch.clear();
+        match result {
+            Ok(()) => {
+                metrics::EVENT_LOG_WRITTEN.inc_by(n);
+                if *failing {
+                    tracing::info!("event log: writing again");
+                }
+                *failing = false;
+                true
+            }
+            Err(e) => {
+                metrics::EVENT_LOG_DROPPED.inc_by(n);
+                // Once per outage, not once a batch.
+                if !*failing {
+                    tracing::warn!("event log: records dropped, the store refused them: {e}");
+                }
+                *failing = true;
+                false
+            }
+        }
+    }
+
+    async fn purge(&self) {
+        let cutoff = crate::store::now_ms() - self.config.retention.as_millis() as i64;
+        match self.store.purge_events(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "event log: records past the retention deleted"),
+            Err(e) => tracing::debug!("event log: purge failed, tried again later: {e}"),
+        }
+    }
+}
