@@ -1,6 +1,6 @@
-//! The event log's writer: takes what the gateway queued and writes it to the store in
-//! multi-row inserts (one per wake-up, at most [`BATCH`] rows), and purges what is past the
-//! retention. A batch the store refuses is dropped and counted, like a record the full queue
+//! The event log's writer: takes what the gateway queued and writes it to the store as one
+//! page per wake-up (at most [`BATCH`] records; see `store::events`), and purges what is past
+//! the retention. A batch the store refuses is dropped and counted, like a record the full queue
 //! refused: the queue never waits on the store.
 
 use std::sync::Arc;
@@ -16,11 +16,12 @@ use crate::metrics;
 use crate::store::events::InboundEvent;
 use crate::store::Store;
 
-/// Rows per insert at most (12 parameters each: far below either database's limit).
-const BATCH: usize = 1_000;
+/// Records per page at most.
+const BATCH: usize = 2_000;
 /// A wake-up that found less than a full batch waits this long before the next, so a
-/// steady trickle is written in batches rather than a transaction per request.
-const LINGER: Duration = Duration::from_millis(50);
+/// steady trickle is written in pages rather than a transaction per request (and a record
+/// is readable within about this long).
+const LINGER: Duration = Duration::from_millis(100);
 /// After a failed write, before trying again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -112,7 +113,7 @@ impl Writer {
         let cutoff = crate::store::now_ms() - self.config.retention.as_millis() as i64;
         match self.store.purge_events(cutoff).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(purged = n, "event log: records past the retention deleted"),
+            Ok(n) => tracing::debug!(pages = n, "event log: records past the retention deleted"),
             Err(e) => tracing::debug!("event log: purge failed, tried again later: {e}"),
         }
     }
