@@ -4,15 +4,16 @@
 # accepted path and for a flood of invalid signatures (401s are logged too), with how many
 # records were written and dropped.
 #
-#   bench/event_log.sh                  # N=50000 requests, C=64, R=5 rounds, SQLite store
+#   bench/event_log.sh                  # N=50000 requests, C=64, R=15 rounds, SQLite store
 #   STORE=postgres bench/event_log.sh   # the store on the machine's PostgreSQL
+#   STORE_DIR=/dev/shm bench/event_log.sh   # the SQLite file on another disk (here: memory)
 # Target (issue 17): with the log on, within 10% of off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 N=${N:-50000}
 C=${C:-64}
-R=${R:-5}
+R=${R:-15}
 THREADS=${THREADS:-2}
 STORE=${STORE:-sqlite}
 cargo build --release --bins --quiet
@@ -25,12 +26,12 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
   [ -n "$db" ] && psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  rm -rf "$work" "${STORE_DIR:-/nonexistent}/portcullis-$$.db"*
 }
 trap cleanup EXIT
 
 case $STORE in
-  sqlite) store_url="sqlite://$work/state/portcullis.db" ;;
+  sqlite) store_url="sqlite://${STORE_DIR:-$work/state}/portcullis-$$.db" ;;
   postgres)
     db="portcullis_bench_$$"
     psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"

@@ -514,18 +514,20 @@ impl ProxyHttp for Gateway {
         }
         // (A request never answered, its connection gone first, is not an event.)
         if let Some(log) = self.event_log.as_ref().filter(|_| !outcome.is_empty()) {
-            let provider = self.provider_label(ctx).to_owned();
-            log.record(crate::store::events::InboundEvent {
+            log.record(crate::store::events::NewEvent {
                 at: crate::store::now_ms() - elapsed.as_millis() as i64,
                 request_id: std::mem::take(&mut ctx.request_id),
-                provider,
+                provider: ctx
+                    .provider
+                    .as_ref()
+                    .map_or_else(|| "unknown".into(), |p| p.name.clone()),
                 key_id: ctx.key_id.take(),
-                outcome: outcome.to_owned(),
-                reason: ctx.reason.map(|r| r.as_str().to_owned()),
-                shadow_verdict: ctx.shadow_verdict.map(|r| r.as_str().to_owned()),
+                outcome,
+                reason: ctx.reason.map(Reason::as_str),
+                shadow_verdict: ctx.shadow_verdict.map(Reason::as_str),
                 status: ctx.status,
                 event_id: ctx.event_id.take(),
-                client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+                client_ip: ctx.client_ip,
                 bytes: ctx.bytes,
                 latency_us: elapsed.as_micros() as u64,
             });

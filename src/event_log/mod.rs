@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{keys, Report, Section};
-use crate::store::events::InboundEvent;
+use crate::store::events::{InboundEvent, NewEvent};
 
 /// The server file's `event_log:` block (present: the log is on).
 #[derive(Debug, Deserialize)]
@@ -39,7 +39,7 @@ pub struct EventLogConfig {
 }
 
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-pub const DEFAULT_QUEUE: usize = 10_000;
+pub const DEFAULT_QUEUE: usize = 100_000;
 const MAX_QUEUE: usize = 1_000_000;
 
 pub fn load(spec: &EventLogSpec, report: &mut Report<'_>) -> EventLogConfig {
@@ -73,19 +73,19 @@ pub fn load(spec: &EventLogSpec, report: &mut Report<'_>) -> EventLogConfig {
 /// The request path's end of the queue.
 #[derive(Clone)]
 pub struct EventLog {
-    queue: tokio::sync::mpsc::Sender<InboundEvent>,
+    queue: tokio::sync::mpsc::Sender<NewEvent>,
 }
 
 impl EventLog {
     /// The queue's two ends: this handle for the gateway, the receiver for [`writer::Writer`].
-    pub fn new(config: &EventLogConfig) -> (EventLog, tokio::sync::mpsc::Receiver<InboundEvent>) {
+    pub fn new(config: &EventLogConfig) -> (EventLog, tokio::sync::mpsc::Receiver<NewEvent>) {
         crate::metrics::register_event_log_series();
         let (queue, rx) = tokio::sync::mpsc::channel(config.queue);
         (EventLog { queue }, rx)
     }
 
     /// Queues a record, or drops and counts it when the queue is full. Never waits.
-    pub fn record(&self, event: InboundEvent) {
+    pub fn record(&self, event: NewEvent) {
         if self.queue.try_send(event).is_err() {
             crate::metrics::EVENT_LOG_DROPPED.inc();
         }
