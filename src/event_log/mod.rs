@@ -3,7 +3,7 @@
 //!
 //! The request path only pushes a record onto a bounded queue ([`EventLog::record`], never
 //! waits); the writer ([`writer::Writer`], a background service) takes whatever has queued
-//! and writes it in one multi-row insert. When the store is slow or down the queue fills and
+//! and stores it as one page (see `store::events`). When the store is slow or down the queue fills and
 //! further records are dropped and counted (`portcullis_event_log_dropped_total`): the log
 //! is an operator's view, and a webhook is never slowed or refused for it.
 
