@@ -13,7 +13,7 @@
 //! - a prompt exit: [`Drainer`] counts requests in flight and exits the process as soon as
 //!   none is left after that, instead of always sleeping out the grace period (which stays
 //!   the upper bound). Every 202 was already acknowledged by its sink, so there is nothing
-//!   left to flush;
+//!   left to flush but the event log's queued records (waited for, 3 s at most);
 //! - no handover of nothing: a SIGQUIT waits until this process holds the sockets
 //!   ([`SocketsHeld`], which also releases a `run -d` parent: [`crate::daemon`]).
 
@@ -39,6 +39,9 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// How long "nothing in flight" must hold before the process exits: covers a connection
 /// accepted in the instant the listeners closed, whose request is about to start.
 const SETTLE: Duration = Duration::from_millis(200);
+
+/// How long an exit waits for the event log's queued records.
+const EVENT_LOG_FLUSH: Duration = Duration::from_secs(3);
 
 /// Held by every request from its first hook to the end of its logging.
 pub struct InFlight(());
@@ -176,6 +179,8 @@ impl BackgroundService for Drainer {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // The last requests' records, then exit.
+        crate::event_log::wait_written(EVENT_LOG_FLUSH).await;
         tracing::info!("shutdown: no request in flight, exiting");
         std::process::exit(0);
     }

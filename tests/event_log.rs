@@ -306,3 +306,39 @@ fn records_past_the_retention_are_deleted() {
     });
     wait_until("the records purged", || events(&d, "").is_empty());
 }
+
+#[test]
+fn a_shutdown_writes_the_last_records_before_the_process_exits() {
+    let mut d = start("{ url: \"sqlite://state/ledger.db\" }", "{ retention: 7d }");
+    for i in 0..5 {
+        assert_eq!(
+            push(&d, &format!("evt-last-{i}"), r#"{"action":"a"}"#).status,
+            202
+        );
+    }
+    // At once: the writer is still lingering over its half-second page.
+    d.server.signal("TERM");
+    assert_eq!(
+        d.server.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        d.server.log()
+    );
+    let (code, out, err) = cli(&d, &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    let ids: Vec<&str> = listed
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "evt-last-4",
+            "evt-last-3",
+            "evt-last-2",
+            "evt-last-1",
+            "evt-last-0"
+        ]
+    );
+}

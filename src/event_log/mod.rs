@@ -70,6 +70,28 @@ pub fn load(spec: &EventLogSpec, report: &mut Report<'_>) -> EventLogConfig {
     EventLogConfig { retention, queue }
 }
 
+/// Records queued and not yet written (or dropped): a shutdown waits for them
+/// ([`wait_written`]).
+static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Called by the writer once `n` records left the queue for good (written or dropped).
+fn settled(n: usize) {
+    PENDING.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// Waits (at most `limit`) until every queued record is written: the process is about to
+/// exit, after its last request (its writer writes promptly once shutdown began).
+pub async fn wait_written(limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while PENDING.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("shutdown: event log records not written in time, lost");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The request path's end of the queue.
 #[derive(Clone)]
 pub struct EventLog {
@@ -86,7 +108,10 @@ impl EventLog {
 
     /// Queues a record, or drops and counts it when the queue is full. Never waits.
     pub fn record(&self, event: NewEvent) {
+        // Counted first, so the writer never settles a record not yet counted.
+        PENDING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if self.queue.try_send(event).is_err() {
+            settled(1);
             crate::metrics::EVENT_LOG_DROPPED.inc();
         }
     }

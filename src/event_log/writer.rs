@@ -1,7 +1,8 @@
 //! The event log's writer: takes what the gateway queued and writes it to the store as one
 //! page per wake-up (at most [`BATCH`] records; see `store::events`), and purges what is past
 //! the retention. A batch the store refuses is dropped and counted, like a record the full queue
-//! refused: the queue never waits on the store.
+//! refused: the queue never waits on the store. It runs until the process exits (the
+//! drainer waits for the queued records: `event_log::wait_written`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,8 @@ fn yield_to_the_gateway() {
     }
 }
 
+/// [`LINGER`] once shutdown began.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(10);
 /// After a failed write, before trying again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -59,40 +62,28 @@ impl BackgroundService for Writer {
         let mut batch = Vec::with_capacity(BATCH);
         let mut failing = false;
         loop {
+            // Once shutdown began the process exits after its last request: write promptly.
+            let linger = if *shutdown.borrow() {
+                SHUTDOWN_LINGER
+            } else {
+                LINGER
+            };
             tokio::select! {
                 got = queue.recv_many(&mut batch, BATCH) => {
                     if got == 0 {
                         return;
                     }
                     let ok = self.write(&mut batch, &mut failing).await;
-                    let pause = if !ok { BACKOFF } else if got < BATCH { LINGER } else { Duration::ZERO };
+                    let pause = if !ok { BACKOFF } else if got < BATCH { linger } else { Duration::ZERO };
                     if !pause.is_zero() {
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
-                            _ = shutdown.changed() => {}
+                            _ = shutdown.changed(), if !*shutdown.borrow() => {}
                         }
                     }
                 }
                 _ = sweep.tick() => self.purge().await,
-                _ = shutdown.changed() => {}
-            }
-            if *shutdown.borrow() {
-                // What the gateway queued until now (at most a queue's worth), then stop.
-                let mut left = self.config.queue;
-                while left > 0 {
-                    while batch.len() < BATCH.min(left) {
-                        match queue.try_recv() {
-                            Ok(e) => batch.push(e),
-                            Err(_) => break,
-                        }
-                    }
-                    if batch.is_empty() {
-                        break;
-                    }
-                    left = left.saturating_sub(batch.len());
-                    self.write(&mut batch, &mut failing).await;
-                }
-                return;
+                _ = shutdown.changed(), if !*shutdown.borrow() => {}
             }
         }
     }
@@ -105,6 +96,7 @@ impl Writer {
         yield_to_the_gateway();
         let n = batch.len() as u64;
         let result = self.store.insert_events(batch).await;
+        super::settled(batch.len());
         batch.clear();
         match result {
             Ok(()) => {
