@@ -54,6 +54,8 @@ pub struct RequestCtx {
     shadow_verdict: Option<Reason>,
     /// With `missing_field`: the configured field (or id header / JSON pointer) absent.
     field: Option<String>,
+    /// With `schema_violation` (also in shadow mode): where the body failed its schema.
+    violation: Option<crate::filters::schema::Violation>,
     status: u16,
     /// Names this request in the access log and the `X-Request-Id` response header.
     request_id: String,
@@ -198,6 +200,13 @@ impl Gateway {
         let req = inbound(session, client_ip, &body);
         let checked = filters::check_body(&provider.chain, &req, unix_now(), shadow);
         ctx.key_id = req.key_id().map(str::to_owned);
+        let schema_failed = match &checked {
+            Err(r) | Ok(Some(r)) => *r == Reason::SchemaViolation,
+            Ok(None) => false,
+        };
+        if let (true, Some(schema)) = (schema_failed, &provider.config.schema) {
+            ctx.violation = schema.first_violation(&req);
+        }
         ctx.shadow_verdict = match checked {
             Ok(verdict) => verdict,
             Err(reason) => {
@@ -320,10 +329,16 @@ impl Gateway {
                     _ => "rejected",
                 };
                 ctx.reason = Some(reason);
-                let body = match (reason, &ctx.field) {
-                    (Reason::MissingField, Some(field)) => {
+                let body = match (reason, &ctx.field, &ctx.violation) {
+                    (Reason::MissingField, Some(field), _) => {
                         serde_json::json!({"error": reason.as_str(), "field": field})
                     }
+                    // Where and which rule, never the value.
+                    (Reason::SchemaViolation, _, Some(v)) => serde_json::json!({
+                        "error": reason.as_str(),
+                        "pointer": v.pointer,
+                        "keyword": v.keyword,
+                    }),
                     _ => serde_json::json!({"error": reason.as_str()}),
                 };
                 (reason.status(), body, reason.retry_after())
@@ -505,6 +520,8 @@ impl ProxyHttp for Gateway {
                 // Absent ones are left out of the line rather than logged empty.
                 reason = ctx.reason.map(Reason::as_str),
                 shadow_verdict = ctx.shadow_verdict.map(Reason::as_str),
+                schema_pointer = ctx.violation.as_ref().map(|v| v.pointer.as_str()),
+                schema_keyword = ctx.violation.as_ref().map(|v| v.keyword.as_str()),
                 event_id = ctx.event_id.as_deref(),
                 client_ip = ctx.client_ip.map(tracing::field::display),
                 latency_ms = elapsed.as_micros() as f64 / 1000.0,

@@ -22,6 +22,7 @@ pub enum Reason {
     StaleTimestamp,
     InvalidJson,
     MissingField,
+    SchemaViolation,
     InProgress,
     UpstreamError,
     SinkUnavailable,
@@ -29,7 +30,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::UnknownProvider,
         Reason::MethodNotAllowed,
         Reason::IpNotAllowed,
@@ -46,6 +47,7 @@ impl Reason {
         Reason::StaleTimestamp,
         Reason::InvalidJson,
         Reason::MissingField,
+        Reason::SchemaViolation,
         Reason::InProgress,
         Reason::UpstreamError,
         Reason::SinkUnavailable,
@@ -70,6 +72,7 @@ impl Reason {
             Reason::StaleTimestamp => "stale_timestamp",
             Reason::InvalidJson => "invalid_json",
             Reason::MissingField => "missing_field",
+            Reason::SchemaViolation => "schema_violation",
             Reason::InProgress => "in_progress",
             Reason::UpstreamError => "upstream_error",
             Reason::SinkUnavailable => "sink_unavailable",
@@ -92,6 +95,7 @@ impl Reason {
             | Reason::StaleTimestamp => 401,
             Reason::InvalidJson
             | Reason::MissingField
+            | Reason::SchemaViolation
             | Reason::InvalidBody
             | Reason::InvalidRequest => 400,
             Reason::UnsupportedTransferEncoding => 501,
@@ -121,6 +125,7 @@ impl Reason {
                 | Reason::StaleTimestamp
                 | Reason::InvalidJson
                 | Reason::MissingField
+                | Reason::SchemaViolation
         )
     }
 }

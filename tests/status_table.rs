@@ -365,3 +365,103 @@ fn every_response_body_is_json_and_metrics_count_outcomes_and_reasons() {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
 }
+
+const SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["ref", "head_commit"],
+  "properties": {
+    "ref": { "type": "string" },
+    "head_commit": {
+      "type": "object",
+      "properties": { "id": { "type": "string", "pattern": "^[0-9a-f]{40}$" } }
+    }
+  }
+}"#;
+
+fn push_filter(mode: &str) -> String {
+    format!("name: push\npreset: github\nsecrets: [\"s3cret\"]\nschema: schemas/push.json\nmode: {mode}\n")
+}
+
+fn schema_server(mode: &str) -> Server {
+    let filter = push_filter(mode);
+    let dir = Server::prepare(&[("push.yaml", &filter)]);
+    write(dir.path(), "filters/schemas/push.json", SCHEMA);
+    let port = free_port();
+    Server::start_in(
+        dir,
+        port,
+        &format!("  - addr: 127.0.0.1:{port}"),
+        spool_sink(),
+        "",
+    )
+}
+
+#[test]
+fn a_body_against_its_schema_is_400_schema_violation_naming_the_place_never_the_value() {
+    let server = schema_server("enforce");
+    // (Signed as the filter without its schema: the signature does not depend on it.)
+    let filter = "name: push\npreset: github\nsecrets: [\"s3cret\"]\n";
+    let good = br#"{"ref":"refs/heads/main","head_commit":{"id":"0123456789abcdef0123456789abcdef01234567"}}"#;
+    let r = server.post("/webhook/push", &sign(filter, good, now(), "s-1"), good);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+
+    let bad = br#"{"ref":"refs/heads/main","head_commit":{"id":"value-not-to-leak"}}"#;
+    let r = server.post("/webhook/push", &sign(filter, bad, now(), "s-2"), bad);
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "schema_violation", "pointer": "/head_commit/id", "keyword": "pattern"})
+    );
+    let missing = br#"{"ref":"refs/heads/main"}"#;
+    let r = server.post(
+        "/webhook/push",
+        &sign(filter, missing, now(), "s-3"),
+        missing,
+    );
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "schema_violation", "pointer": "", "keyword": "required"})
+    );
+    // The signature is checked first: a forged body is never judged by its contents.
+    let mut forged = sign(filter, good, now(), "s-4");
+    for (k, v) in forged.iter_mut() {
+        if k.eq_ignore_ascii_case("x-hub-signature-256") {
+            *v = format!("sha256={}", "0".repeat(64));
+        }
+    }
+    assert_eq!(
+        server.post("/webhook/push", &forged, bad).reason(),
+        "invalid_signature"
+    );
+    let r = server.post(
+        "/webhook/push",
+        &sign(filter, b"not json", now(), "s-5"),
+        b"not json",
+    );
+    assert_eq!((r.status, r.reason()), (400, "invalid_json".into()));
+
+    assert_eq!(server.spooled_ids(), ["s-1"]);
+    assert!(
+        !server.log().contains("value-not-to-leak"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("schema_pointer"),
+        "the access log says where"
+    );
+}
+
+#[test]
+fn in_shadow_mode_a_schema_violation_is_recorded_and_the_event_forwarded() {
+    let server = schema_server("shadow");
+    let filter = "name: push\npreset: github\nsecrets: [\"s3cret\"]\n";
+    let bad = br#"{"ref":7,"head_commit":{}}"#;
+    let r = server.post("/webhook/push", &sign(filter, bad, now(), "sh-1"), bad);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let lines = server.spooled();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["verified"], false);
+    assert_eq!(lines[0]["reason"], "schema_violation");
+}

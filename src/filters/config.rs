@@ -52,6 +52,8 @@ pub struct FilterFile {
     #[serde(default)]
     pub require_fields: Vec<String>,
     #[serde(default)]
+    pub schema: Option<String>,
+    #[serde(default)]
     pub mode: Mode,
     #[serde(default)]
     pub sink: Option<String>,
@@ -93,6 +95,8 @@ pub struct Filter {
     pub max_body: u64,
     pub content_types: Vec<String>,
     pub require_fields: Vec<String>,
+    /// `schema:`, compiled.
+    pub schema: Option<super::schema::Schema>,
     pub mode: Mode,
     pub sink: String,
     pub forward_headers: Vec<String>,
@@ -154,6 +158,7 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         .map(|r| rate_limit::load(r, &mut at));
     let max_body = limits::load_max_body(raw.max_body.as_ref(), &mut at);
     let body_timeout = limits::load_body_timeout(raw.body_timeout.as_deref(), &mut at);
+    let schema = super::schema::load(raw.schema.as_deref(), base_dir, &mut at);
     let sink = sink(raw.sink.as_deref(), sinks, &mut at);
     scheme::check_blocks(&scheme_keys, preset, &mut at);
     let forward_headers = forward_headers(raw.forward_headers.as_deref(), preset, &mut at);
@@ -181,6 +186,7 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         max_body,
         content_types: limits::load_content_types(&raw.content_types),
         require_fields: raw.require_fields,
+        schema,
         mode: raw.mode,
         sink,
         forward_headers,

@@ -12,6 +12,7 @@ pub mod framing;
 pub mod limits;
 pub mod payload;
 pub mod rate_limit;
+pub mod schema;
 pub mod signature;
 
 use crate::reason::Reason;
@@ -50,6 +51,9 @@ pub fn chain(config: &FilterConfig) -> Chain {
         chain.push(Box::new(payload::RequireFields::new(
             config.require_fields.clone(),
         )));
+    }
+    if let Some(schema) = &config.schema {
+        chain.push(Box::new(schema::SchemaCheck(schema.clone())));
     }
     chain
 }
