@@ -225,6 +225,7 @@ fn chain(c: &mut Criterion) {
                 verified: true,
                 reason: None,
                 headers: vec![("content-type".into(), "application/json".into())],
+                map: None,
                 body: bytes::Bytes::copy_from_slice(&body),
                 dedup_ttl: None,
             };

@@ -19,6 +19,7 @@ use pingora::ErrorType;
 
 use crate::filters::config::{Filter as FilterConfig, Mode};
 use crate::filters::dedup::{self, Dedup, Reservation};
+use crate::filters::map::Unmapped;
 use crate::filters::{self, allowlist};
 use crate::loader::Server;
 use crate::metrics;
@@ -231,6 +232,24 @@ impl Gateway {
             }
         };
         ctx.event_id = Some(event_id.clone());
+        let map = match provider.config.map.as_ref().map(|m| m.apply(&req)) {
+            None => None,
+            Some(Ok(map)) => Some(map),
+            Some(Err(unmapped)) => {
+                let reason = match unmapped {
+                    Unmapped::NotJson => Reason::InvalidJson,
+                    Unmapped::Missing(field) => {
+                        ctx.field = Some(field);
+                        Reason::MissingField
+                    }
+                };
+                if !shadow {
+                    return Outcome::Rejected(reason);
+                }
+                ctx.shadow_verdict.get_or_insert(reason);
+                None
+            }
+        };
         let envelope = Envelope {
             provider: provider.name.to_string(),
             event_id: event_id.clone(),
@@ -240,6 +259,7 @@ impl Gateway {
             verified: ctx.shadow_verdict.is_none(),
             reason: ctx.shadow_verdict.map(Reason::as_str),
             headers: forward_headers(&req, &provider.config.forward_headers),
+            map,
             body: body.clone(),
             dedup_ttl: provider.config.dedup_ttl,
         };

@@ -54,6 +54,8 @@ pub struct FilterFile {
     #[serde(default)]
     pub schema: Option<String>,
     #[serde(default)]
+    pub map: Option<std::collections::BTreeMap<String, super::map::FieldSpec>>,
+    #[serde(default)]
     pub mode: Mode,
     #[serde(default)]
     pub sink: Option<String>,
@@ -97,6 +99,8 @@ pub struct Filter {
     pub require_fields: Vec<String>,
     /// `schema:`, compiled.
     pub schema: Option<super::schema::Schema>,
+    /// `map:`, compiled.
+    pub map: Option<super::map::Map>,
     pub mode: Mode,
     pub sink: String,
     pub forward_headers: Vec<String>,
@@ -159,6 +163,7 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
     let max_body = limits::load_max_body(raw.max_body.as_ref(), &mut at);
     let body_timeout = limits::load_body_timeout(raw.body_timeout.as_deref(), &mut at);
     let schema = super::schema::load(raw.schema.as_deref(), base_dir, &mut at);
+    let map = super::map::load(raw.map.as_ref(), &mut at);
     let sink = sink(raw.sink.as_deref(), sinks, &mut at);
     scheme::check_blocks(&scheme_keys, preset, &mut at);
     let forward_headers = forward_headers(raw.forward_headers.as_deref(), preset, &mut at);
@@ -187,6 +192,7 @@ pub fn load(path: &Path, sinks: Option<&[String]>, report: &mut Report<'_>) -> O
         content_types: limits::load_content_types(&raw.content_types),
         require_fields: raw.require_fields,
         schema,
+        map,
         mode: raw.mode,
         sink,
         forward_headers,

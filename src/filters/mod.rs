@@ -10,6 +10,7 @@ pub mod config;
 pub mod dedup;
 pub mod framing;
 pub mod limits;
+pub mod map;
 pub mod payload;
 pub mod rate_limit;
 pub mod schema;

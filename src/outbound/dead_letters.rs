@@ -95,6 +95,7 @@ pub fn envelope(dead: &Unpublished) -> Envelope {
         verified: true,
         reason: None,
         headers: Vec::new(),
+        map: None,
         body: Bytes::from(body),
         dedup_ttl: Some(Duration::from_secs(24 * 3600)),
     }

@@ -176,6 +176,9 @@ impl AmqpSink {
         if let Some(reason) = envelope.reason {
             put("portcullis-reason", reason);
         }
+        if let Some(map) = &envelope.map {
+            put("portcullis-map", map);
+        }
         for (name, value) in &envelope.headers {
             put(name, value);
         }

@@ -121,6 +121,9 @@ impl HttpSink {
         if let Some(reason) = envelope.reason {
             req.insert_header("x-portcullis-reason", reason)?;
         }
+        if let Some(map) = &envelope.map {
+            req.insert_header("x-portcullis-map", map.as_str())?;
+        }
         Ok(req)
     }
 

@@ -52,6 +52,8 @@ pub struct Envelope {
     pub reason: Option<&'static str>,
     /// The request headers the filter forwards, lower-case names.
     pub headers: Vec<(String, String)>,
+    /// The filter's `map:` fields as compact ASCII JSON (an object), when it has one.
+    pub map: Option<String>,
     pub body: Bytes,
     /// How long (provider, event id) is a duplicate (the filter's dedup TTL; `None` with
     /// `dedup: off` or on replay): a sink that can publish idempotently remembers it as long.

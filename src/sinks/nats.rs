@@ -83,6 +83,9 @@ impl NatsSink {
         if let Some(reason) = envelope.reason {
             headers.insert("Portcullis-Reason", reason);
         }
+        if let Some(map) = &envelope.map {
+            headers.insert("Portcullis-Map", map.as_str());
+        }
         for (name, value) in &envelope.headers {
             headers.append(name.as_str(), value.as_str());
         }

@@ -173,6 +173,9 @@ impl RedisSink {
         if let Some(reason) = envelope.reason {
             call.arg("reason").arg(reason);
         }
+        if let Some(map) = &envelope.map {
+            call.arg("map").arg(map);
+        }
         let headers: serde_json::Map<String, serde_json::Value> = envelope
             .headers
             .iter()

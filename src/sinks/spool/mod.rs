@@ -148,6 +148,8 @@ pub fn encode_line(envelope: &Envelope) -> Vec<u8> {
         reason: Option<&'a str>,
         headers: Headers<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        map: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         body: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         body_base64: Option<String>,
@@ -168,6 +170,10 @@ pub fn encode_line(envelope: &Envelope) -> Vec<u8> {
         verified: envelope.verified,
         reason: envelope.reason,
         headers: Headers(&envelope.headers),
+        map: envelope
+            .map
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok()),
         body: text,
         body_base64: text
             .is_none()
@@ -424,6 +430,10 @@ pub fn decode_line(line: &[u8]) -> Option<Envelope> {
             .unwrap_or(false),
         reason,
         headers,
+        map: record
+            .get("map")
+            .filter(|m| m.is_object())
+            .map(crate::filters::map::ascii_json),
         body,
         dedup_ttl: None,
     })
@@ -570,6 +580,7 @@ pub(crate) mod tests {
             verified: true,
             reason: None,
             headers: vec![("content-type".into(), "application/json".into())],
+            map: None,
             body: Bytes::copy_from_slice(body),
             dedup_ttl: None,
         }
