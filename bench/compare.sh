@@ -76,17 +76,7 @@ NGINX
   NGINX_PIDS=$(pgrep -P "$(cat "$dir/nginx.pid")" | paste -sd, -)
 }
 
-mkdir -p "$work/filters"
-cat > "$work/filters/github.yaml" <<YAML
-name: github
-preset: github
-secrets: ["bench-secret"]
-allow: ["127.0.0.0/8"]
-rate_limit: { per_second: 10000000, per_ip_per_second: 10000000 }
-max_body: 64KiB
-content_types: [application/json]
-require_fields: [action]
-YAML
+chain_filter "$work/filters"
 
 # $1 name, $2 sink line; sets GW_PORT and GW_PID
 start_gateway() {

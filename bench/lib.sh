@@ -4,3 +4,18 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { for _ in $(seq 200); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 # Waits up to 10 s for a listener on 127.0.0.1:$1.
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
+# Writes $1/github.yaml: the full chain the comparisons measure (allowlist, a rate limit sized
+# not to trigger, size and type checks, signature, require_fields, dedup).
+chain_filter() {
+  mkdir -p "$1"
+  cat > "$1/github.yaml" <<YAML
+name: github
+preset: github
+secrets: ["bench-secret"]
+allow: ["127.0.0.0/8"]
+rate_limit: { per_second: 10000000, per_ip_per_second: 10000000 }
+max_body: 64KiB
+content_types: [application/json]
+require_fields: [action]
+YAML
+}

@@ -41,6 +41,20 @@ impl<'a> Inbound<'a> {
         }
     }
 
+    /// A POST of `body` with no headers, from 127.0.0.1 (unit tests of body stages).
+    #[cfg(test)]
+    pub(crate) fn body_only(body: &'a [u8]) -> Inbound<'a> {
+        static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+        Inbound::new(
+            "POST",
+            "/",
+            None,
+            EMPTY.get_or_init(HeaderMap::new),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            body,
+        )
+    }
+
     /// Notes which stored key opened this request, for the event log.
     pub fn note_key(&self, id: &str) {
         let _ = self.key_id.set(id.to_owned());

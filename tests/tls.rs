@@ -547,10 +547,15 @@ fn haproxy_send_proxy_v2_passes_the_client_address() {
         }
         curl.arg(format!("https://a.test:{}/webhook/github", lb.port));
         let out = curl.output().expect("curl runs");
-        String::from_utf8_lossy(&out.stdout).to_string()
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    assert_eq!(post_from("127.0.0.2", "hp-1"), "202");
-    assert_eq!(post_from("127.0.0.3", "hp-2"), "403");
+    let (status, err) = post_from("127.0.0.2", "hp-1");
+    assert_eq!(status, "202", "curl: {err}\n{}", server.log());
+    let (status, err) = post_from("127.0.0.3", "hp-2");
+    assert_eq!(status, "403", "curl: {err}\n{}", server.log());
     let spooled = server.spooled();
     assert_eq!(spooled.len(), 1);
     assert_eq!(spooled[0]["source_ip"], "127.0.0.2");

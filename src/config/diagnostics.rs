@@ -384,6 +384,21 @@ mod entries {
 
 /// A block of a file (`["sinks", "queue"]`, `["listen"]`, or the whole file): a component
 /// reports problems at its own keys without knowing where its block sits.
+/// Runs `load` on a section of a throw-away report of `text`: its value, or the problems it
+/// reported (unit tests of a component's loader).
+#[cfg(test)]
+pub(crate) fn loaded<T>(
+    text: &str,
+    load: impl FnOnce(&mut Section<'_, '_>) -> Option<T>,
+) -> Result<T, Vec<String>> {
+    let file = Path::new("f.yaml");
+    let mut problems = Vec::new();
+    let mut report = Report::new(file, text, &mut problems);
+    let got = load(&mut Section::new(&mut report, &[]));
+    drop(report);
+    got.ok_or_else(|| problems.iter().map(|p| p.to_string()).collect())
+}
+
 pub struct Section<'r, 'a> {
     report: &'r mut Report<'a>,
     at: Vec<String>,

@@ -140,25 +140,12 @@ mod tests {
     fn map(yaml: &str) -> Result<Map, Vec<String>> {
         let spec: std::collections::BTreeMap<String, FieldSpec> =
             serde_yaml::from_str(yaml).unwrap();
-        let file = std::path::Path::new("f.yaml");
-        let mut problems = Vec::new();
-        let mut report = crate::config::Report::new(file, yaml, &mut problems);
-        let got = load(Some(&spec), &mut Section::new(&mut report, &[]));
-        drop(report);
-        got.ok_or_else(|| problems.iter().map(|p| p.to_string()).collect())
+        crate::config::diagnostics::loaded(yaml, |at| load(Some(&spec), at))
     }
 
     fn apply(m: &Map, body: &str) -> Result<Value, Unmapped> {
-        let headers = http::HeaderMap::new();
-        let req = Inbound::new(
-            "POST",
-            "/",
-            None,
-            &headers,
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            body.as_bytes(),
-        );
-        m.apply(&req).map(|t| serde_json::from_str(&t).unwrap())
+        m.apply(&Inbound::body_only(body.as_bytes()))
+            .map(|t| serde_json::from_str(&t).unwrap())
     }
 
     #[test]
@@ -179,17 +166,9 @@ mod tests {
     #[test]
     fn the_map_is_ascii_json_fit_for_a_header() {
         let m = map("who: $.name\n").unwrap();
-        let headers = http::HeaderMap::new();
-        let body = r#"{"name":"Zoë 🚀"}"#;
-        let req = Inbound::new(
-            "POST",
-            "/",
-            None,
-            &headers,
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            body.as_bytes(),
-        );
-        let text = m.apply(&req).unwrap();
+        let text = m
+            .apply(&Inbound::body_only(r#"{"name":"Zoë 🚀"}"#.as_bytes()))
+            .unwrap();
         assert!(text.is_ascii(), "{text}");
         assert_eq!(
             serde_json::from_str::<Value>(&text).unwrap()["who"],

@@ -162,30 +162,13 @@ mod tests {
     fn schema(text: &str) -> Result<Schema, Vec<String>> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("s.json"), text).unwrap();
-        let yaml = "schema: s.json\n";
-        let file = dir.path().join("f.yaml");
-        let mut problems = Vec::new();
-        let mut report = crate::config::Report::new(&file, yaml, &mut problems);
-        let got = load(
-            Some("s.json"),
-            dir.path(),
-            &mut Section::new(&mut report, &[]),
-        );
-        drop(report);
-        got.ok_or_else(|| problems.iter().map(|p| p.to_string()).collect())
+        crate::config::diagnostics::loaded("schema: s.json\n", |at| {
+            load(Some("s.json"), dir.path(), at)
+        })
     }
 
     fn violation(s: &Schema, body: &str) -> Option<Violation> {
-        let headers = http::HeaderMap::new();
-        let req = Inbound::new(
-            "POST",
-            "/",
-            None,
-            &headers,
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            body.as_bytes(),
-        );
-        s.first_violation(&req)
+        s.first_violation(&Inbound::body_only(body.as_bytes()))
     }
 
     #[test]
