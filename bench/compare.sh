@@ -78,24 +78,6 @@ NGINX
 
 chain_filter "$work/filters"
 
-# $1 name, $2 sink line; sets GW_PORT and GW_PID
-start_gateway() {
-  local port admin
-  port=$(free_port); admin=$(free_port)
-  cat > "$work/$1.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:$port" }]
-admin: 127.0.0.1:$admin
-filters: filters/
-sinks:
-  $2
-pingora: { threads: $THREADS, pid_file: $work/$1.pid, upgrade_sock: $work/$1.sock }
-YAML
-  "$bin" run -c "$work/$1.yaml" --no-access-log 2>"$work/$1.log" &
-  GW_PID=$!
-  pids+=("$GW_PID")
-  wait_port "$admin"
-  GW_PORT=$port
-}
 
 start_nginx upstream 1 "location / { return 202; }"
 UPSTREAM_PORT=$NGINX_PORT

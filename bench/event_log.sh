@@ -41,29 +41,10 @@ esac
 
 chain_filter "$work/filters"
 
-# $1 name, $2 extra top-level lines; sets GW_PORT, GW_ADMIN and GW_PID
-start_gateway() {
-  local port admin
-  port=$(free_port); admin=$(free_port)
-  cat > "$work/$1.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:$port" }]
-admin: 127.0.0.1:$admin
-filters: filters/
-sinks:
-  out: { type: spool, dir: $work/spool-$1/ }
-pingora: { threads: $THREADS, pid_file: $work/$1.pid, upgrade_sock: $work/$1.sock }
-$2
-YAML
-  "$bin" run -c "$work/$1.yaml" --no-access-log 2>"$work/$1.log" &
-  GW_PID=$!
-  pids+=("$GW_PID")
-  wait_port "$admin"
-  GW_PORT=$port GW_ADMIN=$admin
-}
 
-start_gateway off ""
+start_gateway off "out: { type: spool, dir: $work/spool-off/ }"
 off_port=$GW_PORT off_pid=$GW_PID
-start_gateway on "store: { url: \"$store_url\" }
+start_gateway on "out: { type: spool, dir: $work/spool-on/ }" "store: { url: \"$store_url\" }
 event_log: { retention: 7d }"
 on_port=$GW_PORT on_pid=$GW_PID on_admin=$GW_ADMIN
 

@@ -19,3 +19,24 @@ content_types: [application/json]
 require_fields: [action]
 YAML
 }
+# Starts a gateway on ephemeral ports with `filters/` of $work: $1 its name, $2 its one sink
+# line (`out: { … }`), $3 more top-level lines. Uses $bin, $work, $THREADS and appends to
+# pids; sets GW_PORT, GW_ADMIN and GW_PID.
+start_gateway() {
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  cat > "$work/$1.yaml" <<YAML
+listen: [{ addr: "127.0.0.1:$port" }]
+admin: 127.0.0.1:$admin
+filters: filters/
+sinks:
+  $2
+pingora: { threads: $THREADS, pid_file: $work/$1.pid, upgrade_sock: $work/$1.sock }
+${3:-}
+YAML
+  "$bin" run -c "$work/$1.yaml" --no-access-log 2>"$work/$1.log" &
+  GW_PID=$!
+  pids+=("$GW_PID")
+  wait_port "$admin"
+  GW_PORT=$port GW_ADMIN=$admin
+}
