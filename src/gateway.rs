@@ -19,7 +19,6 @@ use pingora::ErrorType;
 
 use crate::filters::config::{Filter as FilterConfig, Mode};
 use crate::filters::dedup::{self, Dedup, Reservation};
-use crate::filters::map::Unmapped;
 use crate::filters::{self, allowlist};
 use crate::loader::Server;
 use crate::metrics;
@@ -236,13 +235,8 @@ impl Gateway {
             None => None,
             Some(Ok(map)) => Some(map),
             Some(Err(unmapped)) => {
-                let reason = match unmapped {
-                    Unmapped::NotJson => Reason::InvalidJson,
-                    Unmapped::Missing(field) => {
-                        ctx.field = Some(field);
-                        Reason::MissingField
-                    }
-                };
+                let (reason, field) = unmapped.verdict();
+                ctx.field = field;
                 if !shadow {
                     return Outcome::Rejected(reason);
                 }

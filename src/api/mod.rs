@@ -88,7 +88,7 @@ fn error(status: u16, reason: &str) -> Reply {
 }
 
 /// A unix-ms time as RFC 3339 (null for none), as every answer writes times.
-fn time(ms: Option<i64>) -> serde_json::Value {
+pub(crate) fn time(ms: Option<i64>) -> serde_json::Value {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .into()

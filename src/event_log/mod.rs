@@ -120,8 +120,7 @@ impl EventLog {
 /// A record as the API and `portcullis events --json` show it.
 pub fn json(e: &InboundEvent) -> serde_json::Value {
     serde_json::json!({
-        "at": chrono::DateTime::from_timestamp_millis(e.at)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        "at": crate::api::time(Some(e.at)),
         "request_id": e.request_id,
         "provider": e.provider,
         "key_id": e.key_id,

@@ -52,6 +52,16 @@ pub enum Unmapped {
     Missing(String),
 }
 
+impl Unmapped {
+    /// The answer's reason, and the field a `missing_field` answer names.
+    pub fn verdict(self) -> (crate::reason::Reason, Option<String>) {
+        match self {
+            Unmapped::NotJson => (crate::reason::Reason::InvalidJson, None),
+            Unmapped::Missing(field) => (crate::reason::Reason::MissingField, Some(field)),
+        }
+    }
+}
+
 pub fn load(
     spec: Option<&std::collections::BTreeMap<String, FieldSpec>>,
     at: &mut Section<'_, '_>,
