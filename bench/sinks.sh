@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Throughput of each sink, one after the other in the same run: the same pre-signed 1 KiB
 # GitHub requests (distinct event ids) through the full chain (rate limit sized not to trigger,
-# size and type checks, signature, dedup) into spool, redis, nats, amqp and http (an nginx
-# upstream answering 202). Needs the local brokers and nginx (apt-get install nginx-light).
+# size and type checks, signature, dedup) into spool, redis, nats, amqp, kafka and http (an
+# nginx upstream answering 202). Needs the local brokers, nginx (apt-get install nginx-light)
+# and, for kafka, Tansu (cargo install tansu --features libsql), which this script starts on a
+# free port with its SQLite storage in the work directory.
 #
 #   bench/sinks.sh            # N=20000 requests, C=64 connections per target
 #   N=50000 C=128 bench/sinks.sh
@@ -59,8 +61,21 @@ sink_yaml() {
     # amqp4: a pool of four confirm channels (amqp: the default, one).
     amqp4) echo "  out: { type: amqp, url: \"amqp://guest:guest@127.0.0.1:5672/%2f\", exchange: bench$$, routing_key: \"{provider}\", timeout: 5s, channels: 4 }" ;;
     http)  echo "  out: { type: http, url: \"http://127.0.0.1:$up/ingest\", timeout: 5s }" ;;
+    kafka) echo "  out: { type: kafka, brokers: \"127.0.0.1:$kafka\", topic: bench$$, timeout: 5s }" ;;
   esac
 }
+
+# Tansu, only when a kafka row is asked for (one partition: what one topic gets by default).
+kafka=$(free_port)
+case " ${SINKS:-kafka} " in *" kafka "*)
+  mkdir -p "$work/tansu"
+  (cd "$work/tansu" && exec tansu broker --listener-url "tcp://127.0.0.1:$kafka" \
+    --advertised-listener-url "tcp://127.0.0.1:$kafka" --storage-engine sqlite://tansu.db \
+    >"$work/tansu/log" 2>&1) &
+  pids+=("$!")
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$kafka") 2>/dev/null && break; sleep 0.1; done
+  tansu topic create "bench$$" --partitions 1 --broker "tcp://127.0.0.1:$kafka"
+esac
 
 # AMQP needs a queue bound, or every event is unroutable (503). rabbitmqadmin talks to the
 # management plugin; enable it if it is off.
@@ -75,7 +90,7 @@ rabbitmqadmin declare binding source=bench$$ destination=bench$$ routing_key='#'
 printf 'requests=%s concurrency=%s body=1KiB threads=2\n' "$N" "$C"
 # nats+journal: the nats sink with the dedup journal (restarts remember the ids; one more
 # group-committed fsync per batch on the accepted path).
-for sink in ${SINKS:-spool redis nats nats+journal amqp http}; do
+for sink in ${SINKS:-spool redis nats nats+journal amqp kafka http}; do
   port=$(free_port); admin=$(free_port)
   dedup="{ backend: memory }"
   [ "$sink" = nats+journal ] && dedup="{ journal: $work/journal/ }"

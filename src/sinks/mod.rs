@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod config;
 pub mod fallback;
 pub mod http;
+pub mod kafka;
 pub mod nats;
 pub mod outbound;
 pub mod redis;
@@ -27,6 +28,7 @@ pub const KINDS: &[Kind] = &[
     redis::KIND,
     nats::KIND,
     amqp::KIND,
+    kafka::KIND,
     outbound::KIND,
 ];
 
