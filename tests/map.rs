@@ -1,7 +1,9 @@
 //! `map:` through the real binary: JSONPath fields of the verified body carried beside the
-//! raw body by the spool (an object in the line), the redis sink (a `map` field) and the http
-//! sink (`X-Portcullis-Map`); a required field that matches nothing is `400 missing_field`
-//! naming it; in shadow mode the event goes on with the verdict.
+//! raw body by the spool (an object in the line), the redis sink (a `map` field), the http
+//! sink (`X-Portcullis-Map`), the nats sink (`Portcullis-Map`) and the amqp sink
+//! (`portcullis-map`; kafka's record header is checked in tests/kafka_sink.rs); a required
+//! field that matches nothing is `400 missing_field` naming it; in shadow mode the event goes
+//! on with the verdict.
 
 mod common;
 
@@ -102,4 +104,109 @@ fn the_redis_sink_adds_a_map_field() {
     let map: serde_json::Value = serde_json::from_slice(&got[0]["map"]).unwrap();
     assert_eq!(map, expected());
     assert_eq!(got[0]["body"], BODY.as_bytes());
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn the_nats_sink_sends_the_map_as_a_header() {
+    if !broker("NATS", "127.0.0.1:4222") {
+        return;
+    }
+    let stream = unique("MAP");
+    let prefix = unique("map");
+    let f = filter("sink: queue\n");
+    let sink = format!("  queue: {{ type: nats, url: \"nats://127.0.0.1:4222\", stream: {stream}, subject: \"{prefix}.{{provider}}\", create_stream: true, timeout: 2s }}");
+    let server = Server::start(&[("push.yaml", &f)], &sink);
+    assert_eq!(push(&server, "n-1", BODY).status, 202);
+    block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap());
+        let s = js.get_stream(&stream).await.unwrap();
+        let m = s.get_raw_message(1).await.unwrap();
+        let map = m.headers.get("Portcullis-Map").unwrap().as_str();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(map).unwrap(),
+            expected()
+        );
+        assert_eq!(m.payload.as_ref(), BODY.as_bytes());
+        js.delete_stream(&stream).await.unwrap();
+    });
+}
+
+#[test]
+fn the_amqp_sink_sends_the_map_as_a_header() {
+    use lapin::options::*;
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    if !broker("RabbitMQ", "127.0.0.1:5672") {
+        return;
+    }
+    let exchange = unique("map");
+    let f = filter("sink: queue\n");
+    let sink = format!("  queue: {{ type: amqp, url: \"{URL}\", exchange: {exchange}, routing_key: \"{{provider}}\", timeout: 3s }}");
+    block_on(async {
+        let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let (ex, q) = (
+            ShortString::from(exchange.clone()),
+            ShortString::from(exchange.clone()),
+        );
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            ex.clone(),
+            lapin::ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(q.clone(), durable_queue, FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_bind(
+            q.clone(),
+            ex.clone(),
+            ShortString::from("#".to_owned()),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let server = Server::start(&[("push.yaml", &f)], &sink);
+        assert_eq!(push(&server, "a-1", BODY).status, 202);
+        let m = ch
+            .basic_get(q.clone(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("the event is in the queue");
+        let headers = m.delivery.properties.headers().clone().unwrap();
+        let Some(AMQPValue::LongString(map)) = headers.inner().get("portcullis-map").cloned()
+        else {
+            panic!("no portcullis-map header: {headers:?}");
+        };
+        let map: serde_json::Value = serde_json::from_slice(map.as_bytes()).unwrap();
+        assert_eq!(map, expected());
+        assert_eq!(m.delivery.data, BODY.as_bytes());
+        ch.queue_delete(q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        ch.exchange_delete(ex, ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+    });
 }
