@@ -813,3 +813,46 @@ fn a_key_regenerated_on_one_node_is_refused_by_the_other_within_its_poll() {
     drop(b);
     drop(a);
 }
+
+#[test]
+fn an_api_endpoint_takes_its_schema_and_transform_inline_and_refuses_at_enqueue() {
+    let rx = Receiver::ok();
+    let dir = Server::prepare(&[]);
+    let key = master_key(dir.path(), "master.key");
+    let d = Dispatcher::start_managed(dir, &[], &sqlite_store(&key), LOCAL, "");
+    let url = format!("http://127.0.0.1:{}/hook", rx.port);
+    // A file name is the files' form: the API cannot make the server read its disk.
+    let r = d.call(
+        "POST",
+        "/v1/endpoints",
+        &[],
+        &format!(r#"{{"tenant":"t","name":"e","url":"{url}","schema":"/etc/passwd"}}"#),
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "invalid_endpoint");
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("not a file name"));
+    let r = d.call(
+        "POST",
+        "/v1/endpoints",
+        &[],
+        &format!(
+            r#"{{"tenant":"t","name":"e","url":"{url}","schema":{{"type":"object","required":["n"]}},"transform":{{"map":{{"count":"$.n"}}}}}}"#
+        ),
+    );
+    let (_, secret) = created(&r);
+    let r = d.send(r#"{"tenant":"t","event_type":"a","id":"bad","payload":{"m":1}}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "schema_violation", "endpoint": "e", "pointer": "", "keyword": "required"})
+    );
+    d.queue("t", "a", "good", r#"{"n": 3, "noise": true}"#);
+    let got = rx.wait_for(1);
+    assert_eq!(got[0].body, br#"{"count":3}"#);
+    if let Some(verdict) = standard_webhooks_verify(&[&secret], r#"{"count":3}"#, &got[0]) {
+        verdict.unwrap();
+    }
+}

@@ -196,6 +196,17 @@ impl Api {
                 rejected();
                 invalid_message(invalid)
             }
+            Err(Refused::Schema {
+                endpoint,
+                violation,
+            }) => {
+                rejected();
+                json_response(
+                    400,
+                    serde_json::json!({"error": "schema_violation", "endpoint": endpoint,
+                        "pointer": violation.pointer, "keyword": violation.keyword}),
+                )
+            }
             Err(Refused::UnknownTenant) => {
                 rejected();
                 error(404, "unknown_tenant")

@@ -62,16 +62,27 @@ impl Unmapped {
     }
 }
 
+/// A filter's `map:`, compiled; problems reported at the key.
 pub fn load(
     spec: Option<&std::collections::BTreeMap<String, FieldSpec>>,
     at: &mut Section<'_, '_>,
 ) -> Option<Map> {
-    let spec = spec?;
+    compile(spec?, |field, message| match field {
+        Some(name) => at.error(&["map", name], message),
+        None => at.error(&["map"], message),
+    })
+}
+
+/// Compiles the fields; each problem goes to `problem` with the field it is about.
+pub fn compile(
+    spec: &std::collections::BTreeMap<String, FieldSpec>,
+    mut problem: impl FnMut(Option<&str>, String),
+) -> Option<Map> {
     let mut fields = Vec::new();
     for (name, field) in spec {
         if !crate::config::is_name(name) {
-            at.error(
-                &["map", name],
+            problem(
+                Some(name),
                 format!("map field `{name}`: a name is letters, digits, `-` or `_`"),
             );
             continue;
@@ -86,16 +97,16 @@ pub fn load(
                 path,
                 required,
             }),
-            Err(e) => at.error(
-                &["map", name],
+            Err(e) => problem(
+                Some(name),
                 format!("map field `{name}`: `{path}` is not a JSONPath (RFC 9535, like $.head_commit.id): {e}"),
             ),
         }
     }
     if fields.is_empty() {
-        at.error(
-            &["map"],
-            "map: names no field: remove it or add `name: \"$.path\"`",
+        problem(
+            None,
+            "map: names no field: remove it or add `name: \"$.path\"`".into(),
         );
         return None;
     }
@@ -105,7 +116,11 @@ pub fn load(
 impl Map {
     /// The mapped object as the envelope carries it (compact ASCII JSON).
     pub fn apply(&self, req: &Inbound<'_>) -> Result<String, Unmapped> {
-        let json = req.json().ok_or(Unmapped::NotJson)?;
+        self.apply_to(req.json().ok_or(Unmapped::NotJson)?)
+    }
+
+    /// The mapped object of `json` (compact ASCII JSON).
+    pub fn apply_to(&self, json: &Value) -> Result<String, Unmapped> {
         let mut out = serde_json::Map::new();
         for field in &self.fields {
             let nodes = field.path.query(json).all();

@@ -43,56 +43,54 @@ const MAX_SCHEMA: u64 = 1 << 20;
 /// the key.
 pub fn load(value: Option<&str>, base: &Path, at: &mut Section<'_, '_>) -> Option<Schema> {
     let file = value?;
+    match read(file, base).and_then(|(json, text)| compile(&json, file, Some(&text))) {
+        Ok(schema) => Some(schema),
+        Err(e) => {
+            at.error(&["schema"], e);
+            None
+        }
+    }
+}
+
+/// A schema file's JSON and text, or why it cannot be read (`schema FILE…: why`).
+pub fn read(file: &str, base: &Path) -> Result<(serde_json::Value, String), String> {
     let path = base.join(file);
     let text = match std::fs::metadata(&path) {
-        Ok(m) if m.len() > MAX_SCHEMA => {
-            at.error(&["schema"], format!("schema {file}: larger than 1 MiB"));
-            return None;
-        }
-        Ok(_) => match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                at.error(&["schema"], format!("schema {file}: {e}"));
-                return None;
-            }
-        },
-        Err(e) => {
-            at.error(&["schema"], format!("schema {file}: {e}"));
-            return None;
-        }
+        Ok(m) if m.len() > MAX_SCHEMA => return Err(format!("schema {file}: larger than 1 MiB")),
+        Ok(_) => std::fs::read_to_string(&path).map_err(|e| format!("schema {file}: {e}"))?,
+        Err(e) => return Err(format!("schema {file}: {e}")),
     };
-    let json: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(j) => j,
-        Err(e) => {
-            at.error(
-                &["schema"],
-                format!(
-                    "schema {file}:{}:{}: not JSON: {}",
-                    e.line(),
-                    e.column(),
-                    plain(&e)
-                ),
-            );
-            return None;
-        }
-    };
-    match jsonschema::validator_for(&json) {
-        Ok(validator) => Some(Schema {
+    let json = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "schema {file}:{}:{}: not JSON: {}",
+            e.line(),
+            e.column(),
+            plain(&e)
+        )
+    })?;
+    Ok((json, text))
+}
+
+/// Compiles a schema; `label` names it in the message (a file, or an endpoint's inline one),
+/// and `text`, when there is one, gives the line of the error.
+pub fn compile(
+    json: &serde_json::Value,
+    label: &str,
+    text: Option<&str>,
+) -> Result<Schema, String> {
+    match jsonschema::validator_for(json) {
+        Ok(validator) => Ok(Schema {
             validator: Arc::new(validator),
-            file: file.to_owned(),
+            file: label.to_owned(),
         }),
         Err(e) => {
-            let line = line_of(&text, e.instance_path().as_str());
-            at.error(
-                &["schema"],
-                format!(
-                    "schema {file}{}: not a valid JSON Schema at {}: {}",
-                    line.map(|l| format!(":{l}")).unwrap_or_default(),
-                    pointer_or_root(e.instance_path().as_str()),
-                    e
-                ),
-            );
-            None
+            let line = text.and_then(|t| line_of(t, e.instance_path().as_str()));
+            Err(format!(
+                "schema {label}{}: not a valid JSON Schema at {}: {}",
+                line.map(|l| format!(":{l}")).unwrap_or_default(),
+                pointer_or_root(e.instance_path().as_str()),
+                e
+            ))
         }
     }
 }
@@ -133,7 +131,11 @@ impl Schema {
     /// The first violation of the body's JSON, if any (`None` too when it is not JSON: that
     /// is `invalid_json`'s to say).
     pub fn first_violation(&self, req: &Inbound<'_>) -> Option<Violation> {
-        let json = req.json()?;
+        self.violation(req.json()?)
+    }
+
+    /// The first violation of `json`, if any.
+    pub fn violation(&self, json: &serde_json::Value) -> Option<Violation> {
         let error = self.validator.iter_errors(json).next()?;
         Some(Violation {
             pointer: error.instance_path().as_str().to_owned(),

@@ -331,6 +331,13 @@ pub fn send(conf: &Path, tenant: &str, event_type: &str, id: Option<&str>, data:
                     "unknown tenant `{tenant}`: no endpoints file names it"
                 )),
                 Err(super::Refused::Invalid(i)) => Err(format!("invalid message: {}", i.detail)),
+                Err(super::Refused::Schema {
+                    endpoint,
+                    violation,
+                }) => Err(format!(
+                    "schema violation: {}",
+                    super::Refused::schema_detail(&endpoint, &violation)
+                )),
                 Err(super::Refused::Store(e)) => Err(e.to_string()),
             }
         })

@@ -66,7 +66,11 @@ impl Client {
     }
 
     async fn exchange(&self, endpoint: &Endpoint, message: &StoredMessage) -> Attempted {
-        let payload = message.payload.as_str();
+        // Checked at enqueue; fails only if the endpoint's transform changed since.
+        let payload = match endpoint.body(&message.payload) {
+            Ok(p) => p,
+            Err(e) => return failed("transform_failed", e),
+        };
         let target = &endpoint.target;
         let addr = match ssrf::vet(target, &self.allow_internal).await {
             Ok(addr) => addr,
@@ -84,7 +88,7 @@ impl Client {
             // ALPN offers h2 first, then HTTP/1.1.
             peer.options.set_http_version(2, 1);
         }
-        let req = match request(endpoint, message) {
+        let req = match request(endpoint, message, &payload) {
             Ok(r) => r,
             Err(e) => return failed("connect_error", format!("request: {e}")),
         };
@@ -155,13 +159,21 @@ fn failed(outcome: &'static str, detail: String) -> Attempted {
 }
 
 /// The signed request head.
-fn request(endpoint: &Endpoint, message: &StoredMessage) -> pingora::Result<RequestHeader> {
-    let (id, payload) = (message.id.as_str(), message.payload.as_str());
-    // A bridged inbound webhook keeps its own type (a form body stays a form).
-    let content_type = message
-        .content_type
-        .as_deref()
-        .unwrap_or("application/json");
+fn request(
+    endpoint: &Endpoint,
+    message: &StoredMessage,
+    payload: &str,
+) -> pingora::Result<RequestHeader> {
+    let id = message.id.as_str();
+    // A bridged inbound webhook keeps its own type (a form body stays a form); a transform's
+    // body is JSON.
+    let content_type = match &endpoint.transform {
+        Some(_) => "application/json",
+        None => message
+            .content_type
+            .as_deref()
+            .unwrap_or("application/json"),
+    };
     let mut req = RequestHeader::build("POST", endpoint.target.path.as_bytes(), None)?;
     req.insert_header("host", &endpoint.target.authority)?;
     for (name, value) in &endpoint.headers {

@@ -1,7 +1,10 @@
 //! `endpoints/TENANT.yaml`: a tenant's outbound endpoints, each with its URL, secrets and
 //! signing scheme (Standard Webhooks by default; any preset that signs, or `hmac` with its
 //! `signature:`/`timestamp:` blocks, the X-WSS style among them), the event types it takes
-//! and the headers it adds.
+//! and the headers it adds; optionally a JSON Schema its payloads must satisfy (checked when
+//! a message is enqueued, so a bad one is refused before anything is stored) and a
+//! `transform: { map }` that shapes the delivered body (applied at each attempt, to the
+//! stored payload, so every attempt sends and signs the same bytes).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,6 +53,24 @@ pub struct EndpointSpec {
     max_in_flight: Option<u32>,
     #[serde(default)]
     ordered: bool,
+    #[serde(default)]
+    schema: Option<SchemaSpec>,
+    #[serde(default)]
+    transform: Option<TransformSpec>,
+}
+
+/// `schema:` a file (relative to the endpoints file; not through the API) or the schema itself.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SchemaSpec {
+    File(String),
+    Inline(serde_json::Map<String, serde_json::Value>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransformSpec {
+    map: BTreeMap<String, crate::filters::map::FieldSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +95,10 @@ pub struct Endpoint {
     pub limits: Limits,
     /// FIFO per endpoint (per `ordering_key` when a message has one).
     pub ordered: bool,
+    /// What a message's payload must satisfy to be enqueued for this endpoint.
+    pub schema: Option<crate::filters::schema::Schema>,
+    /// The delivered body: these fields of the payload instead of the payload.
+    pub transform: Option<crate::filters::map::Map>,
     pub origin: Origin,
 }
 
@@ -89,6 +114,28 @@ pub enum Origin {
 impl Endpoint {
     pub fn takes(&self, event_type: &str) -> bool {
         self.event_types.is_empty() || self.event_types.iter().any(|p| matches(p, event_type))
+    }
+
+    /// Whether the payload must be parsed at enqueue (a schema or a transform to check).
+    pub fn inspects_payload(&self) -> bool {
+        self.schema.is_some() || self.transform.is_some()
+    }
+
+    /// The body an attempt sends: the payload, or its transform.
+    pub fn body<'a>(&self, payload: &'a str) -> Result<std::borrow::Cow<'a, str>, String> {
+        let Some(map) = &self.transform else {
+            return Ok(std::borrow::Cow::Borrowed(payload));
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(payload).map_err(|_| "the payload is not JSON".to_owned())?;
+        map.apply_to(&json)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| match e {
+                crate::filters::map::Unmapped::NotJson => "the payload is not JSON".to_owned(),
+                crate::filters::map::Unmapped::Missing(f) => {
+                    format!("transform field `{f}` matches nothing in the payload")
+                }
+            })
     }
 }
 
@@ -201,6 +248,7 @@ fn nested_keys() -> Vec<(&'static str, &'static [&'static str])> {
     let mut nested = vec![
         ("endpoints", keys::<EndpointSpec>()),
         ("rate_limit", keys::<RateSpec>()),
+        ("transform", keys::<TransformSpec>()),
     ];
     nested.extend(schemes::config::nested_keys());
     nested
@@ -277,7 +325,16 @@ fn endpoint(
         );
         return None;
     }
-    build(tenant, spec, &secrets, rules, line, at, Origin::File)
+    build(
+        tenant,
+        spec,
+        &secrets,
+        rules,
+        Some(base),
+        line,
+        at,
+        Origin::File,
+    )
 }
 
 /// An endpoint of the management API from its JSON keys (those of a file's entry, less
@@ -319,6 +376,7 @@ pub fn from_api(
             &parsed,
             secrets,
             rules,
+            None,
             1,
             &mut at,
             Origin::Api(id.to_owned()),
@@ -335,12 +393,15 @@ pub fn from_api(
     }
 }
 
-/// An endpoint from its keys and resolved secrets, checked.
+/// An endpoint from its keys and resolved secrets, checked. `base`: the endpoints file's
+/// directory (`None` through the API, which takes no schema file).
+#[allow(clippy::too_many_arguments)]
 fn build(
     tenant: &str,
     spec: &EndpointSpec,
     secrets: &[Secret],
     rules: &Rules<'_>,
+    base: Option<&Path>,
     line: usize,
     at: &mut Section<'_, '_>,
     origin: Origin,
@@ -440,6 +501,26 @@ fn build(
             return None;
         }
     };
+    let schema = spec.schema.as_ref().and_then(|s| {
+        let compiled = match (s, base) {
+            (SchemaSpec::File(file), Some(base)) => crate::filters::schema::read(file, base)
+                .and_then(|(json, text)| crate::filters::schema::compile(&json, file, Some(&text))),
+            (SchemaSpec::File(_), None) => Err("schema: through the API the schema is given itself (a JSON object), not a file name".into()),
+            (SchemaSpec::Inline(json), _) => crate::filters::schema::compile(
+                &serde_json::Value::Object(json.clone()),
+                "(inline)",
+                None,
+            ),
+        };
+        compiled
+            .map_err(|e| at.error_at(line, format!("endpoint `{name}`: {e}")))
+            .ok()
+    });
+    let transform = spec.transform.as_ref().and_then(|t| {
+        crate::filters::map::compile(&t.map, |_, e| {
+            at.error_at(line, format!("endpoint `{name}`: transform: {e}"))
+        })
+    });
     Some(Endpoint {
         tenant: tenant.to_owned(),
         name: name.clone(),
@@ -455,6 +536,8 @@ fn build(
             node_room: None,
         },
         ordered: spec.ordered,
+        schema,
+        transform,
         origin,
     })
 }

@@ -50,8 +50,73 @@ pub struct Dispatcher {
 #[derive(Debug)]
 pub enum Refused {
     Invalid(Invalid),
+    /// The payload fails the schema of an endpoint it is for.
+    Schema {
+        endpoint: String,
+        violation: crate::filters::schema::Violation,
+    },
     UnknownTenant,
     Store(StoreError),
+}
+
+impl Refused {
+    /// `schema_violation`'s detail for a dead letter or a log: where, never the value.
+    pub fn schema_detail(endpoint: &str, v: &crate::filters::schema::Violation) -> String {
+        let at = if v.pointer.is_empty() {
+            "/"
+        } else {
+            &v.pointer
+        };
+        format!(
+            "endpoint `{endpoint}`: the payload at {at} fails `{}`",
+            v.keyword
+        )
+    }
+}
+
+/// Checks the payload against the schemas and transforms of the endpoints it is for, so a
+/// message none of them could take is refused before anything is stored.
+fn check_payload(
+    message: &Message,
+    endpoints: &[&Arc<endpoints::Endpoint>],
+) -> Result<(), Refused> {
+    let mut inspecting = endpoints.iter().filter(|e| e.inspects_payload()).peekable();
+    if inspecting.peek().is_none() {
+        return Ok(());
+    }
+    let json: Option<serde_json::Value> = match message.content_type {
+        None => serde_json::from_str(&message.payload).ok(),
+        Some(_) => None,
+    };
+    for e in inspecting {
+        let Some(json) = &json else {
+            return Err(Refused::Invalid(Invalid {
+                field: Some("payload"),
+                detail: format!(
+                    "endpoint `{}` checks or transforms payloads: the payload must be JSON",
+                    e.name
+                ),
+            }));
+        };
+        if let Some(violation) = e.schema.as_ref().and_then(|s| s.violation(json)) {
+            return Err(Refused::Schema {
+                endpoint: e.name.clone(),
+                violation,
+            });
+        }
+        if let Some(Err(crate::filters::map::Unmapped::Missing(field))) =
+            e.transform.as_ref().map(|m| m.apply_to(json))
+        {
+            return Err(Refused::Invalid(Invalid {
+                field: Some("payload"),
+                detail: format!(
+                    "endpoint `{}`: transform field `{field}` matches nothing in the payload",
+                    e.name
+                ),
+            }));
+        }
+    }
+    Ok(())
 }
 
 impl Dispatcher {
@@ -113,6 +178,7 @@ impl Dispatcher {
                     .is_none_or(|n| n.contains(&e.name))
             })
             .collect();
+        check_payload(&message, &matching)?;
         let endpoints = matching
             .iter()
             .map(|e| Route {

@@ -232,7 +232,8 @@ async fn attempt(d: &Dispatcher, claim: &Claimed) -> (Outcome, bool) {
             );
         }
     }
-    let gone = attempted.outcome == "gone";
+    // Neither a 410 nor a payload the transform cannot take says the endpoint is unhealthy.
+    let tells_breaker = !matches!(attempted.outcome, "gone" | "transform_failed");
     let outcome = Outcome {
         outcome: attempted.outcome,
         status: attempted.status,
@@ -240,8 +241,7 @@ async fn attempt(d: &Dispatcher, claim: &Claimed) -> (Outcome, bool) {
         preview: attempted.preview,
         next,
     };
-    // A 410 disables the endpoint instead; everything else tells the breaker.
-    (outcome, !gone)
+    (outcome, tells_breaker)
 }
 
 fn dead(reason: &'static str) -> Outcome {
@@ -287,6 +287,8 @@ pub fn next_step(a: &Attempted, made: i64, schedule: &[Duration]) -> Next {
     match a.outcome {
         "delivered" => return Next::Delivered,
         "gone" => return Next::Dead("endpoint_gone"),
+        // No retry can change it: the payload does not fit the endpoint's transform.
+        "transform_failed" => return Next::Dead("transform_failed"),
         _ => {}
     }
     let Some(delay) = schedule.get((made - 1).max(0) as usize) else {

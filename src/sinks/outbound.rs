@@ -76,6 +76,18 @@ impl Sink for OutboundSink {
                 )))
             }
             Ok(Err(Refused::Invalid(i))) => return Err(SinkError::Unavailable(i.detail)),
+            // Like an upstream's 400: a retry of the same event cannot pass.
+            Ok(Err(Refused::Schema {
+                endpoint,
+                violation,
+            })) => {
+                tracing::warn!(
+                    sink = %self.name,
+                    detail = %Refused::schema_detail(&endpoint, &violation),
+                    "the outbound endpoint's schema refuses the event"
+                );
+                return Err(SinkError::Rejected(400));
+            }
         };
         crate::metrics::OUTBOUND_MESSAGES
             .with_label_values(&["inbound", outcome])

@@ -77,6 +77,13 @@ pub async fn handle(
                 return Handled::Retry;
             }
             Err(Refused::Invalid(invalid)) => ("invalid_message", invalid.detail),
+            Err(Refused::Schema {
+                endpoint,
+                violation,
+            }) => (
+                "schema_violation",
+                Refused::schema_detail(&endpoint, &violation),
+            ),
             Err(Refused::UnknownTenant) => ("unknown_tenant", "no such tenant".to_owned()),
         },
     };
