@@ -65,6 +65,9 @@ sink_yaml() {
   esac
 }
 
+# User+system CPU ticks of a process so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # Tansu, only when a kafka row is asked for (one partition: what one topic gets by default).
 kafka=$(free_port)
 case " ${SINKS:-kafka} " in *" kafka "*)
@@ -72,7 +75,7 @@ case " ${SINKS:-kafka} " in *" kafka "*)
   (cd "$work/tansu" && exec tansu broker --listener-url "tcp://127.0.0.1:$kafka" \
     --advertised-listener-url "tcp://127.0.0.1:$kafka" --storage-engine sqlite://tansu.db \
     >"$work/tansu/log" 2>&1) &
-  pids+=("$!")
+  tansu_pid=$!; pids+=("$tansu_pid")
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$kafka") 2>/dev/null && break; sleep 0.1; done
   tansu topic create "bench$$" --partitions 1 --broker "tcp://127.0.0.1:$kafka"
 esac
@@ -106,8 +109,16 @@ YAML
   "$bin" run -c "$work/$sink.yaml" --no-access-log 2>"$work/$sink.log" &
   pid=$!; pids+=("$pid")
   wait_http "http://127.0.0.1:$admin/healthz"
-  "$load" --url "http://127.0.0.1:$port/webhook/github" --filter "$work/filters/github.yaml" \
-    --requests "$N" --concurrency "$C" --pid "$pid" --label "$sink"
+  before=$([ "$sink" = kafka ] && cpu_ticks "$tansu_pid" || echo 0)
+  line=$("$load" --url "http://127.0.0.1:$port/webhook/github" --filter "$work/filters/github.yaml" \
+    --requests "$N" --concurrency "$C" --pid "$pid" --label "$sink")
+  if [ "$sink" = kafka ]; then
+    # The broker's own CPU, beside the gateway's: Tansu shares the two cores.
+    ticks=$(( $(cpu_ticks "$tansu_pid") - before ))
+    line=$(printf '%s\tbroker_cpu_s_per_10k=%s' "$line" \
+      "$(python3 -c "print(round($ticks / $(getconf CLK_TCK) / $N * 10000, 2))")")
+  fi
+  echo "$line"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 

@@ -267,6 +267,8 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     for replayer in replayers {
         server.add_service(background_service("fallback replay", replayer));
     }
+    let warmer = crate::sinks::Warmer(sinks.clone());
+    server.add_service(background_service("sink warm-up", warmer));
     if let Some(addr) = admin_addr {
         let store = outbound.as_ref().map(|(_, d)| d.store.clone());
         let admin = Admin {

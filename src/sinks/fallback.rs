@@ -100,6 +100,10 @@ impl Sink for WithFallback {
         self.primary.ready().await || self.spool.ready().await
     }
 
+    async fn warm(&self) {
+        self.primary.warm().await
+    }
+
     /// The primary's failures and the spool's, each under its own name, each once.
     fn counts_own_errors(&self) -> bool {
         true

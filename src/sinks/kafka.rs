@@ -9,8 +9,9 @@
 //! consumer sees a sender's retry as a second record with the same key (at least once, as
 //! with every queue without a broker-side dedup window).
 //!
-//! The producer is made on first use, inside the server's runtime (the daemon forks before
-//! that, and librdkafka's threads would not survive it). A producer whose idempotence session
+//! The producer is made when the server starts (the sink warm-up; or at first use), inside
+//! its runtime: the daemon forks before that, and librdkafka's threads would not survive it.
+//! A producer whose idempotence session
 //! broke is replaced, and the next event starts a fresh session (a new producer id) instead of
 //! every event failing until a restart: on librdkafka's fatal error, on the broker refusing
 //! its sequence, epoch or producer id or failing unexpectedly, and on a delivery that timed
@@ -39,6 +40,9 @@ pub struct KafkaSink {
     name: String,
     config: Config,
     producer: ArcSwapOption<FutureProducer>,
+    /// Held while a producer is made, so concurrent first events make one (a second one
+    /// would have to be destroyed, which blocks).
+    making: std::sync::Mutex<()>,
 }
 
 impl KafkaSink {
@@ -47,10 +51,16 @@ impl KafkaSink {
             name: name.to_owned(),
             config,
             producer: ArcSwapOption::empty(),
+            making: std::sync::Mutex::new(()),
         }
     }
 
     fn producer(&self) -> Result<Arc<FutureProducer>, SinkError> {
+        if let Some(producer) = self.producer.load_full() {
+            return Ok(producer);
+        }
+        // Making one is quick (librdkafka connects in its own threads): no await under it.
+        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(producer) = self.producer.load_full() {
             return Ok(producer);
         }
@@ -60,14 +70,8 @@ impl KafkaSink {
             .create()
             .map_err(|e| SinkError::Unavailable(format!("kafka producer: {e}")))?;
         let made = Arc::new(made);
-        // Two first events may race: the one stored first wins, the other's is dropped.
-        let previous = self
-            .producer
-            .compare_and_swap(&None::<Arc<_>>, Some(made.clone()));
-        Ok(match &*previous {
-            Some(winner) => winner.clone(),
-            None => made,
-        })
+        self.producer.store(Some(made.clone()));
+        Ok(made)
     }
 
     /// Replaces a producer whose session broke (`error`: its delivery's, `None` when the
@@ -203,6 +207,13 @@ impl Sink for KafkaSink {
         }
     }
 
+    /// Makes the producer: librdkafka connects and takes its producer id in the background.
+    async fn warm(&self) {
+        if let Err(e) = self.producer() {
+            tracing::warn!(sink = %self.name, "{e}");
+        }
+    }
+
     /// Whether a broker answers a metadata request within a second.
     async fn ready(&self) -> bool {
         let Ok(producer) = self.producer() else {
@@ -257,7 +268,7 @@ impl Config {
             .set("message.timeout.ms", &timeout_ms)
             .set("request.timeout.ms", &timeout_ms)
             // Concurrent events still share a batch; one event alone waits at most 1 ms.
-            .set("linger.ms", "1")
+            .set("linger.ms", "2")
             // A broker back from a restart is found within a second, not librdkafka's 10 s.
             .set("reconnect.backoff.max.ms", "1000")
             .set("socket.keepalive.enable", "true");

@@ -94,6 +94,19 @@ pub trait Sink: Send + Sync {
     fn idempotent(&self) -> bool {
         false
     }
+    /// Connects ahead of the first event, once the server runs (after any fork), so that
+    /// event does not wait for it.
+    async fn warm(&self) {}
+}
+
+/// Warms every sink once at start (a background service).
+pub struct Warmer(pub Vec<Arc<dyn Sink>>);
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for Warmer {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        futures::future::join_all(self.0.iter().map(|s| s.warm())).await;
+    }
 }
 
 /// Every sink of a server by name, with fallbacks wrapped around their primaries.
