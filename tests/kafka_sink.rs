@@ -22,6 +22,10 @@ struct Tansu {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Clients must authenticate (SASL/SCRAM) from the next spawn on.
+    authentication: bool,
+    /// The user the test's own consumer signs in as, then.
+    user: Option<(String, String)>,
 }
 
 /// One record as a consumer sees it.
@@ -64,6 +68,8 @@ impl Tansu {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            authentication: false,
+            user: None,
         };
         t.spawn();
         Some(t)
@@ -86,6 +92,7 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(self.authentication.then_some("--authentication"))
             .current_dir(self.dir.path())
             .env(
                 "RUST_LOG",
@@ -112,6 +119,23 @@ impl Tansu {
         std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
     }
 
+    /// A SCRAM-SHA-512 user. Tansu 0.6 takes new users only from unauthenticated clients,
+    /// so this comes before turning authentication on.
+    fn add_user(&mut self, name: &str, password: &str) {
+        self.user = Some((name.to_owned(), password.to_owned()));
+        let status = Command::new("tansu")
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.brokers()),
+            ])
+            .args([name, password])
+            .status()
+            .unwrap();
+        assert!(status.success(), "tansu user create");
+    }
+
     fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -132,7 +156,15 @@ impl Tansu {
 
     /// Every record of the (one-partition) topic, in order.
     fn records(&self, topic: &str) -> Vec<Record> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        if let (true, Some((name, password))) = (self.authentication, &self.user) {
+            config
+                .set("security.protocol", "sasl_plaintext")
+                .set("sasl.mechanisms", "SCRAM-SHA-512")
+                .set("sasl.username", name)
+                .set("sasl.password", password);
+        }
+        let consumer: BaseConsumer = config
             .set("bootstrap.servers", self.brokers())
             .set("group.id", unique("portcullis-test"))
             .set("enable.auto.commit", "false")
@@ -376,4 +408,107 @@ fn with_a_fallback_the_outage_is_spooled_and_replayed_into_the_topic_in_order() 
     let keys: Vec<String> = kafka.records("later").into_iter().map(|r| r.key).collect();
     let expected: Vec<String> = ids.iter().map(|id| format!("later:{id}")).collect();
     assert_eq!(keys, expected, "replayed once each, in arrival order");
+}
+
+#[test]
+fn sasl_scram_credentials_from_env_are_used_and_a_wrong_password_is_refused_clearly() {
+    let Some(mut kafka) = Tansu::start() else {
+        return;
+    };
+    kafka.create_topic("secured");
+    kafka.add_user("gateway", "correct-horse-battery");
+    kafka.kill();
+    kafka.authentication = true;
+    kafka.spawn();
+    let f = filter("scram");
+    let sasl =
+        ", sasl: { mechanism: SCRAM-SHA-512, username: gateway, password: \"env:KAFKA_PASSWORD\" }";
+    let sink = kafka_sink(&kafka.brokers(), "secured", sasl);
+    let good = start_with_env(
+        &[("f.yaml", &f)],
+        &sink,
+        &[("KAFKA_PASSWORD", "correct-horse-battery")],
+    );
+    assert_eq!(post_id(&good, &f, "signed-in"), 202);
+    assert_eq!(good.admin_get("/readyz").status, 200);
+    let keys: Vec<String> = kafka
+        .records("secured")
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, ["scram:signed-in"]);
+
+    let bad = start_with_env(
+        &[("f.yaml", &f)],
+        &sink,
+        &[("KAFKA_PASSWORD", "wrong-horse")],
+    );
+    let r = post_signed_response(&bad, &f, "refused");
+    assert_eq!((r.status, r.reason()), (503, "sink_unavailable".into()));
+    assert_eq!(bad.admin_get("/readyz").status, 503);
+    let log = bad.log();
+    assert!(
+        log.contains("SASL authentication"),
+        "the log says why:\n{log}"
+    );
+    for server in [&good, &bad] {
+        let log = server.log();
+        assert!(!log.contains("horse"), "no password in the log:\n{log}");
+    }
+    assert_eq!(
+        kafka.records("secured").len(),
+        1,
+        "nothing from the refused sink"
+    );
+}
+
+#[test]
+fn a_sink_with_tls_never_speaks_plaintext_to_a_broker_that_has_no_tls() {
+    let Some(kafka) = Tansu::start() else {
+        return;
+    };
+    kafka.create_topic("clear");
+    let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let f = filter("tls");
+    let dir = Server::prepare(&[("f.yaml", &f)]);
+    std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    let sink = kafka_sink(&kafka.brokers(), "clear", ", tls: { ca: ca.pem }");
+    let port = free_port();
+    let server = Server::start_in(dir, port, &format!("  - addr: 127.0.0.1:{port}"), &sink, "");
+    let r = post_signed_response(&server, &f, "clear-1");
+    assert_eq!(r.status, 503);
+    assert_eq!(server.admin_get("/readyz").status, 503);
+    assert!(
+        kafka.records("clear").is_empty(),
+        "nothing sent in the clear"
+    );
+    // A plaintext broker never completes the handshake: the answer is a timeout, not data.
+    assert!(
+        server.log().contains("no kafka delivery report"),
+        "{}",
+        server.log()
+    );
+}
+
+/// A gateway whose process has `env` set (the password references read it).
+fn start_with_env(filters: &[(&str, &str)], sink: &str, env: &[(&str, &str)]) -> Server {
+    let dir = Server::prepare(filters);
+    let lines: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(dir.path().join("env"), lines).unwrap();
+    let port = free_port();
+    Server::start_in(dir, port, &format!("  - addr: 127.0.0.1:{port}"), sink, "")
+}
+
+/// [`post_id`]'s request, with the whole answer.
+fn post_signed_response(server: &Server, filter: &str, id: &str) -> Response {
+    let name = filter
+        .lines()
+        .find_map(|l| l.strip_prefix("name: "))
+        .unwrap();
+    let body = format!("{{\"id\":\"{id}\"}}").into_bytes();
+    server.post(
+        &format!("/webhook/{name}"),
+        &sign(filter, &body, now(), id),
+        &body,
+    )
 }

@@ -277,3 +277,90 @@ pub fn url(
     }
     value.cloned()
 }
+
+/// `tls:` of a sink's connection to its broker: the CA that signs the broker's certificate
+/// (default: the system's roots) and a client certificate, when the broker asks for one.
+/// With `tls:` a sink speaks only TLS: a broker that does not is refused, never used in the
+/// clear.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    #[serde(default)]
+    ca: Option<String>,
+    #[serde(default)]
+    cert: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// A checked `tls:`: PEM files that exist, relative paths made absolute.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// `tls:` checked at the key: each file readable PEM, `cert` and `key` together.
+pub fn client_tls(
+    spec: Option<&TlsSpec>,
+    base: &Path,
+    at: &mut Section<'_, '_>,
+) -> Option<ClientTls> {
+    let spec = spec?;
+    let mut file = |key: &str, value: &Option<String>, label: &str| {
+        let value = value.as_ref()?;
+        let path = base.join(value);
+        match std::fs::read_to_string(&path) {
+            Ok(text)
+                if text.contains(&format!("-----BEGIN {label}"))
+                    || (label == "PRIVATE KEY" && text.contains(" PRIVATE KEY-----")) =>
+            {
+                Some(path)
+            }
+            Ok(_) => {
+                at.error(
+                    &["tls", key],
+                    format!("tls.{key} `{value}` holds no PEM {}", label.to_lowercase()),
+                );
+                None
+            }
+            Err(e) => {
+                at.error(&["tls", key], format!("tls.{key} `{value}`: {e}"));
+                None
+            }
+        }
+    };
+    let tls = ClientTls {
+        ca: file("ca", &spec.ca, "CERTIFICATE"),
+        cert: file("cert", &spec.cert, "CERTIFICATE"),
+        key: file("key", &spec.key, "PRIVATE KEY"),
+    };
+    if spec.cert.is_some() != spec.key.is_some() {
+        at.error(
+            &["tls"],
+            "tls: a client certificate needs both `cert` and `key`",
+        );
+    }
+    Some(tls)
+}
+
+/// A broker password from `env:NAME`, `file:PATH` or (with a warning) a literal.
+pub fn password(
+    value: &str,
+    base: &Path,
+    key: &[&str],
+    at: &mut Section<'_, '_>,
+) -> Option<crate::config::secrets::Secret> {
+    match crate::config::secrets::resolve(value, base) {
+        Ok((secret, crate::config::secrets::Source::Literal)) => {
+            at.warn(key, "the password is written literally in the file: use env:NAME or file:PATH in production");
+            Some(secret)
+        }
+        Ok((secret, _)) => Some(secret),
+        Err(e) => {
+            at.error(key, e);
+            None
+        }
+    }
+}

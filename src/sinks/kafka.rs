@@ -246,6 +246,19 @@ pub struct Spec {
     timeout: Option<String>,
     #[serde(default)]
     fallback: Option<String>,
+    #[serde(default)]
+    tls: Option<super::config::TlsSpec>,
+    #[serde(default)]
+    sasl: Option<SaslSpec>,
+}
+
+/// `sasl:` the credentials the broker asks for.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslSpec {
+    mechanism: String,
+    username: String,
+    password: String,
 }
 
 #[derive(Debug, Clone)]
@@ -254,7 +267,19 @@ pub struct Config {
     pub brokers: String,
     pub topic: String,
     pub timeout: Duration,
+    pub tls: Option<super::config::ClientTls>,
+    pub sasl: Option<Sasl>,
 }
+
+#[derive(Debug, Clone)]
+pub struct Sasl {
+    /// As librdkafka spells it: SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN.
+    pub mechanism: &'static str,
+    pub username: String,
+    pub password: crate::config::secrets::Secret,
+}
+
+const MECHANISMS: &[&str] = &["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"];
 
 impl Config {
     /// The producer's settings: the durable ones are fixed, not configurable.
@@ -272,6 +297,35 @@ impl Config {
             // A broker back from a restart is found within a second, not librdkafka's 10 s.
             .set("reconnect.backoff.max.ms", "1000")
             .set("socket.keepalive.enable", "true");
+        let protocol = match (&self.tls, &self.sasl) {
+            (None, None) => "plaintext",
+            (Some(_), None) => "ssl",
+            (None, Some(_)) => "sasl_plaintext",
+            (Some(_), Some(_)) => "sasl_ssl",
+        };
+        config.set("security.protocol", protocol);
+        if let Some(tls) = &self.tls {
+            // The broker's name is checked against its certificate (librdkafka's default).
+            config.set("ssl.endpoint.identification.algorithm", "https");
+            for (key, path) in [
+                ("ssl.ca.location", &tls.ca),
+                ("ssl.certificate.location", &tls.cert),
+                ("ssl.key.location", &tls.key),
+            ] {
+                if let Some(path) = path {
+                    config.set(key, path.to_string_lossy());
+                }
+            }
+        }
+        if let Some(sasl) = &self.sasl {
+            config
+                .set("sasl.mechanisms", sasl.mechanism)
+                .set("sasl.username", &sasl.username)
+                .set(
+                    "sasl.password",
+                    String::from_utf8_lossy(&sasl.password.0).into_owned(),
+                );
+        }
         config
     }
 }
@@ -302,10 +356,39 @@ impl super::config::Spec for Spec {
     fn load(
         &self,
         name: &str,
-        _base: &std::path::Path,
+        base: &std::path::Path,
         at: &mut crate::config::Section<'_, '_>,
     ) -> Option<Arc<dyn super::SinkConfig>> {
         let timeout = super::config::timeout(self.timeout.as_deref(), at);
+        let tls = super::config::client_tls(self.tls.as_ref(), base, at);
+        let sasl = self.sasl.as_ref().and_then(|s| {
+            let Some(mechanism) = MECHANISMS
+                .iter()
+                .find(|m| m.eq_ignore_ascii_case(&s.mechanism))
+            else {
+                at.error(
+                    &["sasl", "mechanism"],
+                    format!(
+                        "sasl mechanism `{}`: use one of {}",
+                        s.mechanism,
+                        MECHANISMS.join(", ")
+                    ),
+                );
+                return None;
+            };
+            if *mechanism == "PLAIN" && self.tls.is_none() {
+                at.error(
+                    &["sasl", "mechanism"],
+                    "sasl PLAIN sends the password as it is: it needs tls: (or use SCRAM-SHA-512)",
+                );
+            }
+            let password = super::config::password(&s.password, base, &["sasl", "password"], at)?;
+            Some(Sasl {
+                mechanism,
+                username: s.username.clone(),
+                password,
+            })
+        });
         let Some(brokers) = &self.brokers else {
             at.error(
                 &[],
@@ -335,6 +418,8 @@ impl super::config::Spec for Spec {
             brokers: brokers.clone(),
             topic,
             timeout,
+            tls,
+            sasl,
         }))
     }
 
