@@ -424,10 +424,11 @@ fn sasl_scram_credentials_from_env_are_used_and_a_wrong_password_is_refused_clea
     let sasl =
         ", sasl: { mechanism: SCRAM-SHA-512, username: gateway, password: \"env:KAFKA_PASSWORD\" }";
     let sink = kafka_sink(&kafka.brokers(), "secured", sasl);
-    let good = start_with_env(
+    let good = Server::start_env(
         &[("f.yaml", &f)],
         &sink,
         &[("KAFKA_PASSWORD", "correct-horse-battery")],
+        &[],
     );
     assert_eq!(post_id(&good, &f, "signed-in"), 202);
     assert_eq!(good.admin_get("/readyz").status, 200);
@@ -438,10 +439,11 @@ fn sasl_scram_credentials_from_env_are_used_and_a_wrong_password_is_refused_clea
         .collect();
     assert_eq!(keys, ["scram:signed-in"]);
 
-    let bad = start_with_env(
+    let bad = Server::start_env(
         &[("f.yaml", &f)],
         &sink,
         &[("KAFKA_PASSWORD", "wrong-horse")],
+        &[],
     );
     let r = post_signed_response(&bad, &f, "refused");
     assert_eq!((r.status, r.reason()), (503, "sink_unavailable".into()));
@@ -488,15 +490,6 @@ fn a_sink_with_tls_never_speaks_plaintext_to_a_broker_that_has_no_tls() {
         "{}",
         server.log()
     );
-}
-
-/// A gateway whose process has `env` set (the password references read it).
-fn start_with_env(filters: &[(&str, &str)], sink: &str, env: &[(&str, &str)]) -> Server {
-    let dir = Server::prepare(filters);
-    let lines: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    std::fs::write(dir.path().join("env"), lines).unwrap();
-    let port = free_port();
-    Server::start_in(dir, port, &format!("  - addr: 127.0.0.1:{port}"), sink, "")
 }
 
 /// [`post_id`]'s request, with the whole answer.

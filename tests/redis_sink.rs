@@ -195,3 +195,169 @@ fn a_publish_redis_refuses_leaves_no_marker_so_the_retry_is_stored() {
     assert_eq!(post_id(&server, &f, "w-1"), 202);
     assert_eq!(entries(redis.port, "webhooks:wrongtype").len(), 1);
 }
+
+/// A redis-server of the test's own that speaks only TLS (its plain port off) and knows one
+/// ACL user, `portcullis`, with `password`; the default user is off.
+struct TlsRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    fn start(ca: &common::certs::Ca, password: &str) -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = ca.leaf(&["127.0.0.1"], false);
+        for (name, text) in [
+            ("server.pem", &cert),
+            ("server.key", &key),
+            ("ca.pem", &ca.pem),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let port = free_port();
+        let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                &path("server.pem"),
+                "--tls-key-file",
+                &path("server.key"),
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                &path("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--dir", &path("")])
+            // One directive's words as separate arguments (a quoted one is read as one name).
+            .args([
+                "--user",
+                "portcullis",
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .args(["--user", "default", "off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        wait_until("the TLS redis listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        TlsRedis { port, dir, child }
+    }
+
+    /// `redis-cli` over TLS as the ACL user.
+    fn cli(&self, password: &str, args: &[&str]) -> String {
+        let ca = self.dir.path().join("ca.pem");
+        let out = std::process::Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&ca)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "--user",
+                "portcullis",
+                "--pass",
+                password,
+                "--no-auth-warning",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_tls_redis_with_an_acl_user_takes_events_and_refuses_a_wrong_ca_or_password_clearly() {
+    let ca = common::certs::Ca::new("redis test ca");
+    let redis = TlsRedis::start(&ca, "s3cret-redis-pw");
+    let provider = unique("tls");
+    let f = filter(&provider);
+    let sink = |extra: &str| {
+        format!(
+            "  queue: {{ type: redis, url: \"rediss://portcullis@127.0.0.1:{}\", stream: \"webhooks:{{provider}}\", timeout: 2s, password: \"env:REDIS_PASSWORD\"{extra} }}",
+            redis.port
+        )
+    };
+    let good = Server::start_env(
+        &[("f.yaml", &f)],
+        &sink(", tls: { ca: ca.pem }"),
+        &[("REDIS_PASSWORD", "s3cret-redis-pw")],
+        &[("ca.pem", &ca.pem)],
+    );
+    assert_eq!(post_id(&good, &f, "over-tls"), 202);
+    assert_eq!(good.admin_get("/readyz").status, 200);
+    let stream = format!("webhooks:{provider}");
+    assert_eq!(redis.cli("s3cret-redis-pw", &["XLEN", &stream]), "1");
+
+    // A CA that did not sign the server: refused, never sent in the clear.
+    let other = common::certs::Ca::new("another ca");
+    let wrong_ca = Server::start_env(
+        &[("f.yaml", &f)],
+        &sink(", tls: { ca: ca.pem }"),
+        &[("REDIS_PASSWORD", "s3cret-redis-pw")],
+        &[("ca.pem", &other.pem)],
+    );
+    assert_eq!(post_id(&wrong_ca, &f, "wrong-ca"), 503);
+    assert_eq!(wrong_ca.admin_get("/readyz").status, 503);
+    assert!(
+        wrong_ca.log().to_lowercase().contains("certificate"),
+        "the log names the certificate:\n{}",
+        wrong_ca.log()
+    );
+
+    let wrong_password = Server::start_env(
+        &[("f.yaml", &f)],
+        &sink(", tls: { ca: ca.pem }"),
+        &[("REDIS_PASSWORD", "not-the-pw")],
+        &[("ca.pem", &ca.pem)],
+    );
+    assert_eq!(post_id(&wrong_password, &f, "wrong-pw"), 503);
+    assert_eq!(wrong_password.admin_get("/readyz").status, 503);
+    let log = wrong_password.log();
+    assert!(
+        log.contains("WRONGPASS") || log.contains("AuthenticationFailed"),
+        "{log}"
+    );
+
+    // No TLS settings against the TLS port: redis:// is plaintext, and it is refused.
+    let plain = Server::start(
+        &[("f.yaml", &f)],
+        &redis_sink(redis.port, ", password: \"s3cret-redis-pw\""),
+    );
+    assert_eq!(post_id(&plain, &f, "plain"), 503);
+
+    for server in [&good, &wrong_ca, &wrong_password] {
+        let log = server.log();
+        assert!(
+            !log.contains("s3cret-redis-pw") && !log.contains("not-the-pw"),
+            "no password in the log:\n{log}"
+        );
+    }
+    assert_eq!(
+        redis.cli("s3cret-redis-pw", &["XLEN", &stream]),
+        "1",
+        "only the good sink's event"
+    );
+}

@@ -10,54 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::certs::Ca;
 use common::*;
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ProtocolVersion, StreamOwned};
 
 const GITHUB: &str = "name: github\npreset: github\nsecrets: [\"tls-test-secret\"]\n";
-
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            cert,
-            key,
-        }
-    }
-
-    /// A leaf for `names` (server, or client with `client`): (cert PEM, key PEM, cert DER).
-    fn leaf(&self, names: &[&str], client: bool) -> (String, String, Vec<u8>) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
-}
 
 /// Writes `name`.pem / `name`.key into `dir/tls/`.
 fn write_pair(dir: &Path, name: &str, pair: &(String, String, Vec<u8>)) {

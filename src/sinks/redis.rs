@@ -32,10 +32,54 @@ pub struct LazyRedis {
     connection: OnceCell<ConnectionManager>,
 }
 
+/// What a Redis needs beyond its URL: an ACL password (from `env:`/`file:`, so it is in no URL
+/// and no log), and for `rediss://` the CA that signs the server and a client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub password: Option<crate::config::secrets::Secret>,
+    pub tls: Option<super::config::ClientTls>,
+}
+
 impl LazyRedis {
-    pub fn open(url: &str, timeout: Duration) -> redis::RedisResult<LazyRedis> {
+    pub fn open(url: &str, timeout: Duration) -> Result<LazyRedis, String> {
+        Self::open_with(url, timeout, &Auth::default())
+    }
+
+    pub fn open_with(url: &str, timeout: Duration, auth: &Auth) -> Result<LazyRedis, String> {
+        use redis::IntoConnectionInfo;
+        let mut info = url.into_connection_info().map_err(|e| e.to_string())?;
+        if let Some(password) = &auth.password {
+            let password = std::str::from_utf8(&password.0)
+                .map_err(|_| "the password is not UTF-8".to_owned())?;
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &auth.tls {
+            None => redis::Client::open(info),
+            Some(tls) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
+                };
+                let client_tls = match (&tls.cert, &tls.key) {
+                    (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                        client_cert: read(cert)?,
+                        client_key: read(key)?,
+                    }),
+                    _ => None,
+                };
+                let root_cert = tls.ca.as_deref().map(read).transpose()?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls,
+                        root_cert,
+                    },
+                )
+            }
+        }
+        .map_err(|e| e.to_string())?;
         Ok(LazyRedis {
-            client: redis::Client::open(url)?,
+            client,
             timeout,
             connection: OnceCell::new(),
         })
@@ -115,6 +159,17 @@ end
 return id
 ";
 
+/// `url` with any password in it replaced by `***`, for messages.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 static SCRIPT: Lazy<redis::Script> = Lazy::new(|| redis::Script::new(PUBLISH));
 
 pub struct RedisSink {
@@ -126,15 +181,10 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    pub fn new(
-        name: &str,
-        url: &str,
-        stream: &str,
-        maxlen: Option<u64>,
-        timeout: Duration,
-    ) -> Result<RedisSink, String> {
-        let connection =
-            LazyRedis::open(url, timeout).map_err(|e| format!("redis sink `{name}`: url: {e}"))?;
+    pub fn new(name: &str, config: &Config) -> Result<RedisSink, String> {
+        let (stream, maxlen, timeout) = (&config.stream, config.maxlen, config.timeout);
+        let connection = LazyRedis::open_with(&config.url, timeout, &config.auth)
+            .map_err(|e| format!("redis sink `{name}`: {e}"))?;
         Ok(RedisSink {
             name: name.to_owned(),
             stream: stream.to_owned(),
@@ -254,6 +304,10 @@ pub struct Spec {
     timeout: Option<String>,
     #[serde(default)]
     fallback: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    tls: Option<super::config::TlsSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -262,11 +316,12 @@ pub struct Config {
     pub stream: String,
     pub maxlen: Option<u64>,
     pub timeout: Duration,
+    pub auth: Auth,
 }
 
 impl super::SinkConfig for Config {
     fn build(&self, name: &str, _built: &super::Built) -> Result<std::sync::Arc<dyn Sink>, String> {
-        let sink = RedisSink::new(name, &self.url, &self.stream, self.maxlen, self.timeout)?;
+        let sink = RedisSink::new(name, self)?;
         Ok(std::sync::Arc::new(sink))
     }
     fn remembers_ids(&self) -> bool {
@@ -278,7 +333,7 @@ impl super::config::Spec for Spec {
     fn load(
         &self,
         name: &str,
-        _base: &std::path::Path,
+        base: &std::path::Path,
         at: &mut crate::config::Section<'_, '_>,
     ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
         let timeout = super::config::timeout(self.timeout.as_deref(), at);
@@ -289,9 +344,28 @@ impl super::config::Spec for Spec {
             "redis://127.0.0.1:6379",
             at,
         )?;
-        if let Err(e) = redis::Client::open(url.as_str()) {
-            at.error(&[], format!("redis sink `{name}`: url `{url}`: {e}"));
+        match url::Url::parse(&url) {
+            Ok(u) if u.password().is_some() => at.warn(
+                &["url"],
+                "the url holds a password, which ends up wherever urls are shown: use password: env:NAME",
+            ),
+            _ => {}
         }
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            let shown = redacted(&url);
+            at.error(&[], format!("redis sink `{name}`: url `{shown}`: {e}"));
+        }
+        let tls = super::config::client_tls(self.tls.as_ref(), base, at);
+        if tls.is_some() && !url.starts_with("rediss://") {
+            at.error(
+                &["tls"],
+                "tls: needs a rediss:// url (redis:// is plaintext, and is never upgraded)",
+            );
+        }
+        let password = self
+            .password
+            .as_deref()
+            .and_then(|p| super::config::password(p, base, &["password"], at));
         let stream = self
             .stream
             .clone()
@@ -310,6 +384,7 @@ impl super::config::Spec for Spec {
             stream,
             maxlen: self.maxlen,
             timeout,
+            auth: Auth { password, tls },
         }))
     }
 

@@ -2,6 +2,7 @@
 //! written into a temp dir, speaks raw HTTP/1.1 to it, and runs tiny upstreams for the http sink.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod dispatcher;
 pub mod receiver;
 
@@ -48,6 +49,24 @@ impl Server {
         let port = free_port();
         let listen = format!("  - addr: 127.0.0.1:{port}");
         Self::start_in(dir, port, &listen, sinks, extra)
+    }
+
+    /// Like [`Server::start`], with `env` set for the process (what `env:` references read)
+    /// and `files` (name, text) written beside the config (CA bundles, keys).
+    pub fn start_env(
+        filters: &[(&str, &str)],
+        sinks: &str,
+        env: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) -> Server {
+        let dir = Self::prepare(filters);
+        let lines: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(dir.path().join("env"), lines).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let port = free_port();
+        Self::start_in(dir, port, &format!("  - addr: 127.0.0.1:{port}"), sinks, "")
     }
 
     /// A temp dir holding `filters/` with the given filter files.
