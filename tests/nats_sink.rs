@@ -201,3 +201,130 @@ fn the_first_request_after_a_nats_restart_is_accepted() {
     });
     assert_eq!(messages(nats.port, "RESTARTED").len(), 2);
 }
+
+/// A nats-server of the test's own that takes only TLS with a client certificate (mTLS) and
+/// knows one user by nkey.
+struct SecureNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl SecureNats {
+    fn start(ca: &common::certs::Ca, user: &nkeys::KeyPair) -> SecureNats {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = ca.leaf(&["127.0.0.1"], false);
+        for (name, text) in [
+            ("server.pem", &cert),
+            ("server.key", &key),
+            ("ca.pem", &ca.pem),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let port = free_port();
+        let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        let conf = format!(
+            "port: {port}\nhost: 127.0.0.1\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}\nauthorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            path("js"),
+            path("server.pem"),
+            path("server.key"),
+            path("ca.pem"),
+            user.public_key()
+        );
+        std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
+        let child = std::process::Command::new("nats-server")
+            .args(["-c", &path("nats.conf")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server runs");
+        wait_until("the TLS nats-server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        SecureNats { port, dir, child }
+    }
+}
+
+impl Drop for SecureNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_nats_server_with_mtls_and_nkeys_takes_events_and_refuses_a_wrong_ca_or_key_clearly() {
+    let ca = common::certs::Ca::new("nats test ca");
+    let user = nkeys::KeyPair::new_user();
+    let nats = SecureNats::start(&ca, &user);
+    let (client_cert, client_key, _) = ca.leaf(&["portcullis"], true);
+    let f = filter("secure");
+    let sink = format!(
+        "  queue: {{ type: nats, url: \"nats://127.0.0.1:{}\", stream: SECURE, subject: \"secure.{{provider}}\", create_stream: true, timeout: 2s, nkey: \"env:NATS_NKEY\", tls: {{ ca: ca.pem, cert: client.pem, key: client.key }} }}",
+        nats.port
+    );
+    let seed = user.seed().unwrap();
+    let files = |ca_pem: &str| {
+        vec![
+            ("ca.pem", ca_pem.to_owned()),
+            ("client.pem", client_cert.clone()),
+            ("client.key", client_key.clone()),
+        ]
+    };
+    let start = |env: &[(&str, &str)], files: Vec<(&str, String)>| {
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        Server::start_env(&[("f.yaml", &f)], &sink, env, &files)
+    };
+    let good = start(&[("NATS_NKEY", &seed)], files(&ca.pem));
+    assert_eq!(post_id(&good, &f, "over-mtls"), 202);
+    assert_eq!(good.admin_get("/readyz").status, 200);
+
+    let other_ca = common::certs::Ca::new("another ca");
+    let wrong_ca = start(&[("NATS_NKEY", &seed)], files(&other_ca.pem));
+    assert_eq!(post_id(&wrong_ca, &f, "wrong-ca"), 503);
+    assert_eq!(wrong_ca.admin_get("/readyz").status, 503);
+    assert!(
+        wrong_ca.log().contains("nats connect")
+            && wrong_ca.log().to_lowercase().contains("certificate"),
+        "{}",
+        wrong_ca.log()
+    );
+
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    let wrong_key = start(&[("NATS_NKEY", &stranger)], files(&ca.pem));
+    assert_eq!(post_id(&wrong_key, &f, "wrong-key"), 503);
+    assert_eq!(wrong_key.admin_get("/readyz").status, 503);
+    assert!(
+        wrong_key.log().to_lowercase().contains("authorization"),
+        "{}",
+        wrong_key.log()
+    );
+    for server in [&good, &wrong_ca, &wrong_key] {
+        let log = server.log();
+        assert!(
+            !log.contains(&seed) && !log.contains(&stranger),
+            "no seed in the log"
+        );
+    }
+
+    // Read the stream back as the same user: exactly the one accepted event.
+    runtime().block_on(async {
+        let client = async_nats::ConnectOptions::with_nkey(seed.clone())
+            .require_tls(true)
+            .add_root_certificates(nats.dir.path().join("ca.pem"))
+            .add_client_certificate(write_temp(&client_cert), write_temp(&client_key))
+            .connect(format!("nats://127.0.0.1:{}", nats.port))
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let mut stream = js.get_stream("SECURE").await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    });
+}
+
+/// `text` in a file of its own that lives as long as the test process.
+fn write_temp(text: &str) -> std::path::PathBuf {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file.into_temp_path().keep().unwrap()
+}

@@ -3,8 +3,14 @@
 //! `Nats-Msg-Id` is `provider:event_id`, so JetStream's own duplicate window backs up the
 //! gateway's dedup: a publish that timed out here but still reached the stream is not stored
 //! twice when the sender retries. The envelope travels as `Portcullis-*` headers (plus the
-//! forwarded request headers) and the raw body as the payload. The client connects in the
-//! background and reconnects forever; while it is away publishes time out into 503s.
+//! forwarded request headers) and the raw body as the payload. Once connected the client
+//! reconnects forever; while it is away publishes time out into 503s. Until the first
+//! connection each publish tries to connect, so a refusal (a certificate, a credential) is
+//! the 503's logged reason rather than a silent timeout.
+//!
+//! A secured server: `tls:` (its CA, a client certificate) makes the client require TLS, and
+//! one of `creds` (a `.creds` file: JWT and seed), `nkey` (a seed) or `username`/`password`
+//! signs it in; seeds and passwords come from `env:`/`file:` and are never logged.
 
 use std::time::Duration;
 
@@ -33,8 +39,10 @@ impl NatsSink {
     async fn context(&self) -> Result<&(async_nats::Client, jetstream::Context), SinkError> {
         self.context
             .get_or_try_init(|| async {
-                let client = async_nats::ConnectOptions::new()
-                    .retry_on_initial_connect()
+                let client = self
+                    .config
+                    .options()
+                    .map_err(|e| SinkError::Unavailable(format!("nats credentials: {e}")))?
                     .connection_timeout(self.config.timeout.min(Duration::from_secs(2)))
                     .max_reconnects(None)
                     .connect(self.config.url.as_str())
@@ -170,6 +178,16 @@ pub struct Spec {
     duplicate_window: Option<String>,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    tls: Option<super::config::TlsSpec>,
+    #[serde(default)]
+    creds: Option<String>,
+    #[serde(default)]
+    nkey: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,11 +199,109 @@ pub struct Config {
     pub create_stream: bool,
     pub duplicate_window: Duration,
     pub timeout: Duration,
+    pub tls: Option<super::config::ClientTls>,
+    pub auth: Option<Auth>,
+}
+
+/// How the client signs in.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A `.creds` file's text (a user JWT and its seed).
+    Creds(crate::config::secrets::Secret),
+    /// A user nkey's seed.
+    Nkey(crate::config::secrets::Secret),
+    Password {
+        username: String,
+        password: crate::config::secrets::Secret,
+    },
+}
+
+impl Config {
+    /// The client's TLS and credentials.
+    fn options(&self) -> std::io::Result<async_nats::ConnectOptions> {
+        let text =
+            |s: &crate::config::secrets::Secret| String::from_utf8_lossy(&s.0).trim().to_owned();
+        let mut options = match &self.auth {
+            None => async_nats::ConnectOptions::new(),
+            Some(Auth::Creds(creds)) => async_nats::ConnectOptions::with_credentials(&text(creds))?,
+            Some(Auth::Nkey(seed)) => async_nats::ConnectOptions::with_nkey(text(seed)),
+            Some(Auth::Password { username, password }) => {
+                async_nats::ConnectOptions::with_user_and_password(username.clone(), text(password))
+            }
+        };
+        if let Some(tls) = &self.tls {
+            options = options.require_tls(true);
+            if let Some(ca) = &tls.ca {
+                options = options.add_root_certificates(ca.clone());
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        Ok(options)
+    }
 }
 
 impl super::SinkConfig for Config {
     fn build(&self, name: &str, _built: &super::Built) -> Result<std::sync::Arc<dyn Sink>, String> {
         Ok(std::sync::Arc::new(NatsSink::new(name, self.clone())))
+    }
+}
+
+impl Spec {
+    /// At most one way to sign in, its secret resolved and (a `.creds` file) parsed.
+    fn auth(
+        &self,
+        base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Option<Auth> {
+        let given = [
+            self.creds.is_some(),
+            self.nkey.is_some(),
+            self.username.is_some() || self.password.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            at.error(
+                &[],
+                "nats: sign in one way: creds, nkey, or username with password",
+            );
+            return None;
+        }
+        if let Some(path) = &self.creds {
+            let text = match std::fs::read(base.join(path)) {
+                Ok(t) => crate::config::secrets::Secret(t),
+                Err(e) => {
+                    at.error(&["creds"], format!("creds `{path}`: {e}"));
+                    return None;
+                }
+            };
+            if let Err(e) =
+                async_nats::ConnectOptions::with_credentials(&String::from_utf8_lossy(&text.0))
+            {
+                at.error(&["creds"], format!("creds `{path}` is not a NATS credentials file (a user JWT and its seed): {e}"));
+                return None;
+            }
+            return Some(Auth::Creds(text));
+        }
+        if let Some(seed) = &self.nkey {
+            let seed = super::config::password(seed, base, &["nkey"], at)?;
+            if !seed.0.starts_with(b"SU") {
+                at.error(&["nkey"], "nkey: a user seed starts with SU (the public key, U…, is the server's to know)");
+                return None;
+            }
+            return Some(Auth::Nkey(seed));
+        }
+        match (&self.username, &self.password) {
+            (None, None) => None,
+            (Some(username), Some(password)) => Some(Auth::Password {
+                username: username.clone(),
+                password: super::config::password(password, base, &["password"], at)?,
+            }),
+            _ => {
+                at.error(&[], "nats: username and password go together");
+                None
+            }
+        }
     }
 }
 
@@ -196,10 +312,12 @@ impl super::config::Spec for Spec {
     fn load(
         &self,
         name: &str,
-        _base: &std::path::Path,
+        base: &std::path::Path,
         at: &mut crate::config::Section<'_, '_>,
     ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
         let timeout = super::config::timeout(self.timeout.as_deref(), at);
+        let tls = super::config::client_tls(self.tls.as_ref(), base, at);
+        let auth = self.auth(base, at);
         let url = super::config::url(self.url.as_ref(), "nats", name, "nats://127.0.0.1:4222", at)?;
         let subject = self
             .subject
@@ -233,6 +351,8 @@ impl super::config::Spec for Spec {
             create_stream,
             duplicate_window,
             timeout,
+            tls,
+            auth,
         }))
     }
 }
