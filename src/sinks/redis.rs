@@ -159,17 +159,6 @@ end
 return id
 ";
 
-/// `url` with any password in it replaced by `***`, for messages.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
 static SCRIPT: Lazy<redis::Script> = Lazy::new(|| redis::Script::new(PUBLISH));
 
 pub struct RedisSink {
@@ -352,7 +341,7 @@ impl super::config::Spec for Spec {
             _ => {}
         }
         if let Err(e) = redis::Client::open(url.as_str()) {
-            let shown = redacted(&url);
+            let shown = crate::store::config::redact(&url);
             at.error(&[], format!("redis sink `{name}`: url `{shown}`: {e}"));
         }
         let tls = super::config::client_tls(self.tls.as_ref(), base, at);

@@ -104,7 +104,55 @@ fn locate(spec: Option<&StoreSpec>, base: &Path, report: &mut Report<'_>) -> Sto
             ),
         );
     }
+    let url = postgres_tls(&url, base, report);
     StoreConfig { url, keys: None }
+}
+
+/// A postgres url with its `sslrootcert`, `sslcert` and `sslkey` relative to the config file
+/// (libpq's and sqlx's are relative to the working directory, `/` under systemd), and a
+/// warning when a store across the network does not verify its server.
+fn postgres_tls(url: &str, base: &Path, report: &mut Report<'_>) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = match k.as_ref() {
+                "sslrootcert" | "sslcert" | "sslkey" if Path::new(v.as_ref()).is_relative() => {
+                    base.join(v.as_ref()).to_string_lossy().into_owned()
+                }
+                _ => v.into_owned(),
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    let mode = pairs
+        .iter()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.as_str());
+    let local = match parsed.host() {
+        // A postgres:// url's host is opaque to the url crate: an address stays text.
+        Some(url::Host::Domain(d)) => {
+            d == "localhost"
+                || d.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => true,
+    };
+    if !local && !matches!(mode, Some("verify-full" | "verify-ca")) {
+        report.warn(
+            &["store", "url"],
+            "the store is across the network and its certificate is not verified: add sslmode=verify-full&sslrootcert=CA.pem (payloads and sealed secrets cross it)",
+        );
+    }
+    if !pairs.is_empty() {
+        parsed.query_pairs_mut().clear().extend_pairs(&pairs);
+    }
+    parsed.to_string()
 }
 
 /// A URL with its password replaced, for messages and logs.
@@ -115,5 +163,38 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(url: &str) -> (String, Vec<String>) {
+        let mut problems = Vec::new();
+        let text = format!("store: {{ url: \"{url}\" }}\n");
+        let out = {
+            let mut report = Report::new(Path::new("p.yaml"), &text, &mut problems);
+            postgres_tls(url, Path::new("/etc/portcullis"), &mut report)
+        };
+        (out, problems.into_iter().map(|p| p.message).collect())
+    }
+
+    #[test]
+    fn certificate_paths_are_relative_to_the_config_and_an_unverified_remote_store_is_warned_about()
+    {
+        let (url, warnings) =
+            checked("postgres://db.internal/p?sslmode=verify-full&sslrootcert=tls/ca.pem");
+        assert_eq!(
+            url,
+            "postgres://db.internal/p?sslmode=verify-full&sslrootcert=%2Fetc%2Fportcullis%2Ftls%2Fca.pem"
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (_, warnings) = checked("postgres://db.internal/p?sslmode=require");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("sslmode=verify-full"));
+        let (url, warnings) = checked("postgres://postgres@127.0.0.1:5432/p");
+        assert_eq!(url, "postgres://postgres@127.0.0.1:5432/p");
+        assert!(warnings.is_empty(), "loopback needs no TLS: {warnings:?}");
     }
 }
