@@ -17,13 +17,6 @@ const BROKER: &str = "127.0.0.1:5672";
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn filter(name: &str) -> String {
     format!("name: {name}\npreset: github\nsecrets: [\"am\"]\n")
 }

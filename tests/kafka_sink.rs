@@ -218,13 +218,6 @@ impl Drop for Tansu {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn filter(name: &str) -> String {
     format!("name: {name}\npreset: github\nsecrets: [\"ks\"]\nmap: {{ n: \"$.i\" }}\nsink: queue\n")
 }
@@ -248,23 +241,7 @@ fn n_signed_events_become_n_kafka_records_keyed_by_provider_and_event_id() {
     );
     let server = Server::start(&[("f.yaml", &f)], &sink);
     let n = 30;
-    let threads: Vec<_> = (0..3)
-        .map(|t| {
-            let (f, port) = (f.clone(), server.port);
-            std::thread::spawn(move || {
-                for i in 0..n / 3 {
-                    let body = format!("{{\"t\":{t},\"i\":{i}}}").into_bytes();
-                    let mut headers = sign(&f, &body, now(), &format!("{t}-{i}"));
-                    headers.push(("X-GitHub-Event".into(), "pull_request".into()));
-                    assert_eq!(post(port, "/webhook/gh", &headers, &body).status, 202);
-                    assert_eq!(post(port, "/webhook/gh", &headers, &body).status, 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    post_pull_requests_twice(server.port, &f, n);
     let got = kafka.records(&format!("{prefix}.gh.pull_request"));
     assert_eq!(
         got.len(),

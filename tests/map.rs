@@ -106,14 +106,6 @@ fn the_redis_sink_adds_a_map_field() {
     assert_eq!(got[0]["body"], BODY.as_bytes());
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
 #[test]
 fn the_nats_sink_sends_the_map_as_a_header() {
     if !broker("NATS", "127.0.0.1:4222") {
@@ -125,7 +117,7 @@ fn the_nats_sink_sends_the_map_as_a_header() {
     let sink = format!("  queue: {{ type: nats, url: \"nats://127.0.0.1:4222\", stream: {stream}, subject: \"{prefix}.{{provider}}\", create_stream: true, timeout: 2s }}");
     let server = Server::start(&[("push.yaml", &f)], &sink);
     assert_eq!(push(&server, "n-1", BODY).status, 202);
-    block_on(async {
+    runtime().block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await.unwrap());
         let s = js.get_stream(&stream).await.unwrap();
         let m = s.get_raw_message(1).await.unwrap();
@@ -150,7 +142,7 @@ fn the_amqp_sink_sends_the_map_as_a_header() {
     let exchange = unique("map");
     let f = filter("sink: queue\n");
     let sink = format!("  queue: {{ type: amqp, url: \"{URL}\", exchange: {exchange}, routing_key: \"{{provider}}\", timeout: 3s }}");
-    block_on(async {
+    runtime().block_on(async {
         let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
             .await
             .unwrap();

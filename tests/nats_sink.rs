@@ -20,13 +20,6 @@ fn nats_sink(port: u16, stream: &str, prefix: &str) -> String {
     )
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Every message of a stream, in order.
 fn messages(port: u16, stream: &str) -> Vec<jetstream::message::StreamMessage> {
     runtime().block_on(async {
@@ -70,23 +63,7 @@ fn n_signed_events_become_exactly_n_jetstream_messages_with_the_envelope() {
     let f = filter("gh");
     let server = Server::start(&[("f.yaml", &f)], &nats_sink(4222, &stream, &prefix));
     let n = 30;
-    let threads: Vec<_> = (0..3)
-        .map(|t| {
-            let (f, port) = (f.clone(), server.port);
-            std::thread::spawn(move || {
-                for i in 0..n / 3 {
-                    let body = format!("{{\"t\":{t},\"i\":{i}}}").into_bytes();
-                    let mut headers = sign(&f, &body, now(), &format!("{t}-{i}"));
-                    headers.push(("X-GitHub-Event".into(), "pull_request".into()));
-                    assert_eq!(post(port, "/webhook/gh", &headers, &body).status, 202);
-                    assert_eq!(post(port, "/webhook/gh", &headers, &body).status, 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    post_pull_requests_twice(server.port, &f, n);
     let got = messages(4222, &stream);
     assert_eq!(
         got.len(),
@@ -213,14 +190,7 @@ struct SecureNats {
 impl SecureNats {
     fn start(ca: &common::certs::Ca, user: &nkeys::KeyPair) -> SecureNats {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key, _) = ca.leaf(&["127.0.0.1"], false);
-        for (name, text) in [
-            ("server.pem", &cert),
-            ("server.key", &key),
-            ("ca.pem", &ca.pem),
-        ] {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
+        ca.write_server(dir.path());
         let port = free_port();
         let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
         let conf = format!(

@@ -207,14 +207,7 @@ struct TlsRedis {
 impl TlsRedis {
     fn start(ca: &common::certs::Ca, password: &str) -> TlsRedis {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key, _) = ca.leaf(&["127.0.0.1"], false);
-        for (name, text) in [
-            ("server.pem", &cert),
-            ("server.key", &key),
-            ("ca.pem", &ca.pem),
-        ] {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
+        ca.write_server(dir.path());
         let port = free_port();
         let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
         let child = std::process::Command::new("redis-server")

@@ -41,4 +41,17 @@ impl Ca {
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
+
+    /// A server certificate for 127.0.0.1 as `server.pem` / `server.key` in `dir`, with this
+    /// CA as `ca.pem`: what a TLS broker of a test's own is started with.
+    pub fn write_server(&self, dir: &std::path::Path) {
+        let (cert, key, _) = self.leaf(&["127.0.0.1"], false);
+        for (name, text) in [
+            ("server.pem", &cert),
+            ("server.key", &key),
+            ("ca.pem", &self.pem),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
 }

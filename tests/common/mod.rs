@@ -1016,3 +1016,38 @@ fn all_stopped(pid: u32) -> bool {
         })
     })
 }
+
+/// Sends `n` signed GitHub `pull_request` events (ids `T-I`, body `{"t":T,"i":I}`) from three
+/// threads at once, each twice: the first answer must be 202, the second 200 (a duplicate).
+pub fn post_pull_requests_twice(port: u16, filter: &str, n: usize) {
+    let name = filter
+        .lines()
+        .find_map(|l| l.strip_prefix("name: "))
+        .expect("the filter has a name")
+        .to_owned();
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let (f, path) = (filter.to_owned(), format!("/webhook/{name}"));
+            std::thread::spawn(move || {
+                for i in 0..n / 3 {
+                    let body = format!("{{\"t\":{t},\"i\":{i}}}").into_bytes();
+                    let mut headers = sign(&f, &body, now(), &format!("{t}-{i}"));
+                    headers.push(("X-GitHub-Event".into(), "pull_request".into()));
+                    assert_eq!(post(port, &path, &headers, &body).status, 202);
+                    assert_eq!(post(port, &path, &headers, &body).status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// A current-thread Tokio runtime for a test's own broker clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
