@@ -1290,3 +1290,51 @@ fn dead_letters_are_published_to_a_redis_stream_once_each_death() {
     assert_eq!(entries(&mut conn).len(), 2);
     let _: () = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
 }
+
+#[test]
+fn a_redis_source_over_tls_with_an_acl_user_feeds_the_ledger() {
+    let ca = common::certs::Ca::new("source test ca");
+    let redis = TlsRedis::start(&ca, "src-pw-4711");
+    let rx = Receiver::ok();
+    let dir = Server::prepare(&[]);
+    std::fs::write(dir.path().join("env"), "REDIS_PASSWORD=src-pw-4711\n").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let delivery = format!(
+        "{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [100ms] }}\n  sources:\n    - {{ type: redis, url: \"rediss://portcullis@127.0.0.1:{}\", stream: dispatch, password: \"env:REDIS_PASSWORD\", tls: {{ ca: ca.pem }} }}",
+        redis.port
+    );
+    let e = endpoint("e", &format!("http://127.0.0.1:{}/", rx.port), "");
+    let d = Dispatcher::start_in(
+        dir,
+        &[("t.yaml", tenant("t", &[e]))],
+        &delivery,
+        "sqlite://state/ledger.db",
+    );
+    redis.cli(
+        "src-pw-4711",
+        &[
+            "XADD",
+            "dispatch",
+            "*",
+            "tenant",
+            "t",
+            "event_type",
+            "a",
+            "id",
+            "tls-1",
+            "payload",
+            r#"{"over":"tls"}"#,
+        ],
+    );
+    let got = rx.wait_for(1);
+    assert_eq!(got[0].body, br#"{"over":"tls"}"#);
+    wait_until("the entry is acked", || {
+        redis
+            .cli("src-pw-4711", &["XPENDING", "dispatch", "portcullis"])
+            .starts_with('0')
+    });
+    assert!(
+        !d.server.log().contains("src-pw-4711"),
+        "no password in the log"
+    );
+}

@@ -200,7 +200,7 @@ pub fn load(spec: &OutboundSpec, base: &Path, report: &mut Report<'_>) -> Outbou
         rate_limit: crate::api::limit::load(spec.rate_limit.as_ref(), &mut at),
         tenant_limits: crate::api::limit::load_tenant(spec.tenant_limits.as_ref(), &mut at),
         trusted_proxies,
-        sources: super::sources::load(&spec.sources, &mut at),
+        sources: super::sources::load(&spec.sources, base, &mut at),
     }
 }
 

@@ -40,21 +40,43 @@ pub struct Auth {
     pub tls: Option<super::config::ClientTls>,
 }
 
-impl LazyRedis {
-    pub fn open(url: &str, timeout: Duration) -> Result<LazyRedis, String> {
-        Self::open_with(url, timeout, &Auth::default())
+impl Auth {
+    /// A redis sink's or source's `password:` and `tls:`, checked against its url.
+    pub fn load(
+        url: &str,
+        password: Option<&str>,
+        tls: Option<&super::config::TlsSpec>,
+        base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Auth {
+        if url::Url::parse(url).is_ok_and(|u| u.password().is_some()) {
+            at.warn(
+                &["url"],
+                "the url holds a password, which ends up wherever urls are shown: use password: env:NAME",
+            );
+        }
+        let tls = super::config::client_tls(tls, base, at);
+        if tls.is_some() && !url.starts_with("rediss://") {
+            at.error(
+                &["tls"],
+                "tls: needs a rediss:// url (redis:// is plaintext, and is never upgraded)",
+            );
+        }
+        let password = password.and_then(|p| super::config::password(p, base, &["password"], at));
+        Auth { password, tls }
     }
 
-    pub fn open_with(url: &str, timeout: Duration, auth: &Auth) -> Result<LazyRedis, String> {
+    /// A client for `url` with this password and TLS.
+    pub fn client(&self, url: &str) -> Result<redis::Client, String> {
         use redis::IntoConnectionInfo;
         let mut info = url.into_connection_info().map_err(|e| e.to_string())?;
-        if let Some(password) = &auth.password {
+        if let Some(password) = &self.password {
             let password = std::str::from_utf8(&password.0)
                 .map_err(|_| "the password is not UTF-8".to_owned())?;
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = match &auth.tls {
+        match &self.tls {
             None => redis::Client::open(info),
             Some(tls) => {
                 let read = |p: &std::path::Path| {
@@ -77,9 +99,18 @@ impl LazyRedis {
                 )
             }
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl LazyRedis {
+    pub fn open(url: &str, timeout: Duration) -> Result<LazyRedis, String> {
+        Self::open_with(url, timeout, &Auth::default())
+    }
+
+    pub fn open_with(url: &str, timeout: Duration, auth: &Auth) -> Result<LazyRedis, String> {
         Ok(LazyRedis {
-            client,
+            client: auth.client(url)?,
             timeout,
             connection: OnceCell::new(),
         })
@@ -333,28 +364,11 @@ impl super::config::Spec for Spec {
             "redis://127.0.0.1:6379",
             at,
         )?;
-        match url::Url::parse(&url) {
-            Ok(u) if u.password().is_some() => at.warn(
-                &["url"],
-                "the url holds a password, which ends up wherever urls are shown: use password: env:NAME",
-            ),
-            _ => {}
-        }
         if let Err(e) = redis::Client::open(url.as_str()) {
             let shown = crate::store::config::redact(&url);
             at.error(&[], format!("redis sink `{name}`: url `{shown}`: {e}"));
         }
-        let tls = super::config::client_tls(self.tls.as_ref(), base, at);
-        if tls.is_some() && !url.starts_with("rediss://") {
-            at.error(
-                &["tls"],
-                "tls: needs a rediss:// url (redis:// is plaintext, and is never upgraded)",
-            );
-        }
-        let password = self
-            .password
-            .as_deref()
-            .and_then(|p| super::config::password(p, base, &["password"], at));
+        let auth = Auth::load(&url, self.password.as_deref(), self.tls.as_ref(), base, at);
         let stream = self
             .stream
             .clone()
@@ -373,7 +387,7 @@ impl super::config::Spec for Spec {
             stream,
             maxlen: self.maxlen,
             timeout,
-            auth: Auth { password, tls },
+            auth,
         }))
     }
 

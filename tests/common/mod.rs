@@ -1051,3 +1051,88 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A redis-server of the test's own that speaks only TLS (its plain port off) and knows one
+/// ACL user, `portcullis`, with `password`; the default user is off.
+pub struct TlsRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    pub fn start(ca: &certs::Ca, password: &str) -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        ca.write_server(dir.path());
+        let port = free_port();
+        let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                &path("server.pem"),
+                "--tls-key-file",
+                &path("server.key"),
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                &path("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--dir", &path("")])
+            // One directive's words as separate arguments (a quoted one is read as one name).
+            .args([
+                "--user",
+                "portcullis",
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .args(["--user", "default", "off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        wait_until("the TLS redis listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        TlsRedis { port, dir, child }
+    }
+
+    /// `redis-cli` over TLS as the ACL user.
+    pub fn cli(&self, password: &str, args: &[&str]) -> String {
+        let ca = self.dir.path().join("ca.pem");
+        let out = std::process::Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&ca)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "--user",
+                "portcullis",
+                "--pass",
+                password,
+                "--no-auth-warning",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

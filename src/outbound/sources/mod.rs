@@ -31,11 +31,11 @@ pub enum Source {
     Amqp(amqp::Config),
 }
 
-pub fn load(specs: &[SourceSpec], at: &mut Section<'_, '_>) -> Vec<Source> {
+pub fn load(specs: &[SourceSpec], base: &std::path::Path, at: &mut Section<'_, '_>) -> Vec<Source> {
     specs
         .iter()
         .filter_map(|spec| match spec {
-            SourceSpec::Redis(s) => s.load(at).map(Source::Redis),
+            SourceSpec::Redis(s) => s.load(base, at).map(Source::Redis),
             SourceSpec::Nats(s) => s.load(at).map(Source::Nats),
             SourceSpec::Amqp(s) => s.load(at).map(Source::Amqp),
         })

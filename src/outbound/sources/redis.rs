@@ -35,6 +35,10 @@ pub struct Spec {
     consumer: Option<String>,
     #[serde(default)]
     claim_idle: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    tls: Option<crate::sinks::config::TlsSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,14 +48,19 @@ pub struct Config {
     pub group: String,
     pub consumer: String,
     pub claim_idle: Duration,
+    /// The ACL password and TLS, as the redis sink takes them.
+    pub auth: crate::sinks::redis::Auth,
 }
 
 impl Spec {
-    pub fn load(&self, at: &mut Section<'_, '_>) -> Option<Config> {
+    pub fn load(&self, base: &std::path::Path, at: &mut Section<'_, '_>) -> Option<Config> {
         if let Err(e) = ::redis::Client::open(self.url.as_str()) {
             at.error(
                 &["sources"],
-                format!("redis source: url `{}`: {e}", self.url),
+                format!(
+                    "redis source: url `{}`: {e}",
+                    crate::store::config::redact(&self.url)
+                ),
             );
             return None;
         }
@@ -79,6 +88,13 @@ impl Spec {
                 .clone()
                 .unwrap_or_else(crate::outbound::hostname),
             claim_idle,
+            auth: crate::sinks::redis::Auth::load(
+                &self.url,
+                self.password.as_deref(),
+                self.tls.as_ref(),
+                base,
+                at,
+            ),
         })
     }
 }
@@ -146,7 +162,10 @@ async fn pause(shutdown: &mut ShutdownWatch, d: Duration) -> bool {
 
 impl Consumer {
     async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
-        let client = redis::Client::open(self.config.url.as_str())?;
+        let client =
+            self.config.auth.client(&self.config.url).map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Client, "redis source", e))
+            })?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
