@@ -79,7 +79,7 @@ impl Gateway {
             None => Dedup::new(server.dedup_max_entries),
             Some(shared) => Dedup::shared(
                 server.dedup_max_entries,
-                dedup::SharedStore::new(&shared.url, &shared.key_prefix, shared.timeout)?,
+                dedup::SharedStore::new(shared)?,
                 shared.on_error,
             ),
         });

@@ -304,3 +304,47 @@ fn a_fleet_per_source_limit_follows_the_sender_across_nodes() {
         202
     );
 }
+
+#[test]
+fn the_fleet_dedup_store_over_tls_with_an_acl_user_sees_duplicates_and_a_wrong_ca_is_refused() {
+    let ca = common::certs::Ca::new("dedup test ca");
+    let redis = TlsRedis::start(&ca, "dedup-pw-93");
+    let dedup = |prefix: &str| {
+        format!(
+            "dedup: {{ backend: redis, url: \"rediss://portcullis@127.0.0.1:{}\", key_prefix: \"{prefix}:\", password: \"env:REDIS_PASSWORD\", tls: {{ ca: ca.pem }}, timeout: 500ms }}\n",
+            redis.port
+        )
+    };
+    let node = |prefix: &str, ca_pem: &str| {
+        let dir = Server::prepare(&[("github.yaml", GITHUB)]);
+        std::fs::write(dir.path().join("env"), "REDIS_PASSWORD=dedup-pw-93\n").unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+        let port = free_port();
+        let listen = format!("  - addr: 127.0.0.1:{port}");
+        Server::start_in(dir, port, &listen, spool_sink(), &dedup(prefix))
+    };
+    let (a, b) = (node("tlsdedup", &ca.pem), node("tlsdedup", &ca.pem));
+    assert_eq!(send(a.port, "tls-1"), 202);
+    assert_eq!(
+        send(b.port, "tls-1"),
+        200,
+        "the other node sees it through the TLS store"
+    );
+    assert_eq!(
+        redis.cli("dedup-pw-93", &["EXISTS", "tlsdedup:github:tls-1"]),
+        "1"
+    );
+
+    let other = common::certs::Ca::new("another ca");
+    let wrong = node("tlsdedup", &other.pem);
+    assert_eq!(
+        send(wrong.port, "tls-2"),
+        503,
+        "on_error reject: nothing kept"
+    );
+    assert_eq!(wrong.admin_get("/readyz").status, 503);
+    assert!(wrong.log().contains("UnknownIssuer"), "{}", wrong.log());
+    for n in [&a, &b, &wrong] {
+        assert!(!n.log().contains("dedup-pw-93"), "no password in the log");
+    }
+}

@@ -104,10 +104,6 @@ impl Auth {
 }
 
 impl LazyRedis {
-    pub fn open(url: &str, timeout: Duration) -> Result<LazyRedis, String> {
-        Self::open_with(url, timeout, &Auth::default())
-    }
-
     pub fn open_with(url: &str, timeout: Duration, auth: &Auth) -> Result<LazyRedis, String> {
         Ok(LazyRedis {
             client: auth.client(url)?,

@@ -26,6 +26,10 @@ pub struct DedupSpec {
     timeout: Option<String>,
     #[serde(default)]
     journal: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    tls: Option<crate::sinks::config::TlsSpec>,
 }
 
 /// The keys of the server file's `dedup:` block, for "did you mean".
@@ -49,6 +53,8 @@ pub struct SharedDedup {
     pub key_prefix: String,
     pub on_error: DedupOnError,
     pub timeout: Duration,
+    /// The ACL password and TLS, as the redis sink takes them.
+    pub auth: crate::sinks::redis::Auth,
 }
 
 /// The server's dedup settings.
@@ -76,6 +82,8 @@ pub fn load_server(d: Option<&DedupSpec>, base: &Path, report: &mut Report<'_>) 
         ("key_prefix", d.key_prefix.is_some()),
         ("on_error", d.on_error.is_some()),
         ("timeout", d.timeout.is_some()),
+        ("password", d.password.is_some()),
+        ("tls", d.tls.is_some()),
     ];
     match d.backend.as_deref() {
         None | Some("memory") => {
@@ -87,7 +95,7 @@ pub fn load_server(d: Option<&DedupSpec>, base: &Path, report: &mut Report<'_>) 
             }
         }
         Some("redis") => {
-            settings.shared = shared(d, &mut at);
+            settings.shared = shared(d, base, &mut at);
             if d.journal.is_some() {
                 at.error(
                     &["journal"],
@@ -115,7 +123,7 @@ pub fn load_server(d: Option<&DedupSpec>, base: &Path, report: &mut Report<'_>) 
     settings
 }
 
-fn shared(d: &DedupSpec, at: &mut Section<'_, '_>) -> Option<SharedDedup> {
+fn shared(d: &DedupSpec, base: &Path, at: &mut Section<'_, '_>) -> Option<SharedDedup> {
     let Some(url) = &d.url else {
         at.error(
             &["backend"],
@@ -124,8 +132,11 @@ fn shared(d: &DedupSpec, at: &mut Section<'_, '_>) -> Option<SharedDedup> {
         return None;
     };
     if let Err(e) = redis::Client::open(url.as_str()) {
-        at.error(&["url"], format!("dedup url `{url}`: {e}"));
+        let shown = crate::store::config::redact(url);
+        at.error(&["url"], format!("dedup url `{shown}`: {e}"));
     }
+    let auth =
+        crate::sinks::redis::Auth::load(url, d.password.as_deref(), d.tls.as_ref(), base, at);
     let on_error = match d.on_error.as_deref() {
         None | Some("reject") => DedupOnError::Reject,
         Some("local") => DedupOnError::Local,
@@ -157,6 +168,7 @@ fn shared(d: &DedupSpec, at: &mut Section<'_, '_>) -> Option<SharedDedup> {
             .unwrap_or_else(|| "portcullis:dedup:".into()),
         on_error,
         timeout,
+        auth,
     })
 }
 

@@ -49,11 +49,12 @@ pub struct SharedStore {
 }
 
 impl SharedStore {
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<SharedStore, String> {
+    pub fn new(config: &super::config::SharedDedup) -> Result<SharedStore, String> {
+        let timeout = config.timeout;
         Ok(SharedStore {
-            connection: LazyRedis::open(url, timeout)
-                .map_err(|e| format!("dedup redis url: {e}"))?,
-            prefix: prefix.to_owned(),
+            connection: LazyRedis::open_with(&config.url, timeout, &config.auth)
+                .map_err(|e| format!("dedup redis: {e}"))?,
+            prefix: config.key_prefix.clone(),
             timeout,
             reserve: redis::Script::new(RESERVE),
             commit: redis::Script::new(COMMIT),
