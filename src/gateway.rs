@@ -200,13 +200,7 @@ impl Gateway {
         let req = inbound(session, client_ip, &body);
         let checked = filters::check_body(&provider.chain, &req, unix_now(), shadow);
         ctx.key_id = req.key_id().map(str::to_owned);
-        let schema_failed = match &checked {
-            Err(r) | Ok(Some(r)) => *r == Reason::SchemaViolation,
-            Ok(None) => false,
-        };
-        if let (true, Some(schema)) = (schema_failed, &provider.config.schema) {
-            ctx.violation = schema.first_violation(&req);
-        }
+        ctx.violation = req.violation().cloned();
         ctx.shadow_verdict = match checked {
             Ok(verdict) => verdict,
             Err(reason) => {

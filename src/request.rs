@@ -18,6 +18,8 @@ pub struct Inbound<'a> {
     json: OnceCell<Option<serde_json::Value>>,
     /// The stored key that opened this request (`url-key` with `keys: store`).
     key_id: OnceCell<String>,
+    /// Where the body failed its schema (`schema_violation`), for the answer and the log.
+    violation: OnceCell<crate::filters::schema::Violation>,
 }
 
 impl<'a> Inbound<'a> {
@@ -38,6 +40,7 @@ impl<'a> Inbound<'a> {
             body,
             json: OnceCell::new(),
             key_id: OnceCell::new(),
+            violation: OnceCell::new(),
         }
     }
 
@@ -58,6 +61,16 @@ impl<'a> Inbound<'a> {
     /// Notes which stored key opened this request, for the event log.
     pub fn note_key(&self, id: &str) {
         let _ = self.key_id.set(id.to_owned());
+    }
+
+    /// Notes where the body failed its schema.
+    pub fn note_violation(&self, violation: crate::filters::schema::Violation) {
+        let _ = self.violation.set(violation);
+    }
+
+    /// Where the body failed its schema, if it did.
+    pub fn violation(&self) -> Option<&crate::filters::schema::Violation> {
+        self.violation.get()
     }
 
     /// The stored key that opened this request, if one did.

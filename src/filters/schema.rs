@@ -128,14 +128,12 @@ fn line_of(text: &str, pointer: &str) -> Option<usize> {
 }
 
 impl Schema {
-    /// The first violation of the body's JSON, if any (`None` too when it is not JSON: that
-    /// is `invalid_json`'s to say).
-    pub fn first_violation(&self, req: &Inbound<'_>) -> Option<Violation> {
-        self.violation(req.json()?)
-    }
-
-    /// The first violation of `json`, if any.
+    /// The first violation of `json`, if any (a valid body takes the validator's fast path;
+    /// only a failing one is walked again for where it failed).
     pub fn violation(&self, json: &serde_json::Value) -> Option<Violation> {
+        if self.validator.is_valid(json) {
+            return None;
+        }
         let error = self.validator.iter_errors(json).next()?;
         Some(Violation {
             pointer: error.instance_path().as_str().to_owned(),
@@ -147,12 +145,15 @@ impl Schema {
 pub struct SchemaCheck(pub Schema);
 
 impl Filter for SchemaCheck {
+    /// The first failure is noted on the request (pointer and keyword, for the answer).
     fn check_body(&self, req: &Inbound<'_>, _now: i64) -> Result<(), Reason> {
         let json = req.json().ok_or(Reason::InvalidJson)?;
-        if self.0.validator.is_valid(json) {
-            Ok(())
-        } else {
-            Err(Reason::SchemaViolation)
+        match self.0.violation(json) {
+            None => Ok(()),
+            Some(v) => {
+                req.note_violation(v);
+                Err(Reason::SchemaViolation)
+            }
         }
     }
 }
@@ -170,7 +171,9 @@ mod tests {
     }
 
     fn violation(s: &Schema, body: &str) -> Option<Violation> {
-        s.first_violation(&Inbound::body_only(body.as_bytes()))
+        serde_json::from_str(body)
+            .ok()
+            .and_then(|j| s.violation(&j))
     }
 
     #[test]

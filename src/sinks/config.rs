@@ -308,20 +308,16 @@ pub fn client_tls(
     at: &mut Section<'_, '_>,
 ) -> Option<ClientTls> {
     let spec = spec?;
-    let mut file = |key: &str, value: &Option<String>, label: &str| {
+    // `marker`: what a PEM file of that kind holds (keys: PKCS#8, RSA or EC).
+    let mut file = |key: &str, value: &Option<String>, marker: &str, what: &str| {
         let value = value.as_ref()?;
         let path = base.join(value);
         match std::fs::read_to_string(&path) {
-            Ok(text)
-                if text.contains(&format!("-----BEGIN {label}"))
-                    || (label == "PRIVATE KEY" && text.contains(" PRIVATE KEY-----")) =>
-            {
-                Some(path)
-            }
+            Ok(text) if text.contains(marker) => Some(path),
             Ok(_) => {
                 at.error(
                     &["tls", key],
-                    format!("tls.{key} `{value}` holds no PEM {}", label.to_lowercase()),
+                    format!("tls.{key} `{value}` holds no PEM {what}"),
                 );
                 None
             }
@@ -332,9 +328,9 @@ pub fn client_tls(
         }
     };
     let tls = ClientTls {
-        ca: file("ca", &spec.ca, "CERTIFICATE"),
-        cert: file("cert", &spec.cert, "CERTIFICATE"),
-        key: file("key", &spec.key, "PRIVATE KEY"),
+        ca: file("ca", &spec.ca, "-----BEGIN CERTIFICATE", "certificate"),
+        cert: file("cert", &spec.cert, "-----BEGIN CERTIFICATE", "certificate"),
+        key: file("key", &spec.key, " PRIVATE KEY-----", "private key"),
     };
     if spec.cert.is_some() != spec.key.is_some() {
         at.error(
