@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (every sink can take
-//! events, and the node is not shutting down) and `/metrics` (Prometheus text, served by pingora-prometheus).
+//! events, the outbound store answers and its sources are subscribed, and the node is not
+//! shutting down) and `/metrics` (Prometheus text, served by pingora-prometheus).
 //! Bind it to loopback or a private interface: it is not meant for the internet.
 
 use std::sync::Arc;
@@ -16,6 +17,8 @@ pub struct Admin {
     pub dedup: Arc<crate::filters::dedup::Dedup>,
     /// The outbound ledger, on a node that dispatches.
     pub store: Option<Arc<crate::store::Store>>,
+    /// The outbound sources: each is ready while subscribed to its broker.
+    pub sources: Vec<Arc<crate::outbound::sources::Health>>,
 }
 
 fn json(status: u16, body: serde_json::Value) -> http::Response<Vec<u8>> {
@@ -51,6 +54,14 @@ impl ServeHttp for Admin {
                     let ok = store.ready().await;
                     ready &= ok;
                     body["store"] = ok.into();
+                }
+                if !self.sources.is_empty() {
+                    let mut sources = serde_json::Map::new();
+                    for source in &self.sources {
+                        ready &= source.up();
+                        sources.insert(source.name.clone(), source.up().into());
+                    }
+                    body["sources"] = sources.into();
                 }
                 body["status"] = if ready { "ready" } else { "not_ready" }.into();
                 json(if ready { 200 } else { 503 }, body)

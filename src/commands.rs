@@ -241,8 +241,9 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
     if !listeners.is_empty() {
         server.add_service(proxy).add_dependency(&bootstrap);
     }
+    let mut sources = Vec::new();
     if let Some((o, dispatcher)) = &mut outbound {
-        crate::outbound::add_services(
+        sources = crate::outbound::add_services(
             &mut server,
             &bootstrap,
             o,
@@ -275,6 +276,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             sinks,
             dedup,
             store,
+            sources,
         };
         let mut admin = Service::new("admin".into(), HttpServer::new_app(admin));
         admin.add_tcp(&addr);

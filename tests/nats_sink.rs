@@ -179,54 +179,11 @@ fn the_first_request_after_a_nats_restart_is_accepted() {
     assert_eq!(messages(nats.port, "RESTARTED").len(), 2);
 }
 
-/// A nats-server of the test's own that takes only TLS with a client certificate (mTLS) and
-/// knows one user by nkey.
-struct SecureNats {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl SecureNats {
-    fn start(ca: &common::certs::Ca, user: &nkeys::KeyPair) -> SecureNats {
-        let dir = tempfile::tempdir().unwrap();
-        ca.write_server(dir.path());
-        let port = free_port();
-        let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
-        let conf = format!(
-            "port: {port}\nhost: 127.0.0.1\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}\nauthorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
-            path("js"),
-            path("server.pem"),
-            path("server.key"),
-            path("ca.pem"),
-            user.public_key()
-        );
-        std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
-        let child = std::process::Command::new("nats-server")
-            .args(["-c", &path("nats.conf")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server runs");
-        wait_until("the TLS nats-server listens", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        SecureNats { port, dir, child }
-    }
-}
-
-impl Drop for SecureNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_nats_server_with_mtls_and_nkeys_takes_events_and_refuses_a_wrong_ca_or_key_clearly() {
     let ca = common::certs::Ca::new("nats test ca");
     let user = nkeys::KeyPair::new_user();
-    let nats = SecureNats::start(&ca, &user);
+    let nats = SecureNats::start(&ca, &user, "nats-pw-2207");
     let (client_cert, client_key, _) = ca.leaf(&["portcullis"], true);
     let f = filter("secure");
     let sink = format!(
@@ -269,15 +226,32 @@ fn a_nats_server_with_mtls_and_nkeys_takes_events_and_refuses_a_wrong_ca_or_key_
         "{}",
         wrong_key.log()
     );
-    for server in [&good, &wrong_ca, &wrong_key] {
+    // The same server's password user, the password from env:.
+    let by_password = {
+        let sink = sink.replace(
+            "nkey: \"env:NATS_NKEY\"",
+            "username: portcullis, password: \"env:NATS_PASSWORD\"",
+        );
+        let files = files(&ca.pem);
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        Server::start_env(
+            &[("f.yaml", &f)],
+            &sink,
+            &[("NATS_PASSWORD", "nats-pw-2207")],
+            &files,
+        )
+    };
+    assert_eq!(post_id(&by_password, &f, "by-password"), 202);
+    assert_eq!(by_password.admin_get("/readyz").status, 200);
+    for server in [&good, &wrong_ca, &wrong_key, &by_password] {
         let log = server.log();
         assert!(
-            !log.contains(&seed) && !log.contains(&stranger),
-            "no seed in the log"
+            !log.contains(&seed) && !log.contains(&stranger) && !log.contains("nats-pw-2207"),
+            "no seed or password in the log"
         );
     }
 
-    // Read the stream back as the same user: exactly the one accepted event.
+    // Read the stream back as the nkey user: exactly the two accepted events.
     runtime().block_on(async {
         let client = async_nats::ConnectOptions::with_nkey(seed.clone())
             .require_tls(true)
@@ -288,7 +262,7 @@ fn a_nats_server_with_mtls_and_nkeys_takes_events_and_refuses_a_wrong_ca_or_key_
             .unwrap();
         let js = jetstream::new(client);
         let mut stream = js.get_stream("SECURE").await.unwrap();
-        assert_eq!(stream.info().await.unwrap().state.messages, 1);
+        assert_eq!(stream.info().await.unwrap().state.messages, 2);
     });
 }
 

@@ -1333,8 +1333,93 @@ fn a_redis_source_over_tls_with_an_acl_user_feeds_the_ledger() {
             .cli("src-pw-4711", &["XPENDING", "dispatch", "portcullis"])
             .starts_with('0')
     });
+    let ready = d.server.admin_get("/readyz");
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(ready.json()["sources"]["redis:dispatch"], true);
     assert!(
         !d.server.log().contains("src-pw-4711"),
         "no password in the log"
     );
+}
+
+#[test]
+fn a_jetstream_source_over_mtls_with_a_password_feeds_the_ledger_and_a_refused_one_is_not_ready() {
+    let ca = common::certs::Ca::new("nats source ca");
+    let user = nkeys::KeyPair::new_user();
+    let nats = SecureNats::start(&ca, &user, "nats-src-pw-31");
+    let (client_cert, client_key, _) = ca.leaf(&["portcullis"], true);
+    let rx = Receiver::ok();
+    let start = |password: &str| {
+        let dir = Server::prepare(&[]);
+        for (name, text) in [
+            ("ca.pem", &ca.pem),
+            ("client.pem", &client_cert),
+            ("client.key", &client_key),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("env"),
+            format!("NATS_PASSWORD={password}\n"),
+        )
+        .unwrap();
+        let delivery = format!(
+            "{{ allow_http: true, allow_internal: [127.0.0.1/32], retry: [100ms] }}\n  sources:\n    - {{ type: nats, url: \"nats://127.0.0.1:{}\", stream: DISPATCH, subject: dispatch, username: portcullis, password: \"env:NATS_PASSWORD\", tls: {{ ca: ca.pem, cert: client.pem, key: client.key }} }}",
+            nats.port
+        );
+        let e = endpoint("e", &format!("http://127.0.0.1:{}/", rx.port), "");
+        Dispatcher::start_in(
+            dir,
+            &[("t.yaml", tenant("t", &[e]))],
+            &delivery,
+            "sqlite://state/ledger.db",
+        )
+    };
+    let good = start("nats-src-pw-31");
+    let refused = start("a-wrong-password");
+    wait_until("the source is subscribed", || {
+        good.server.admin_get("/readyz").status == 200
+    });
+    assert_eq!(
+        good.server.admin_get("/readyz").json()["sources"]["nats:DISPATCH"],
+        true
+    );
+    runtime().block_on(async {
+        let client = async_nats::ConnectOptions::with_nkey(user.seed().unwrap())
+            .require_tls(true)
+            .add_root_certificates(nats.dir.path().join("ca.pem"))
+            .add_client_certificate(
+                good.server.dir.path().join("client.pem"),
+                good.server.dir.path().join("client.key"),
+            )
+            .connect(format!("nats://127.0.0.1:{}", nats.port))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.publish(
+            "dispatch",
+            r#"{"tenant":"t","event_type":"a","id":"nats-tls-1","payload":{"over":"mtls"}}"#.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    });
+    let got = rx.wait_for(1);
+    assert_eq!(got[0].body, br#"{"over":"mtls"}"#);
+    let ready = refused.server.admin_get("/readyz");
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert_eq!(ready.json()["sources"]["nats:DISPATCH"], false);
+    let log = refused.server.log();
+    assert!(
+        log.contains("outbound source nats") && log.to_lowercase().contains("authorization"),
+        "{log}"
+    );
+    for d in [&good, &refused] {
+        let log = d.server.log();
+        assert!(
+            !log.contains("nats-src-pw-31") && !log.contains("a-wrong-password"),
+            "no password in the log"
+        );
+    }
 }

@@ -273,7 +273,8 @@ pub fn enqueued_json(e: &Enqueued) -> serde_json::Value {
 }
 
 /// Adds the dispatcher's services to Pingora's server: each source, the worker, and the API
-/// listener (after the bootstrap, which hands sockets over on an upgrade).
+/// listener (after the bootstrap, which hands sockets over on an upgrade). Returns the
+/// sources' health for `/readyz`.
 pub fn add_services(
     server: &mut pingora::server::Server,
     bootstrap: &pingora::services::ServiceHandle,
@@ -282,7 +283,7 @@ pub fn add_services(
     sinks: &crate::sinks::Sinks,
     key_filters: Vec<String>,
     event_log: bool,
-) {
+) -> Vec<Arc<sources::Health>> {
     use pingora::services::background::background_service;
     if let Some(sink) = outbound.dead_letters.as_ref().and_then(|n| sinks.get(n)) {
         server.add_service(background_service(
@@ -294,8 +295,10 @@ pub fn add_services(
         ));
     }
     let sources = std::mem::take(&mut outbound.sources);
-    for consumer in sources::services(sources, dispatcher) {
+    let mut health = Vec::new();
+    for (consumer, h) in sources::services(sources, dispatcher) {
         server.add_service(background_service("outbound source", consumer));
+        health.push(h);
     }
     server.add_service(background_service(
         "outbound endpoints",
@@ -327,6 +330,7 @@ pub fn add_services(
         server.add_service(service).add_dependency(bootstrap);
         tracing::info!(%addr, endpoints = dispatcher.catalog.current().count(), "outbound api listening (POST /outbound, /v1/)");
     }
+    health
 }
 
 pub(crate) fn hostname() -> String {

@@ -10,13 +10,20 @@
 //! its disk batches), and four channels only lengthened p99 (`bench/RESULTS.md`). It is there
 //! for brokers where a channel is the bound (many queues, a cluster). After any failure the
 //! link is dropped and the next publish reconnects, so the gateway heals without a restart.
+//!
+//! [`Broker`] is the connection both this sink and the RabbitMQ source of outbound messages
+//! open: the url's user unless `username:`/`password:` (from `env:`/`file:`) say otherwise,
+//! and for `amqps://` the `tls:` CA and client certificate. `tls:` with `amqp://` is refused
+//! at load: a plaintext url is never upgraded, and a TLS broker is never spoken to in the clear.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
@@ -30,9 +37,119 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 pub const DEFAULT_CHANNELS: usize = 1;
 const MAX_CHANNELS: usize = 64;
 
+/// A RabbitMQ to connect to: where, as whom, and over which TLS.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    uri: AMQPUri,
+    tls: Option<super::config::ClientTls>,
+}
+
+/// A sink's or source's connection keys, as written.
+pub struct BrokerSpec<'a> {
+    pub url: &'a str,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub tls: Option<&'a super::config::TlsSpec>,
+}
+
+impl Broker {
+    /// The keys of `what` (like "amqp sink `a`"), checked together.
+    pub fn load(
+        what: &str,
+        spec: BrokerSpec<'_>,
+        base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Option<Broker> {
+        let BrokerSpec {
+            url,
+            username,
+            password,
+            tls,
+        } = spec;
+        let mut uri = match url.parse::<AMQPUri>() {
+            Ok(uri) => uri,
+            Err(e) => {
+                at.error(
+                    &["url"],
+                    format!("{what}: url `{}`: {e}", crate::store::config::redact(url)),
+                );
+                return None;
+            }
+        };
+        // `guest` is RabbitMQ's default user, which it accepts from loopback only: no secret.
+        if url::Url::parse(url).is_ok_and(|u| u.password().is_some_and(|p| p != "guest")) {
+            at.warn(
+                &["url"],
+                "the url holds a password, which ends up wherever urls are shown: use password: env:NAME",
+            );
+        }
+        let tls = super::config::client_tls(tls, base, at);
+        if tls.is_some() && uri.scheme != AMQPScheme::AMQPS {
+            at.error(
+                &["tls"],
+                "tls: needs an amqps:// url (amqp:// is plaintext, and is never upgraded)",
+            );
+        }
+        if let Some(username) = username {
+            uri.authority.userinfo.username = username.to_owned();
+        }
+        match (username, password) {
+            (_, Some(password)) => {
+                let secret = super::config::password(password, base, &["password"], at)?;
+                match String::from_utf8(secret.0.clone()) {
+                    Ok(p) => uri.authority.userinfo.password = p,
+                    Err(_) => at.error(&["password"], "the password is not UTF-8"),
+                }
+            }
+            (Some(_), None) => at.error(
+                &["password"],
+                "username: needs password: (env:NAME or file:PATH)",
+            ),
+            (None, None) => {}
+        }
+        Some(Broker { uri, tls })
+    }
+
+    /// One connection, its TLS files read now (a renewed certificate is used on reconnect).
+    pub async fn connect(&self) -> Result<Connection, String> {
+        let config = match &self.tls {
+            None => OwnedTLSConfig::default(),
+            Some(tls) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
+                };
+                let cert_chain = match &tls.ca {
+                    Some(ca) => Some(String::from_utf8_lossy(&read(ca)?).into_owned()),
+                    None => None,
+                };
+                let identity = match (&tls.cert, &tls.key) {
+                    (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                        pem: read(cert)?,
+                        key: read(key)?,
+                    }),
+                    _ => None,
+                };
+                OwnedTLSConfig {
+                    identity,
+                    cert_chain,
+                }
+            }
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        Connection::connect_uri_with_config(
+            self.uri.clone(),
+            ConnectionProperties::default(),
+            config,
+            runtime,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
 pub struct AmqpSink {
     name: String,
-    url: String,
+    broker: Broker,
     exchange: String,
     routing_key: String,
     timeout: Duration,
@@ -64,7 +181,7 @@ impl Link {
 impl AmqpSink {
     pub fn new(
         name: &str,
-        url: &str,
+        broker: Broker,
         exchange: &str,
         routing_key: &str,
         timeout: Duration,
@@ -72,7 +189,7 @@ impl AmqpSink {
     ) -> AmqpSink {
         AmqpSink {
             name: name.to_owned(),
-            url: url.to_owned(),
+            broker,
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
             timeout,
@@ -118,9 +235,11 @@ impl AmqpSink {
     async fn connect(&self) -> Result<(Connection, Vec<Channel>), SinkError> {
         let unavailable =
             |what: &str, e: lapin::Error| SinkError::Unavailable(format!("amqp {what}: {e}"));
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+        let connection = self
+            .broker
+            .connect()
             .await
-            .map_err(|e| unavailable("connect", e))?;
+            .map_err(|e| SinkError::Unavailable(format!("amqp connect: {e}")))?;
         let mut channels = Vec::with_capacity(self.channels);
         for _ in 0..self.channels {
             let channel = connection
@@ -278,11 +397,17 @@ pub struct Spec {
     channels: Option<usize>,
     #[serde(default)]
     fallback: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    tls: Option<super::config::TlsSpec>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub url: String,
+    pub broker: Broker,
     pub exchange: String,
     pub routing_key: String,
     pub timeout: Duration,
@@ -293,7 +418,7 @@ impl super::SinkConfig for Config {
     fn build(&self, name: &str, _built: &super::Built) -> Result<std::sync::Arc<dyn Sink>, String> {
         Ok(std::sync::Arc::new(AmqpSink::new(
             name,
-            &self.url,
+            self.broker.clone(),
             &self.exchange,
             &self.routing_key,
             self.timeout,
@@ -306,15 +431,19 @@ impl super::config::Spec for Spec {
     fn load(
         &self,
         name: &str,
-        _base: &std::path::Path,
+        base: &std::path::Path,
         at: &mut crate::config::Section<'_, '_>,
     ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
         let timeout = super::config::timeout(self.timeout.as_deref(), at);
         let example = "amqp://guest:guest@127.0.0.1:5672/%2f";
         let url = super::config::url(self.url.as_ref(), "amqp", name, example, at)?;
-        if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
-            at.error(&[], format!("amqp sink `{name}`: url `{url}`: {e}"));
-        }
+        let spec = BrokerSpec {
+            url: &url,
+            username: self.username.as_deref(),
+            password: self.password.as_deref(),
+            tls: self.tls.as_ref(),
+        };
+        let broker = Broker::load(&format!("amqp sink `{name}`"), spec, base, at);
         let exchange = self.exchange.clone().unwrap_or_else(|| "webhooks".into());
         let routing_key = self
             .routing_key
@@ -331,7 +460,7 @@ impl super::config::Spec for Spec {
             );
         }
         Some(std::sync::Arc::new(Config {
-            url,
+            broker: broker?,
             exchange,
             routing_key,
             timeout,

@@ -10,7 +10,8 @@
 //!
 //! A secured server: `tls:` (its CA, a client certificate) makes the client require TLS, and
 //! one of `creds` (a `.creds` file: JWT and seed), `nkey` (a seed) or `username`/`password`
-//! signs it in; seeds and passwords come from `env:`/`file:` and are never logged.
+//! signs it in; seeds and passwords come from `env:`/`file:` and are never logged. The
+//! JetStream source of outbound messages signs in the same way ([`Access`]).
 
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ impl NatsSink {
             .get_or_try_init(|| async {
                 let client = self
                     .config
+                    .access
                     .options()
                     .map_err(|e| SinkError::Unavailable(format!("nats credentials: {e}")))?
                     .connection_timeout(self.config.timeout.min(Duration::from_secs(2)))
@@ -199,8 +201,23 @@ pub struct Config {
     pub create_stream: bool,
     pub duplicate_window: Duration,
     pub timeout: Duration,
+    pub access: Access,
+}
+
+/// How a client reaches a secured server: its TLS and its credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
     pub tls: Option<super::config::ClientTls>,
     pub auth: Option<Auth>,
+}
+
+/// The keys of a sink or source that make its [`Access`], as written.
+pub struct AccessSpec<'a> {
+    pub tls: Option<&'a super::config::TlsSpec>,
+    pub creds: Option<&'a str>,
+    pub nkey: Option<&'a str>,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a str>,
 }
 
 /// How the client signs in.
@@ -216,9 +233,21 @@ pub enum Auth {
     },
 }
 
-impl Config {
+impl Access {
+    /// `tls:` and at most one way to sign in, checked at their keys.
+    pub fn load(
+        spec: AccessSpec<'_>,
+        base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Access {
+        Access {
+            tls: super::config::client_tls(spec.tls, base, at),
+            auth: spec.auth(base, at),
+        }
+    }
+
     /// The client's TLS and credentials.
-    fn options(&self) -> std::io::Result<async_nats::ConnectOptions> {
+    pub fn options(&self) -> std::io::Result<async_nats::ConnectOptions> {
         let text =
             |s: &crate::config::secrets::Secret| String::from_utf8_lossy(&s.0).trim().to_owned();
         let mut options = match &self.auth {
@@ -248,7 +277,7 @@ impl super::SinkConfig for Config {
     }
 }
 
-impl Spec {
+impl AccessSpec<'_> {
     /// At most one way to sign in, its secret resolved and (a `.creds` file) parsed.
     fn auth(
         &self,
@@ -262,7 +291,7 @@ impl Spec {
         ];
         if given.iter().filter(|g| **g).count() > 1 {
             at.error(
-                &[],
+                &["username"],
                 "nats: sign in one way: creds, nkey, or username with password",
             );
             return None;
@@ -294,11 +323,11 @@ impl Spec {
         match (&self.username, &self.password) {
             (None, None) => None,
             (Some(username), Some(password)) => Some(Auth::Password {
-                username: username.clone(),
+                username: (*username).to_owned(),
                 password: super::config::password(password, base, &["password"], at)?,
             }),
             _ => {
-                at.error(&[], "nats: username and password go together");
+                at.error(&["username"], "nats: username and password go together");
                 None
             }
         }
@@ -316,8 +345,17 @@ impl super::config::Spec for Spec {
         at: &mut crate::config::Section<'_, '_>,
     ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
         let timeout = super::config::timeout(self.timeout.as_deref(), at);
-        let tls = super::config::client_tls(self.tls.as_ref(), base, at);
-        let auth = self.auth(base, at);
+        let access = Access::load(
+            AccessSpec {
+                tls: self.tls.as_ref(),
+                creds: self.creds.as_deref(),
+                nkey: self.nkey.as_deref(),
+                username: self.username.as_deref(),
+                password: self.password.as_deref(),
+            },
+            base,
+            at,
+        );
         let url = super::config::url(self.url.as_ref(), "nats", name, "nats://127.0.0.1:4222", at)?;
         let subject = self
             .subject
@@ -351,8 +389,7 @@ impl super::config::Spec for Spec {
             create_stream,
             duplicate_window,
             timeout,
-            tls,
-            auth,
+            access,
         }))
     }
 }

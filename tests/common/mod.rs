@@ -1136,3 +1136,46 @@ impl Drop for TlsRedis {
         let _ = self.child.wait();
     }
 }
+
+/// A nats-server of the test's own with JetStream that takes only TLS with a client
+/// certificate (mTLS) and knows two users: one by nkey, and `portcullis` with `password`.
+pub struct SecureNats {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl SecureNats {
+    pub fn start(ca: &certs::Ca, user: &nkeys::KeyPair, password: &str) -> SecureNats {
+        let dir = tempfile::tempdir().unwrap();
+        ca.write_server(dir.path());
+        let port = free_port();
+        let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        let conf = format!(
+            "port: {port}\nhost: 127.0.0.1\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}\nauthorization {{ users = [ {{ nkey: \"{}\" }}, {{ user: portcullis, password: \"{password}\" }} ] }}\n",
+            path("js"),
+            path("server.pem"),
+            path("server.key"),
+            path("ca.pem"),
+            user.public_key()
+        );
+        std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
+        let child = std::process::Command::new("nats-server")
+            .args(["-c", &path("nats.conf")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server runs");
+        wait_until("the TLS nats-server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        SecureNats { port, dir, child }
+    }
+}
+
+impl Drop for SecureNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

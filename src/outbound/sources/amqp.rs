@@ -2,7 +2,7 @@
 //! prefetch; each delivery is acked only after the ledger committed its message, and
 //! requeued (nack) when the ledger could not take it. A delivery whose node dies before its
 //! ack goes back to the queue when the connection drops. The body is the message object of
-//! `POST /outbound`, as JSON.
+//! `POST /outbound`, as JSON. It connects like the amqp sink (`username`, `password`, `tls`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,6 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Deserialize;
@@ -22,35 +21,42 @@ use super::Handled;
 use crate::config::Section;
 use crate::outbound::message;
 use crate::outbound::Dispatcher;
+use crate::sinks::amqp::{Broker, BrokerSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     url: String,
     queue: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    tls: Option<crate::sinks::config::TlsSpec>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub url: String,
+    pub broker: Broker,
     pub queue: String,
 }
 
 impl Spec {
-    pub fn load(&self, at: &mut Section<'_, '_>) -> Option<Config> {
-        if let Err(e) = self.url.parse::<lapin::uri::AMQPUri>() {
-            at.error(
-                &["sources"],
-                format!("amqp source: url `{}`: {e}", self.url),
-            );
-            return None;
-        }
+    pub fn load(&self, base: &std::path::Path, at: &mut Section<'_, '_>) -> Option<Config> {
         if self.queue.is_empty() {
             at.error(&["sources"], "amqp source: queue must not be empty");
             return None;
         }
+        let spec = BrokerSpec {
+            url: &self.url,
+            username: self.username.as_deref(),
+            password: self.password.as_deref(),
+            tls: self.tls.as_ref(),
+        };
+        let broker = Broker::load("amqp source", spec, base, at)?;
         Some(Config {
-            url: self.url.clone(),
+            broker,
             queue: self.queue.clone(),
         })
     }
@@ -62,20 +68,24 @@ const PREFETCH: u16 = 100;
 pub struct Consumer {
     pub config: Config,
     pub dispatcher: Arc<Dispatcher>,
+    pub health: Arc<super::Health>,
 }
 
 #[async_trait]
 impl BackgroundService for Consumer {
     async fn start(&self, shutdown: ShutdownWatch) {
         let what = format!("amqp queue {}", self.config.queue);
-        super::keep_running(shutdown, &what, || self.run()).await;
+        super::keep_running(shutdown, &what, &self.health, || self.run()).await;
     }
 }
 
 impl Consumer {
-    async fn run(&self) -> Result<(), lapin::Error> {
-        let connection =
-            Connection::connect(&self.config.url, ConnectionProperties::default()).await?;
+    async fn run(&self) -> Result<(), String> {
+        let connection = self.config.broker.connect().await?;
+        self.consume(&connection).await.map_err(|e| e.to_string())
+    }
+
+    async fn consume(&self, connection: &lapin::Connection) -> Result<(), lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
@@ -98,6 +108,7 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        self.health.set(true);
         while let Some(delivery) = deliveries.next().await {
             let delivery = delivery?;
             let raw = String::from_utf8_lossy(&delivery.data).into_owned();

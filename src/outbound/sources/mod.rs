@@ -36,8 +36,8 @@ pub fn load(specs: &[SourceSpec], base: &std::path::Path, at: &mut Section<'_, '
         .iter()
         .filter_map(|spec| match spec {
             SourceSpec::Redis(s) => s.load(base, at).map(Source::Redis),
-            SourceSpec::Nats(s) => s.load(at).map(Source::Nats),
-            SourceSpec::Amqp(s) => s.load(at).map(Source::Amqp),
+            SourceSpec::Nats(s) => s.load(base, at).map(Source::Nats),
+            SourceSpec::Amqp(s) => s.load(base, at).map(Source::Amqp),
         })
         .collect()
 }
@@ -115,11 +115,37 @@ pub async fn handle(
     }
 }
 
+/// Whether a source holds a working subscription to its broker, for `/readyz`. A source that
+/// cannot connect (a refused certificate or password, a broker away) is not ready.
+pub struct Health {
+    pub name: String,
+    up: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    pub fn new(name: String) -> Arc<Health> {
+        Arc::new(Health {
+            name,
+            up: Default::default(),
+        })
+    }
+
+    pub fn set(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Runs `connect_and_consume` until shutdown, again a second after each time it ends (the
-/// broker went away, a call failed): a source reconnects forever.
+/// broker went away, a call failed): a source reconnects forever. `connect_and_consume`
+/// marks `health` up once it is subscribed; it is down from the moment it ends.
 pub async fn keep_running<F, Fut, E>(
     mut shutdown: pingora::server::ShutdownWatch,
     what: &str,
+    health: &Health,
     connect_and_consume: F,
 ) where
     F: Fn() -> Fut,
@@ -129,6 +155,7 @@ pub async fn keep_running<F, Fut, E>(
     while !*shutdown.borrow() {
         tokio::select! {
             result = connect_and_consume() => {
+                health.set(false);
                 if let Err(e) = result {
                     tracing::warn!("outbound source {what}: {e}");
                 }
@@ -160,23 +187,38 @@ impl pingora::services::background::BackgroundService for Service {
     }
 }
 
-/// The background service of each source.
-pub fn services(sources: Vec<Source>, dispatcher: &Arc<Dispatcher>) -> Vec<Service> {
+/// The background service of each source, and its health.
+pub fn services(sources: Vec<Source>, dispatcher: &Arc<Dispatcher>) -> Vec<(Service, Arc<Health>)> {
     sources
         .into_iter()
         .map(|s| match s {
-            Source::Redis(config) => Service::Redis(redis::Consumer {
-                config,
-                dispatcher: dispatcher.clone(),
-            }),
-            Source::Nats(config) => Service::Nats(nats::Consumer {
-                config,
-                dispatcher: dispatcher.clone(),
-            }),
-            Source::Amqp(config) => Service::Amqp(amqp::Consumer {
-                config,
-                dispatcher: dispatcher.clone(),
-            }),
+            Source::Redis(config) => {
+                let health = Health::new(format!("redis:{}", config.stream));
+                let consumer = redis::Consumer {
+                    config,
+                    dispatcher: dispatcher.clone(),
+                    health: health.clone(),
+                };
+                (Service::Redis(consumer), health)
+            }
+            Source::Nats(config) => {
+                let health = Health::new(format!("nats:{}", config.stream));
+                let consumer = nats::Consumer {
+                    config,
+                    dispatcher: dispatcher.clone(),
+                    health: health.clone(),
+                };
+                (Service::Nats(consumer), health)
+            }
+            Source::Amqp(config) => {
+                let health = Health::new(format!("amqp:{}", config.queue));
+                let consumer = amqp::Consumer {
+                    config,
+                    dispatcher: dispatcher.clone(),
+                    health: health.clone(),
+                };
+                (Service::Amqp(consumer), health)
+            }
         })
         .collect()
 }

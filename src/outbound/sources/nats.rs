@@ -1,7 +1,8 @@
 //! A JetStream source: a durable pull consumer on `stream` (filtered to `subject`), each
 //! message acknowledged only after the ledger committed it. A message the ledger could not
 //! take is NAKed for redelivery; one that dies with its node is redelivered after `ack_wait`.
-//! The payload of a NATS message is the message object of `POST /outbound`, as JSON.
+//! The payload of a NATS message is the message object of `POST /outbound`, as JSON. It
+//! signs in like the nats sink (`tls`, and `creds`, `nkey` or `username`/`password`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::Handled;
 use crate::config::Section;
 use crate::outbound::message;
 use crate::outbound::Dispatcher;
+use crate::sinks::nats::{Access, AccessSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,16 @@ pub struct Spec {
     subject: String,
     #[serde(default)]
     durable: Option<String>,
+    #[serde(default)]
+    tls: Option<crate::sinks::config::TlsSpec>,
+    #[serde(default)]
+    creds: Option<String>,
+    #[serde(default)]
+    nkey: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,10 +46,22 @@ pub struct Config {
     pub stream: String,
     pub subject: String,
     pub durable: String,
+    pub access: Access,
 }
 
 impl Spec {
-    pub fn load(&self, at: &mut Section<'_, '_>) -> Option<Config> {
+    pub fn load(&self, base: &std::path::Path, at: &mut Section<'_, '_>) -> Option<Config> {
+        let access = Access::load(
+            AccessSpec {
+                tls: self.tls.as_ref(),
+                creds: self.creds.as_deref(),
+                nkey: self.nkey.as_deref(),
+                username: self.username.as_deref(),
+                password: self.password.as_deref(),
+            },
+            base,
+            at,
+        );
         if self.stream.is_empty() || self.subject.is_empty() {
             at.error(
                 &["sources"],
@@ -50,6 +74,7 @@ impl Spec {
             stream: self.stream.clone(),
             subject: self.subject.clone(),
             durable: self.durable.clone().unwrap_or_else(|| "portcullis".into()),
+            access,
         })
     }
 }
@@ -60,20 +85,24 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 pub struct Consumer {
     pub config: Config,
     pub dispatcher: Arc<Dispatcher>,
+    pub health: Arc<super::Health>,
 }
 
 #[async_trait]
 impl BackgroundService for Consumer {
     async fn start(&self, shutdown: ShutdownWatch) {
         let what = format!("nats stream {}", self.config.stream);
-        super::keep_running(shutdown, &what, || self.run()).await;
+        super::keep_running(shutdown, &what, &self.health, || self.run()).await;
     }
 }
 
 impl Consumer {
     async fn run(&self) -> Result<(), String> {
         let cfg = &self.config;
-        let client = async_nats::ConnectOptions::new()
+        let client = cfg
+            .access
+            .options()
+            .map_err(|e| format!("credentials: {e}"))?
             .connection_timeout(Duration::from_secs(2))
             .connect(cfg.url.as_str())
             .await
@@ -105,6 +134,7 @@ impl Consumer {
             .messages()
             .await
             .map_err(|e| format!("pull: {e}"))?;
+        self.health.set(true);
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(|e| format!("pull: {e}"))?;
             let raw = String::from_utf8_lossy(&msg.payload).into_owned();

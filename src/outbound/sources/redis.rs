@@ -107,6 +107,8 @@ const BLOCK: Duration = Duration::from_secs(1);
 pub struct Consumer {
     pub config: Config,
     pub dispatcher: Arc<Dispatcher>,
+    /// Up while reads succeed.
+    pub health: Arc<super::Health>,
 }
 
 #[async_trait]
@@ -124,6 +126,7 @@ impl BackgroundService for Consumer {
                         c
                     }
                     Err(e) => {
+                        self.health.set(false);
                         tracing::warn!(stream = %self.config.stream, "outbound redis source: {e}");
                         if pause(&mut shutdown, Duration::from_secs(1)).await {
                             return;
@@ -133,6 +136,7 @@ impl BackgroundService for Consumer {
                 },
             };
             let step = self.step(c, &mut pending, &mut last_claim).await;
+            self.health.set(step.is_ok());
             match step {
                 Ok(true) => {}
                 Ok(false) => {
