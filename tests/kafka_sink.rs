@@ -26,6 +26,9 @@ struct Tansu {
     authentication: bool,
     /// The user the test's own consumer signs in as, then.
     user: Option<(String, String)>,
+    /// A TLS terminator in front (Tansu 0.6 has no working TLS flags of its own): clients
+    /// are told to connect there, with the client certificate in this directory.
+    tls: Option<(Haproxy, std::path::PathBuf)>,
 }
 
 /// One record as a consumer sees it.
@@ -70,13 +73,43 @@ impl Tansu {
             child: None,
             authentication: false,
             user: None,
+            tls: None,
         };
         t.spawn();
         Some(t)
     }
 
+    /// Puts haproxy in front, speaking only TLS and only to clients with a certificate `ca`
+    /// signed; the broker advertises haproxy's port from the next spawn on.
+    fn behind_tls(&mut self, ca: &common::certs::Ca) {
+        let dir = self.dir.path().join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        ca.write_server(&dir);
+        let (cert, key, _) = ca.leaf(&["portcullis"], true);
+        std::fs::write(dir.join("client.pem"), cert).unwrap();
+        std::fs::write(dir.join("client.key"), key).unwrap();
+        let server = std::fs::read_to_string(dir.join("server.pem")).unwrap()
+            + &std::fs::read_to_string(dir.join("server.key")).unwrap();
+        std::fs::write(dir.join("haproxy.pem"), server).unwrap();
+        let (crt, ca_file, backend) = (dir.join("haproxy.pem"), dir.join("ca.pem"), self.port);
+        let Some(haproxy) = Haproxy::start(|port| {
+            format!(
+                "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\nfrontend tls\n  bind 127.0.0.1:{port} ssl crt {} ca-file {} verify required\n  default_backend tansu\nbackend tansu\n  server tansu 127.0.0.1:{backend}\n",
+                crt.display(),
+                ca_file.display()
+            )
+        }) else {
+            panic!("haproxy is needed for the TLS test");
+        };
+        self.tls = Some((haproxy, dir));
+    }
+
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = match &self.tls {
+            Some((haproxy, _)) => format!("tcp://127.0.0.1:{}", haproxy.port),
+            None => url.clone(),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -89,7 +122,7 @@ impl Tansu {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .args(self.authentication.then_some("--authentication"))
@@ -128,7 +161,7 @@ impl Tansu {
                 "user",
                 "create",
                 "--broker",
-                &format!("tcp://{}", self.brokers()),
+                &format!("tcp://127.0.0.1:{}", self.port),
             ])
             .args([name, password])
             .status()
@@ -136,15 +169,43 @@ impl Tansu {
         assert!(status.success(), "tansu user create");
     }
 
+    /// Where clients connect: haproxy's TLS port when there is one.
     fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some((haproxy, _)) => format!("127.0.0.1:{}", haproxy.port),
+            None => format!("127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// A client of the broker as it is now: TLS with the client certificate, and SCRAM.
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.brokers());
+        if let Some((_, dir)) = &self.tls {
+            let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+            config
+                .set("security.protocol", "ssl")
+                .set("ssl.ca.location", path("ca.pem"))
+                .set("ssl.certificate.location", path("client.pem"))
+                .set("ssl.key.location", path("client.key"));
+        }
+        if let (true, Some((name, password))) = (self.authentication, &self.user) {
+            let protocol = if self.tls.is_some() {
+                "sasl_ssl"
+            } else {
+                "sasl_plaintext"
+            };
+            config
+                .set("security.protocol", protocol)
+                .set("sasl.mechanisms", "SCRAM-SHA-512")
+                .set("sasl.username", name)
+                .set("sasl.password", password);
+        }
+        config
     }
 
     fn create_topic(&self, topic: &str) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .create()
-            .unwrap();
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
         let created = runtime().block_on(admin.create_topics(
             &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
@@ -156,16 +217,8 @@ impl Tansu {
 
     /// Every record of the (one-partition) topic, in order.
     fn records(&self, topic: &str) -> Vec<Record> {
-        let mut config = ClientConfig::new();
-        if let (true, Some((name, password))) = (self.authentication, &self.user) {
-            config
-                .set("security.protocol", "sasl_plaintext")
-                .set("sasl.mechanisms", "SCRAM-SHA-512")
-                .set("sasl.username", name)
-                .set("sasl.password", password);
-        }
-        let consumer: BaseConsumer = config
-            .set("bootstrap.servers", self.brokers())
+        let consumer: BaseConsumer = self
+            .client()
             .set("group.id", unique("portcullis-test"))
             .set("enable.auto.commit", "false")
             .create()
@@ -467,6 +520,68 @@ fn a_sink_with_tls_never_speaks_plaintext_to_a_broker_that_has_no_tls() {
         "{}",
         server.log()
     );
+}
+
+#[test]
+fn sasl_scram_over_tls_with_a_client_certificate_and_a_wrong_ca_is_refused_clearly() {
+    let Some(mut kafka) = Tansu::start() else {
+        return;
+    };
+    kafka.add_user("gateway", "tls-horse-staple");
+    kafka.kill();
+    let ca = common::certs::Ca::new("kafka test ca");
+    kafka.behind_tls(&ca);
+    kafka.authentication = true;
+    kafka.spawn();
+    kafka.create_topic("tls-secured");
+    let f = filter("ssl");
+    let sasl =
+        ", sasl: { mechanism: SCRAM-SHA-512, username: gateway, password: \"env:KAFKA_PASSWORD\" }";
+    let dir = &kafka.tls.as_ref().unwrap().1;
+    let files: Vec<(&str, String)> = ["client.pem", "client.key"]
+        .iter()
+        .map(|n| (*n, std::fs::read_to_string(dir.join(n)).unwrap()))
+        .collect();
+    let other = common::certs::Ca::new("another ca");
+    let start = |ca_pem: &str, tls: &str| {
+        let mut files = files.clone();
+        files.push(("ca.pem", ca_pem.to_owned()));
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        let sink = kafka_sink(&kafka.brokers(), "tls-secured", &format!("{tls}{sasl}"));
+        Server::start_env(
+            &[("f.yaml", &f)],
+            &sink,
+            &[("KAFKA_PASSWORD", "tls-horse-staple")],
+            &files,
+        )
+    };
+    let mtls = ", tls: { ca: ca.pem, cert: client.pem, key: client.key }";
+    let good = start(&ca.pem, mtls);
+    assert_eq!(post_id(&good, &f, "over-tls"), 202, "{}", good.log());
+    assert_eq!(good.admin_get("/readyz").status, 200);
+
+    let wrong_ca = start(&other.pem, mtls);
+    let r = post_signed_response(&wrong_ca, &f, "wrong-ca");
+    assert_eq!((r.status, r.reason()), (503, "sink_unavailable".into()));
+    assert_eq!(wrong_ca.admin_get("/readyz").status, 503);
+    let log = wrong_ca.log();
+    assert!(
+        log.contains("certificate verify failed"),
+        "the log says why:\n{log}"
+    );
+    let no_client_cert = start(&ca.pem, ", tls: { ca: ca.pem }");
+    assert_eq!(post_id(&no_client_cert, &f, "no-cert"), 503);
+    assert_eq!(no_client_cert.admin_get("/readyz").status, 503);
+    for server in [&good, &wrong_ca, &no_client_cert] {
+        let log = server.log();
+        assert!(!log.contains("horse"), "no password in the log:\n{log}");
+    }
+    let keys: Vec<String> = kafka
+        .records("tls-secured")
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, ["ssl:over-tls"], "only the good sink's record");
 }
 
 /// [`post_id`]'s request, with the whole answer.

@@ -219,6 +219,17 @@ fn load_filters(server: &Server, conf: &Path, problems: &mut Vec<Problem>) -> Ve
                 ),
             );
         } else {
+            let bridged = server
+                .sinks
+                .iter()
+                .find(|(n, _)| *n == f.sink)
+                .and_then(|(_, s)| s.bridges_to());
+            if f.map.is_some() && bridged.is_some() {
+                report.warn(
+                    &["map"],
+                    format!("sink `{}` (type outbound) makes the raw body the message payload and carries no map: shape what an endpoint receives with its transform: {{ map: … }}", f.sink),
+                );
+            }
             filters.push(f);
         }
     }

@@ -98,6 +98,11 @@ impl Sink for OutboundSink {
     async fn ready(&self) -> bool {
         self.dispatcher.store.ready().await
     }
+
+    /// The ledger keeps message ids (`<provider>:<event_id>`): a retry is a duplicate there.
+    fn idempotent(&self) -> bool {
+        true
+    }
 }
 
 /// `type: outbound`.
@@ -132,6 +137,11 @@ impl super::SinkConfig for Config {
 
     fn bridges_to(&self) -> Option<&str> {
         Some(&self.tenant)
+    }
+
+    /// The ledger is durable and keeps each message's id (for the retention).
+    fn remembers_ids(&self) -> bool {
+        true
     }
 }
 
