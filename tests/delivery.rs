@@ -249,3 +249,100 @@ fn no_access_log_turns_the_request_lines_off() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(!server.log().contains("portcullis::access"));
 }
+
+/// A rustls server for 127.0.0.1 whose certificate `ca` signed and that demands a client
+/// certificate signed by `ca` too.
+fn mtls_server(ca: &common::certs::Ca) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key, der) = ca.leaf(&["127.0.0.1"], false);
+    drop(cert);
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![der.into()],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    std::sync::Arc::new(config)
+}
+
+#[test]
+fn the_http_sink_speaks_mtls_to_a_service_of_a_private_ca_with_a_token_from_env() {
+    use common::receiver::{Receiver, Reply};
+    let ca = common::certs::Ca::new("http sink ca");
+    let rx = Receiver::start_tls(mtls_server(&ca), |_| Reply::Status(200));
+    let (client_cert, client_key, _) = ca.leaf(&["portcullis"], true);
+    let other = common::certs::Ca::new("another ca");
+    let url = format!("https://127.0.0.1:{}/ingest", rx.port);
+    let sink = |name: &str, tls: &str| {
+        format!("  {name}: {{ type: http, url: \"{url}\", timeout: 3s, headers: {{ Authorization: \"env:APP_AUTHORIZATION\", X-Tenant: acme }}, tls: {tls} }}")
+    };
+    let sinks = [
+        sink("good", "{ ca: ca.pem, cert: client.pem, key: client.key }"),
+        sink(
+            "wrong_ca",
+            "{ ca: other.pem, cert: client.pem, key: client.key }",
+        ),
+        sink("no_cert", "{ ca: ca.pem }"),
+    ]
+    .join("\n");
+    let names = ["good", "wrong_ca", "no_cert"];
+    let filters: Vec<(String, String)> = names
+        .iter()
+        .map(|n| {
+            let yaml = format!("name: h_{n}\npreset: github\nsecrets: [\"hs\"]\nsink: {n}\n");
+            (format!("{n}.yaml"), yaml)
+        })
+        .collect();
+    let filter_refs: Vec<(&str, &str)> = filters
+        .iter()
+        .map(|(f, y)| (f.as_str(), y.as_str()))
+        .collect();
+    let server = Server::start_env(
+        &filter_refs,
+        &sinks,
+        &[("APP_AUTHORIZATION", "Bearer tok-5521-secret")],
+        &[
+            ("ca.pem", &ca.pem),
+            ("other.pem", &other.pem),
+            ("client.pem", &client_cert),
+            ("client.key", &client_key),
+        ],
+    );
+    for (n, (_, f)) in names.iter().zip(&filters) {
+        let expected = if *n == "good" { 202 } else { 503 };
+        assert_eq!(
+            post_id(&server, f, &format!("{n}-1")),
+            expected,
+            "sink {n}:\n{}",
+            server.log()
+        );
+    }
+    let got = rx.wait_for(1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(rx.count(), 1, "only the good sink got through");
+    assert_eq!(
+        got[0].header("authorization"),
+        Some("Bearer tok-5521-secret")
+    );
+    assert_eq!(got[0].header("x-tenant"), Some("acme"));
+    assert_eq!(got[0].header("x-portcullis-event-id"), Some("good-1"));
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sink=\"wrong_ca\"") && l.contains("UnknownIssuer")),
+        "a wrong CA is named:\n{log}"
+    );
+    assert!(!log.contains("tok-5521"), "no token in the log");
+}

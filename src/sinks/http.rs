@@ -6,6 +6,11 @@
 //! anyway, and this avoids Pingora's 64 KiB limit on replaying a body read in a request filter.
 //! A 2xx is the acknowledgement; any other answer is a 502, no answer a 503. A pooled
 //! connection the upstream closed while idle is retried once on a fresh one.
+//!
+//! An `https://` service with a private CA or mTLS: `tls: { ca, cert, key }` becomes the
+//! peer's own CA list and client certificate (Pingora's per-peer TLS options), so the system's
+//! roots stop counting for it. `headers:` adds fixed request headers, whose values may be
+//! `env:`/`file:` references (an `Authorization` token), resolved at load and never logged.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -21,6 +26,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct HttpSink {
     name: String,
+    /// `headers:` of the config, set on every request (over a forwarded header of that name).
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
     connector: Connector,
     peer: HttpPeer,
     addr: SocketAddr,
@@ -72,8 +79,42 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
     })
 }
 
+/// The PEM files of `tls:` as Pingora's peer options: its CA list and client certificate.
+fn peer_tls(peer: &mut HttpPeer, tls: &super::config::ClientTls) -> Result<(), String> {
+    use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |path: &std::path::Path| -> Result<Vec<Vec<u8>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+    };
+    if let Some(ca) = &tls.ca {
+        let list: Vec<WrappedX509> = certs(ca)?
+            .into_iter()
+            .map(|der| WrappedX509::new(der, parse_x509))
+            .collect();
+        peer.options.ca = Some(std::sync::Arc::from(list.into_boxed_slice()));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        let chain = certs(cert)?;
+        if chain.is_empty() {
+            return Err(format!("{}: no certificate", cert.display()));
+        }
+        let key =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        peer.client_cert_key = Some(std::sync::Arc::new(CertKey::new(
+            chain,
+            key.secret_der().to_vec(),
+        )));
+    }
+    Ok(())
+}
+
 impl HttpSink {
-    pub fn new(name: &str, url: &str, timeout: Duration) -> Result<HttpSink, String> {
+    pub fn new(name: &str, config: &Config) -> Result<HttpSink, String> {
+        let (url, timeout) = (config.url.as_str(), config.timeout);
         let parsed = parse_url(url)?;
         let addr = (parsed.host.as_str(), parsed.port)
             .to_socket_addrs()
@@ -85,6 +126,18 @@ impl HttpSink {
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
         peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+        if let Some(tls) = &config.tls {
+            peer_tls(&mut peer, tls).map_err(|e| format!("http sink `{name}`: tls: {e}"))?;
+        }
+        let headers = config
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let value = http::HeaderValue::from_bytes(&v.0)
+                    .map_err(|_| format!("http sink `{name}`: header `{n}`: not a header value"))?;
+                Ok((n.clone(), value))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let default_port = if parsed.tls { 443 } else { 80 };
         let host = if parsed.port == default_port {
             parsed.host.clone()
@@ -93,6 +146,7 @@ impl HttpSink {
         };
         Ok(HttpSink {
             name: name.to_owned(),
+            headers,
             connector: Connector::new(None),
             peer,
             addr,
@@ -107,6 +161,9 @@ impl HttpSink {
         req.insert_header("host", &self.host)?;
         for (name, value) in &envelope.headers {
             req.append_header(name.clone(), value.as_str())?;
+        }
+        for (name, value) in &self.headers {
+            req.insert_header(name.clone(), value.clone())?;
         }
         req.insert_header("content-length", envelope.body.len())?;
         req.insert_header("x-portcullis-provider", &envelope.provider)?;
@@ -205,21 +262,77 @@ pub struct Spec {
     timeout: Option<String>,
     #[serde(default)]
     fallback: Option<String>,
+    #[serde(default)]
+    tls: Option<super::config::TlsSpec>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub url: String,
     pub timeout: Duration,
+    pub tls: Option<super::config::ClientTls>,
+    /// Values resolved from `env:`/`file:` where written so.
+    pub headers: Vec<(http::HeaderName, crate::config::secrets::Secret)>,
 }
+
+/// Headers the sink sets itself, which `headers:` may not replace.
+const OWN_HEADERS: [&str; 4] = ["host", "content-length", "transfer-encoding", "connection"];
 
 impl super::SinkConfig for Config {
     fn build(&self, name: &str, _built: &super::Built) -> Result<std::sync::Arc<dyn Sink>, String> {
-        Ok(std::sync::Arc::new(HttpSink::new(
-            name,
-            &self.url,
-            self.timeout,
-        )?))
+        Ok(std::sync::Arc::new(HttpSink::new(name, self)?))
+    }
+}
+
+impl Spec {
+    /// `headers:` checked: names valid and not the sink's own, `env:`/`file:` values resolved.
+    fn headers(
+        &self,
+        base: &std::path::Path,
+        at: &mut crate::config::Section<'_, '_>,
+    ) -> Vec<(http::HeaderName, crate::config::secrets::Secret)> {
+        let mut out = Vec::new();
+        for (name, value) in &self.headers {
+            let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                at.error(
+                    &["headers", name],
+                    format!("header `{name}` is not a header name"),
+                );
+                continue;
+            };
+            if OWN_HEADERS.contains(&header.as_str())
+                || header.as_str().starts_with("x-portcullis-")
+            {
+                at.error(
+                    &["headers", name],
+                    format!("header `{name}` is set by the sink itself"),
+                );
+                continue;
+            }
+            let secret = if value.starts_with("env:") || value.starts_with("file:") {
+                match crate::config::secrets::resolve(value, base) {
+                    Ok((secret, _)) => secret,
+                    Err(e) => {
+                        at.error(&["headers", name], e);
+                        continue;
+                    }
+                }
+            } else {
+                crate::config::secrets::Secret(value.clone().into_bytes())
+            };
+            if http::HeaderValue::from_bytes(&secret.0).is_err() {
+                // Never the value: it may be a token.
+                at.error(
+                    &["headers", name],
+                    format!("header `{name}`: the value is not a valid header value (a line break, a control character)"),
+                );
+                continue;
+            }
+            out.push((header, secret));
+        }
+        out
     }
 }
 
@@ -227,15 +340,27 @@ impl super::config::Spec for Spec {
     fn load(
         &self,
         name: &str,
-        _base: &std::path::Path,
+        base: &std::path::Path,
         at: &mut crate::config::Section<'_, '_>,
     ) -> Option<std::sync::Arc<dyn super::SinkConfig>> {
         let timeout = super::config::timeout(self.timeout.as_deref(), at);
+        let tls = super::config::client_tls(self.tls.as_ref(), base, at);
+        let headers = self.headers(base, at);
         let url = super::config::url(self.url.as_ref(), "http", name, "http://host:port/path", at)?;
-        if let Err(e) = parse_url(&url) {
-            at.error(&[], format!("http sink `{name}`: {e}"));
+        match parse_url(&url) {
+            Err(e) => at.error(&[], format!("http sink `{name}`: {e}")),
+            Ok(u) if tls.is_some() && !u.tls => at.error(
+                &["tls"],
+                "tls: needs an https:// url (http:// is plaintext, and is never upgraded)",
+            ),
+            Ok(_) => {}
         }
-        Some(std::sync::Arc::new(Config { url, timeout }))
+        Some(std::sync::Arc::new(Config {
+            url,
+            timeout,
+            tls,
+            headers,
+        }))
     }
 
     fn fallback(&self) -> Option<&str> {
