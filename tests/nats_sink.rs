@@ -272,3 +272,141 @@ fn write_temp(text: &str) -> std::path::PathBuf {
     std::fs::write(file.path(), text).unwrap();
     file.into_temp_path().keep().unwrap()
 }
+
+/// A NATS JWT (v2): `claims` with the common fields added, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    let header = b64(&serde_json::json!({"typ": "JWT", "alg": "ed25519-nkey"}));
+    let claims = b64(&serde_json::json!({
+        "jti": unique("jti"),
+        "iat": now(),
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    }));
+    let signed = format!("{header}.{claims}");
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!(
+        "{signed}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+/// A `.creds` file as `nsc` writes it: the user's JWT and seed.
+fn creds(user_jwt: &str, user: &nkeys::KeyPair) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below can be used to sign and prove identity.\n\n-----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n\n*************************************************************\n",
+        user.seed().unwrap()
+    )
+}
+
+#[test]
+fn a_creds_file_signs_in_to_an_operator_mode_server_and_a_foreign_one_is_refused() {
+    // An operator, an account with JetStream, and a user of it: decentralized auth, the way
+    // a NATS deployment issues credentials (nsc), built here with the same ed25519 keys.
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "test-operator",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "test-account",
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    // JetStream needs the server's system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let user_claims = serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1});
+    let user_jwt = jwt(&account, &user.public_key(), "gateway", user_claims.clone());
+    // A user signed by an account this server does not know.
+    let stranger = nkeys::KeyPair::new_user();
+    let foreign_jwt = jwt(
+        &nkeys::KeyPair::new_account(),
+        &stranger.public_key(),
+        "stranger",
+        user_claims,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = format!(
+        "port: {port}\nhost: 127.0.0.1\njetstream {{ store_dir: \"{}\" }}\noperator: {operator_jwt}\nresolver: MEMORY\nsystem_account: {}\nresolver_preload: {{ {}: {account_jwt}, {}: {system_jwt} }}\n",
+        dir.path().join("js").display(),
+        system.public_key(),
+        account.public_key(),
+        system.public_key()
+    );
+    std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
+    let mut child = std::process::Command::new("nats-server")
+        .args(["-c", &dir.path().join("nats.conf").to_string_lossy()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("nats.log")).unwrap())
+        .spawn()
+        .expect("nats-server runs");
+    wait_until("the operator-mode nats-server listens", || {
+        if let Ok(Some(_)) = child.try_wait() {
+            panic!(
+                "nats-server exited: {}",
+                std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
+            );
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    let f = filter("creds");
+    let sink = format!(
+        "  queue: {{ type: nats, url: \"nats://127.0.0.1:{port}\", stream: CREDS, subject: \"creds.{{provider}}\", create_stream: true, timeout: 2s, creds: user.creds }}"
+    );
+    let start =
+        |text: String| Server::start_env(&[("f.yaml", &f)], &sink, &[], &[("user.creds", &text)]);
+    let good = start(creds(&user_jwt, &user));
+    assert_eq!(post_id(&good, &f, "with-creds"), 202, "{}", good.log());
+    assert_eq!(good.admin_get("/readyz").status, 200);
+    let foreign = start(creds(&foreign_jwt, &stranger));
+    assert_eq!(post_id(&foreign, &f, "foreign"), 503);
+    assert_eq!(foreign.admin_get("/readyz").status, 503);
+    let log = foreign.log();
+    assert!(
+        log.contains("nats connect") && log.to_lowercase().contains("authorization"),
+        "{log}"
+    );
+    for server in [&good, &foreign] {
+        let log = server.log();
+        assert!(
+            !log.contains(&user.seed().unwrap()) && !log.contains(&stranger.seed().unwrap()),
+            "no seed in the log"
+        );
+    }
+    runtime().block_on(async {
+        let client = async_nats::ConnectOptions::with_credentials(&creds(&user_jwt, &user))
+            .unwrap()
+            .connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let mut stream = js.get_stream("CREDS").await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
