@@ -2,22 +2,22 @@
 //! release on failure, so exactly one copy of an event is ever published and a sender's retry
 //! after a failed publish goes through.
 //!
-//! Committed ids live in a moka cache with a per-entry lifetime (the filter's TTL), bounded by
-//! `max_entries` and evicting the least useful ids first under pressure. The cache is keyed by
-//! a 128-bit keyed digest of (provider, id), not the strings: 16 bytes in place of two
-//! allocations per remembered id, and a sender who cannot know the process's random keys cannot
-//! aim two ids at one digest (by chance: about 1 in 10^26 for a million ids). Reservations in
-//! flight (a publish takes milliseconds) sit in a small sharded map beside it, so an accepted
-//! event costs one cache write, not two: moka's compute-and-replace per request showed up at
-//! ~15% of a loaded gateway's profile.
+//! Committed ids live in [`remembered`], each until its own expiry (the filter's TTL), bounded
+//! by `max_entries` and making room with the ids nearest their end. They are kept as a 128-bit
+//! keyed digest of (provider, id), not the strings: 16 bytes whatever the id's length, and a
+//! sender who cannot know the process's random keys cannot aim two ids at one digest (by
+//! chance: about 1 in 10^26 for a million ids). Reservations in flight (a publish takes
+//! milliseconds) sit in a small sharded map beside it, so an accepted event costs one write
+//! of a remembered id.
 //!
-//! With `backend: redis` ([`shared`]) the fleet shares the protocol in Redis, and the moka
-//! cache only remembers ids this node committed, answering their retries without a round
+//! With `backend: redis` ([`shared`]) the fleet shares the protocol in Redis, and the node's
+//! own table only remembers ids it committed, answering their retries without a round
 //! trip. When Redis cannot answer, `on_error` decides: refuse with 503 `dedup_unavailable`
-//! (the sender retries later) or fall back to this node's cache alone.
+//! (the sender retries later) or fall back to this node's table alone.
 
 pub mod config;
 mod journal;
+mod remembered;
 mod shared;
 pub use config::{DedupOnError, EventIdSource, SharedDedup};
 pub use journal::{CatchUp, Journal, Recovery};
@@ -28,10 +28,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
-
-use moka::sync::Cache;
-use moka::Expiry;
+use std::time::Duration;
 
 use crate::reason::Reason;
 use crate::request::Inbound;
@@ -46,32 +43,9 @@ const SHARDS: usize = 64;
 /// Two SipHash-1-3 digests of (provider, id) under independent random keys.
 type Key = u128;
 
-/// A committed id and how long it is remembered.
-#[derive(Clone, Debug)]
-struct Entry {
-    ttl: Duration,
-}
-
-struct EntryExpiry;
-
-impl Expiry<Key, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &Key, v: &Entry, _: Instant) -> Option<Duration> {
-        Some(v.ttl)
-    }
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        v: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.ttl)
-    }
-}
-
 pub struct Dedup {
     /// Committed ids.
-    cache: Cache<Key, Entry>,
+    remembered: remembered::Remembered,
     /// Reservations of this node being published, by token.
     in_flight: Vec<Mutex<HashMap<Key, u64>>>,
     digest: [RandomState; 2],
@@ -101,10 +75,7 @@ enum Hold {
 impl Dedup {
     pub fn new(max_entries: u64) -> Dedup {
         Dedup {
-            cache: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(EntryExpiry)
-                .build(),
+            remembered: remembered::Remembered::new(max_entries),
             in_flight: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             digest: [RandomState::new(), RandomState::new()],
             tokens: AtomicU64::new(1),
@@ -126,7 +97,7 @@ impl Dedup {
             return self.reserve_local(provider, id);
         };
         let key = self.key(provider, id);
-        if self.cache.contains_key(&key) {
+        if self.remembered.contains(key) {
             return Reservation::Duplicate;
         }
         let shared_key = store.key(provider, id);
@@ -169,7 +140,7 @@ impl Dedup {
         // The check and the claim happen under the shard's lock, as does a commit's move from
         // in flight to the cache, so no copy slips between them.
         let mut in_flight = self.shard(&key);
-        if self.cache.contains_key(&key) {
+        if self.remembered.contains(key) {
             return Reservation::Duplicate;
         }
         if in_flight.contains_key(&key) {
@@ -199,36 +170,31 @@ impl Dedup {
     }
 
     /// Ends our own reservation (and nothing else), remembering the id if `committed`.
-    fn resolve(&self, key: &Key, token: u64, committed: Option<Entry>) {
+    fn resolve(&self, key: &Key, token: u64, committed: Option<Duration>) {
         let mut in_flight = self.shard(key);
         if in_flight.get(key) != Some(&token) {
             return;
         }
-        if let Some(entry) = committed {
-            self.cache.insert(*key, entry);
+        if let Some(ttl) = committed {
+            self.remembered.insert(*key, ttl);
         }
         in_flight.remove(key);
     }
 
     pub fn entries(&self) -> u64 {
-        self.cache.entry_count()
+        self.remembered.len()
     }
 
     /// Remembers an id accepted before this process started (read back by [`Recovery`]) for
     /// the `remaining` part of its TTL; false when it was known already.
     pub fn remember(&self, provider: &str, id: &str, remaining: Duration) -> bool {
-        let key = self.key(provider, id);
-        if self.cache.contains_key(&key) {
-            return false;
-        }
-        self.cache.insert(key, Entry { ttl: remaining });
-        true
+        self.remembered
+            .insert_new(self.key(provider, id), remaining)
     }
 
     #[cfg(test)]
     fn entries_now(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.remembered.len()
     }
 
     /// The fleet's Redis store, if there is one (fleet-scope rate limits count there too).
@@ -257,11 +223,10 @@ impl Reserved<'_> {
     /// Marks the event accepted for `ttl`.
     pub async fn commit(mut self, ttl: Duration) {
         self.resolved = true;
-        let committed = Entry { ttl };
         match &self.hold {
-            Hold::Local(token) => self.dedup.resolve(&self.key, *token, Some(committed)),
+            Hold::Local(token) => self.dedup.resolve(&self.key, *token, Some(ttl)),
             Hold::Shared { key, token } => {
-                self.dedup.cache.insert(self.key, committed);
+                self.dedup.remembered.insert(self.key, ttl);
                 let Some((store, _)) = &self.dedup.shared else {
                     return;
                 };
