@@ -1422,4 +1422,9 @@ fn a_jetstream_source_over_mtls_with_a_password_feeds_the_ledger_and_a_refused_o
             "no password in the log"
         );
     }
+    // The server goes away: the client keeps trying, and the source is not ready meanwhile.
+    drop(nats);
+    wait_until("/readyz notices the lost server", || {
+        good.server.admin_get("/readyz").json()["sources"]["nats:DISPATCH"] == false
+    });
 }

@@ -107,7 +107,7 @@ impl Consumer {
             .connect(cfg.url.as_str())
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: cfg.stream.clone(),
@@ -135,7 +135,18 @@ impl Consumer {
             .await
             .map_err(|e| format!("pull: {e}"))?;
         self.health.set(true);
-        while let Some(msg) = messages.next().await {
+        // The client reconnects by itself; meanwhile the source is not ready.
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let msg = tokio::select! {
+                msg = messages.next() => msg,
+                _ = check.tick() => {
+                    let connected = client.connection_state() == async_nats::connection::State::Connected;
+                    self.health.set(connected);
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
             let msg = msg.map_err(|e| format!("pull: {e}"))?;
             let raw = String::from_utf8_lossy(&msg.payload).into_owned();
             let parsed = message::parse(&msg.payload).map_err(|e| ("invalid_message", e.detail));
