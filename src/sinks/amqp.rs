@@ -38,10 +38,24 @@ pub const DEFAULT_CHANNELS: usize = 1;
 const MAX_CHANNELS: usize = 64;
 
 /// A RabbitMQ to connect to: where, as whom, and over which TLS.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Broker {
     uri: AMQPUri,
     tls: Option<super::config::ClientTls>,
+}
+
+/// Never the password.
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = &self.uri.authority;
+        f.debug_struct("Broker")
+            .field("user", &a.userinfo.username)
+            .field("host", &a.host)
+            .field("port", &a.port)
+            .field("vhost", &self.uri.vhost)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// A sink's or source's connection keys, as written.
@@ -470,5 +484,19 @@ impl super::config::Spec for Spec {
 
     fn fallback(&self) -> Option<&str> {
         self.fallback.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_broker_prints_without_its_password() {
+        let broker = super::Broker {
+            uri: "amqps://portcullis:s3cret-pw@mq:5671/%2f".parse().unwrap(),
+            tls: None,
+        };
+        let shown = format!("{broker:?}");
+        assert!(shown.contains("portcullis") && shown.contains("mq"));
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
     }
 }
