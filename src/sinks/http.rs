@@ -88,6 +88,12 @@ fn peer_tls(peer: &mut HttpPeer, tls: &super::config::ClientTls) -> Result<(), S
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Pingora's wrapper panics on a certificate it cannot parse: refuse those here.
+        for cert in &certs {
+            rustls::RootCertStore::empty()
+                .add(cert.clone())
+                .map_err(|e| format!("{}: not a certificate: {e}", path.display()))?;
+        }
         Ok(certs.into_iter().map(|c| c.to_vec()).collect())
     };
     if let Some(ca) = &tls.ca {
