@@ -10,8 +10,8 @@ use std::sync::Mutex;
 
 use common::*;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::{AMQPValue, ShortString};
+use lapin::{Connection, ConnectionProperties};
 
 const BROKER: &str = "127.0.0.1:5672";
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -31,39 +31,7 @@ fn bind_queue(exchange: &str, queue: &str, key: &str) {
         let conn = Connection::connect(URL, ConnectionProperties::default())
             .await
             .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.exchange_declare(
-            ShortString::from(exchange.to_owned()),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let q = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.queue_declare(
-            ShortString::from(queue.to_owned()),
-            q,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            ShortString::from(queue.to_owned()),
-            ShortString::from(exchange.to_owned()),
-            ShortString::from(key.to_owned()),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        amqp_bound_queue(&conn, exchange, queue, key).await;
         let _ = conn.close(200, ShortString::from("done".to_owned())).await;
     });
 }

@@ -12,8 +12,8 @@ use common::receiver::Receiver;
 use common::*;
 use lapin::options::*;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const PASSWORD: &str = "rmq-pw-8841";
@@ -128,10 +128,6 @@ impl Drop for TlsRabbit {
     }
 }
 
-fn filter(name: &str, sink: &str) -> String {
-    format!("name: {name}\npreset: github\nsecrets: [\"at\"]\nsink: {sink}\n")
-}
-
 #[test]
 fn the_amqp_sink_speaks_amqps_with_a_client_certificate_and_refuses_what_is_wrong_clearly() {
     let ca = common::certs::Ca::new("amqp test ca");
@@ -140,36 +136,7 @@ fn the_amqp_sink_speaks_amqps_with_a_client_certificate_and_refuses_what_is_wron
     };
     // The queue the good sink's messages land in.
     runtime().block_on(async {
-        let conn = rabbit.connect().await;
-        let ch = conn.create_channel().await.unwrap();
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.exchange_declare(
-            "secure".into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let q = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.queue_declare("secured".into(), q, FieldTable::default())
-            .await
-            .unwrap();
-        ch.queue_bind(
-            "secured".into(),
-            "secure".into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        amqp_bound_queue(&rabbit.connect().await, "secure", "secured", "#").await;
     });
     let url = rabbit.url();
     let plain = url.replace("amqps://", "amqp://");
@@ -190,16 +157,13 @@ fn the_amqp_sink_speaks_amqps_with_a_client_certificate_and_refuses_what_is_wron
         "no_client_cert",
         "plaintext",
     ];
-    let filters: Vec<(String, String)> = names
-        .iter()
-        .map(|n| (format!("{n}.yaml"), filter(&format!("at_{n}"), n)))
-        .collect();
-    let filters: Vec<(&str, &str)> = filters
+    let filters = filter_per_sink(&names, "at");
+    let filter_refs: Vec<(&str, &str)> = filters
         .iter()
         .map(|(f, y)| (f.as_str(), y.as_str()))
         .collect();
     let other = common::certs::Ca::new("another ca");
-    let dir = Server::prepare(&filters);
+    let dir = Server::prepare(&filter_refs);
     rabbit.write_client(dir.path(), "ca.pem", &ca.pem);
     std::fs::write(dir.path().join("other-ca.pem"), &other.pem).unwrap();
     std::fs::write(
@@ -216,15 +180,7 @@ fn the_amqp_sink_speaks_amqps_with_a_client_certificate_and_refuses_what_is_wron
         "",
     );
 
-    for (n, (_, f)) in names.iter().zip(&filters) {
-        let expected = if *n == "good" { 202 } else { 503 };
-        assert_eq!(
-            post_id(&server, f, &format!("{n}-1")),
-            expected,
-            "sink {n}:\n{}",
-            server.log()
-        );
-    }
+    post_each_expecting(&server, &names, &filters, "good");
     let ready = server.admin_get("/readyz");
     assert_eq!(ready.status, 503);
     let sinks = &ready.json()["sinks"];

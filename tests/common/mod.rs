@@ -1179,3 +1179,73 @@ impl Drop for SecureNats {
         let _ = self.child.wait();
     }
 }
+
+/// A durable topic exchange and a durable queue bound to it for `key`, on `conn`.
+pub async fn amqp_bound_queue(conn: &lapin::Connection, exchange: &str, queue: &str, key: &str) {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{FieldTable, ShortString};
+    let ch = conn.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        ShortString::from(exchange.to_owned()),
+        lapin::ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(
+        ShortString::from(queue.to_owned()),
+        q,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        ShortString::from(queue.to_owned()),
+        ShortString::from(exchange.to_owned()),
+        ShortString::from(key.to_owned()),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+/// One filter per sink name `n` (provider `{prefix}_{n}`, file `{n}.yaml`), as (file, YAML).
+pub fn filter_per_sink(names: &[&str], prefix: &str) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|n| {
+            let yaml =
+                format!("name: {prefix}_{n}\npreset: github\nsecrets: [\"{prefix}\"]\nsink: {n}\n");
+            (format!("{n}.yaml"), yaml)
+        })
+        .collect()
+}
+
+/// Posts one event through each of [`filter_per_sink`]'s filters: 202 for `good`, 503 for
+/// the others.
+pub fn post_each_expecting(
+    server: &Server,
+    names: &[&str],
+    filters: &[(String, String)],
+    good: &str,
+) {
+    for (n, (_, f)) in names.iter().zip(filters) {
+        let expected = if *n == good { 202 } else { 503 };
+        assert_eq!(
+            post_id(server, f, &format!("{n}-1")),
+            expected,
+            "sink {n}:\n{}",
+            server.log()
+        );
+    }
+}
