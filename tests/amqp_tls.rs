@@ -189,15 +189,21 @@ fn the_amqp_sink_speaks_amqps_with_a_client_certificate_and_refuses_what_is_wron
         assert_eq!(sinks[n], false, "sink {n}: {ready:?}");
     }
     let log = server.log();
+    // Without a client certificate, TLS 1.3 lets the client finish its side first: the broker's
+    // CertificateRequired alert may be read, or its reset of the connection come first.
     for (sink, why) in [
-        ("wrong_ca", "invalid peer certificate: UnknownIssuer"),
-        ("wrong_password", "ACCESS_REFUSED"),
-        ("no_client_cert", "CertificateRequired"),
+        ("wrong_ca", &["invalid peer certificate: UnknownIssuer"][..]),
+        ("wrong_password", &["ACCESS_REFUSED"]),
+        (
+            "no_client_cert",
+            &["CertificateRequired", "Connection reset by peer"],
+        ),
     ] {
         assert!(
             log.lines()
-                .any(|l| l.contains(&format!("sink=\"{sink}\"")) && l.contains(why)),
-            "sink {sink}: the log says {why}:\n{log}"
+                .any(|l| l.contains(&format!("sink=\"{sink}\""))
+                    && why.iter().any(|w| l.contains(w))),
+            "sink {sink}: the log says {why:?}:\n{log}"
         );
     }
     assert!(!log.contains(PASSWORD), "no password in the log");
