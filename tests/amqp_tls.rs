@@ -62,6 +62,8 @@ impl TlsRabbit {
             .env("RABBITMQ_LOG_BASE", path("log"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
             .env("HOME", path(""))
+            // Where the Erlang VM writes anything of its own (a MnesiaCore dump).
+            .current_dir(dir.path())
             .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -119,12 +121,12 @@ impl TlsRabbit {
 
 impl Drop for TlsRabbit {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The script may leave its Erlang VM behind.
+        // The Erlang VM first (SIGKILL: nothing written on the way out), then its script.
         let _ = std::process::Command::new("pkill")
             .args(["-KILL", "-f", &self.node])
             .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
