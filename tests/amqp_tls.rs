@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use common::dispatcher::*;
@@ -21,7 +22,6 @@ const PASSWORD: &str = "rmq-pw-8841";
 /// A RabbitMQ node with a TLS listener only; killed (with its Erlang VM) on drop.
 struct TlsRabbit {
     port: u16,
-    node: String,
     dir: tempfile::TempDir,
     child: std::process::Child,
     client_cert: String,
@@ -64,6 +64,8 @@ impl TlsRabbit {
             .env("HOME", path(""))
             // Where the Erlang VM writes anything of its own (a MnesiaCore dump).
             .current_dir(dir.path())
+            // Its own process group: the script, the VM and its helpers die together.
+            .process_group(0)
             .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -71,7 +73,6 @@ impl TlsRabbit {
         let (client_cert, client_key, _) = ca.leaf(&["portcullis"], true);
         let rabbit = TlsRabbit {
             port,
-            node,
             dir,
             child,
             client_cert,
@@ -121,11 +122,10 @@ impl TlsRabbit {
 
 impl Drop for TlsRabbit {
     fn drop(&mut self) {
-        // The Erlang VM first (SIGKILL: nothing written on the way out), then its script.
-        let _ = std::process::Command::new("pkill")
-            .args(["-KILL", "-f", &self.node])
-            .status();
-        let _ = self.child.kill();
+        // The whole group at once (SIGKILL: the VM writes nothing on the way out). The script
+        // alone would leave the VM running, its data directory deleted under it.
+        // SAFETY: signals the process group this test started (its leader is our child).
+        unsafe { libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
