@@ -357,14 +357,16 @@ fn a_creds_file_signs_in_to_an_operator_mode_server_and_a_foreign_one_is_refused
         system.public_key()
     );
     std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
-    let mut child = std::process::Command::new("nats-server")
-        .args(["-c", &dir.path().join("nats.conf").to_string_lossy()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("nats.log")).unwrap())
-        .spawn()
-        .expect("nats-server runs");
+    let mut child = Killed(
+        std::process::Command::new("nats-server")
+            .args(["-c", &dir.path().join("nats.conf").to_string_lossy()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("nats.log")).unwrap())
+            .spawn()
+            .expect("nats-server runs"),
+    );
     wait_until("the operator-mode nats-server listens", || {
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(_)) = child.0.try_wait() {
             panic!(
                 "nats-server exited: {}",
                 std::fs::read_to_string(dir.path().join("nats.log")).unwrap_or_default()
@@ -407,6 +409,14 @@ fn a_creds_file_signs_in_to_an_operator_mode_server_and_a_foreign_one_is_refused
         let mut stream = js.get_stream("CREDS").await.unwrap();
         assert_eq!(stream.info().await.unwrap().state.messages, 1);
     });
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A child process killed when it goes out of scope, a failed assertion included.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
