@@ -2,7 +2,7 @@
 //! framework path (`ProxyHttp::request_filter`) and thread count as Portcullis, reading the
 //! whole body and answering 202 with a small JSON body, with no checks and no sink.
 //!
-//!     portcullis-bare --listen 127.0.0.1:8081 --threads 2
+//!     portcullis-bare --listen 127.0.0.1:8081 --threads 2 [--cert cert.pem --key key.pem]
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +17,12 @@ struct Args {
     listen: String,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Serve TLS (Pingora's rustls listener, its defaults) with this PEM certificate chain…
+    #[arg(long, requires = "key")]
+    cert: Option<String>,
+    /// …and this PEM key.
+    #[arg(long, requires = "cert")]
+    key: Option<String>,
 }
 
 /// The same allocator as the gateway, so the floor differs from it only by the chain.
@@ -58,7 +64,12 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     let mut proxy = http_proxy_service(&server.configuration, Bare);
-    proxy.add_tcp(&args.listen);
+    match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => proxy
+            .add_tls(&args.listen, cert, key)
+            .expect("load the TLS certificate and key"),
+        _ => proxy.add_tcp(&args.listen),
+    }
     server.add_service(proxy);
     server.bootstrap();
     server.run_forever();

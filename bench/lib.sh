@@ -20,13 +20,14 @@ require_fields: [action]
 YAML
 }
 # Starts a gateway on ephemeral ports with `filters/` of $work: $1 its name, $2 its one sink
-# line (`out: { … }`), $3 more top-level lines. Uses $bin, $work, $THREADS and appends to
-# pids; sets GW_PORT, GW_ADMIN and GW_PID.
+# line (`out: { … }`), $3 more top-level lines. Uses $bin, $work, $THREADS (and, for a TLS
+# listener, $TLS_CERT and $TLS_KEY) and appends to pids; sets GW_PORT, GW_ADMIN and GW_PID.
 start_gateway() {
-  local port admin
+  local port admin tls=""
   port=$(free_port); admin=$(free_port)
+  if [ -n "${TLS_CERT:-}" ]; then tls=", tls: { cert: $TLS_CERT, key: $TLS_KEY }"; fi
   cat > "$work/$1.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:$port" }]
+listen: [{ addr: "127.0.0.1:$port"$tls }]
 admin: 127.0.0.1:$admin
 filters: filters/
 sinks:
@@ -39,4 +40,37 @@ YAML
   pids+=("$GW_PID")
   wait_port "$admin"
   GW_PORT=$port GW_ADMIN=$admin
+}
+# Starts an nginx in $work/nginx-$1: $2 workers, $3 the server block's body, $4 more `listen`
+# parameters (e.g. `ssl`). Its `sink` upstream is 127.0.0.1:$UPSTREAM_PORT. Appends to
+# nginx_dirs; sets NGINX_PORT and NGINX_PIDS (the workers, comma-separated).
+start_nginx() {
+  local dir="$work/nginx-$1" port
+  port=$(free_port)
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<NGINX
+worker_processes $2;
+error_log $dir/error.log;
+pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir;
+  proxy_temp_path $dir;
+  client_max_body_size 1m;
+  client_body_buffer_size 64k;
+  # Pingora keeps a connection for any number of requests; nginx's default closes it after 1000.
+  keepalive_requests 1000000;
+  upstream sink { server 127.0.0.1:${UPSTREAM_PORT:-1}; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port reuseport ${4:-};
+    $3
+  }
+}
+NGINX
+  nginx -c "$dir/nginx.conf"
+  nginx_dirs+=("$dir")
+  wait_port "$port"
+  NGINX_PORT=$port
+  NGINX_PIDS=$(pgrep -P "$(cat "$dir/nginx.pid")" | paste -sd, -)
 }

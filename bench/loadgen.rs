@@ -5,6 +5,7 @@
 //!
 //!     portcullis-loadgen --url http://127.0.0.1:8080/webhook/github \
 //!         --filter filters/github.yaml --requests 50000 --concurrency 64 [--pid PID] [--invalid]
+//!     portcullis-loadgen --url https://127.0.0.1:8443/webhook/github --filter … --wrk 5s [--close]
 
 #[path = "proc_stat.rs"]
 mod proc_stat;
@@ -47,6 +48,10 @@ struct Args {
     /// of them hides shows. `--requests` should exceed what wrk sends in that time.
     #[arg(long)]
     wrk: Option<String>,
+    /// Ask for the connection to close after each answer (`Connection: close`): one request
+    /// per connection, as many providers deliver. Only with `--wrk`, which reconnects.
+    #[arg(long)]
+    close: bool,
 }
 
 fn body(i: usize, size: usize) -> Vec<u8> {
@@ -101,6 +106,9 @@ fn requests(args: &Args, host: &str, path: &str) -> Vec<Vec<u8>> {
                 "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n",
                 body.len()
             );
+            if args.close {
+                raw += "Connection: close\r\n";
+            }
             for (k, v) in headers {
                 raw += &format!("{k}: {v}\r\n");
             }
@@ -173,7 +181,16 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let rest = args.url.strip_prefix("http://").expect("http:// URL");
+    // wrk speaks TLS itself; this tool's own client is plain TCP.
+    let rest = args
+        .url
+        .strip_prefix("http://")
+        .or_else(|| args.wrk.as_ref().and(args.url.strip_prefix("https://")))
+        .expect("an http:// URL (https:// only with --wrk)");
+    assert!(
+        !args.close || args.wrk.is_some(),
+        "--close needs --wrk (this tool keeps connections alive)"
+    );
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
     let requests = Arc::new(requests(&args, host, path));
