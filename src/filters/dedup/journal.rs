@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,6 +25,10 @@ use crate::sinks::spool::{self, Spool};
 
 /// Journal segments rotate at this size; a segment is deleted once all its ids expired.
 const SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// The longest TTL this process journaled an id with: a segment it wrote holds no id that
+/// outlives its last write by more.
+static MAX_TTL_MS: AtomicI64 = AtomicI64::new(0);
 
 /// Where accepted ids of non-spool sinks are written.
 pub struct Journal {
@@ -50,7 +55,9 @@ impl Journal {
             event_id: &'a str,
             expires: i64,
         }
-        let expires = unix_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        MAX_TTL_MS.fetch_max(ttl_ms, Ordering::Relaxed);
+        let expires = unix_ms() + ttl_ms;
         let mut line = Vec::with_capacity(64 + id.len());
         serde_json::to_writer(
             &mut line,
@@ -97,6 +104,8 @@ pub struct Recovery {
     sources: Vec<Source>,
     /// Each provider's dedup TTL (providers with `dedup: off` are absent).
     ttls: HashMap<String, Duration>,
+    /// Also read segments this process wrote (tests play both processes in one).
+    read_own: bool,
 }
 
 impl Recovery {
@@ -112,7 +121,11 @@ impl Recovery {
         };
         let mut sources: Vec<Source> = spools.into_iter().map(|d| source(d, Kind::Spool)).collect();
         sources.extend(journal.map(|d| source(d.to_path_buf(), Kind::Journal)));
-        Recovery { sources, ttls }
+        Recovery {
+            sources,
+            ttls,
+            read_own: false,
+        }
     }
 
     /// Reads everything not read yet; the number of live ids remembered.
@@ -124,6 +137,27 @@ impl Recovery {
             source.read.retain(|seq, _| segments.contains(seq));
             for seq in segments {
                 let path = spool::segment_path(&source.dir, seq);
+                // Ids this process wrote it remembered when it accepted them: re-reading its
+                // own appends (five times a second during a handover, then every 30 s) only
+                // cost CPU and the dedup table's locks. Its journal segments are still deleted
+                // once their last write is older than the longest TTL it used.
+                if !self.read_own && spool::written_here(&path) {
+                    if source.kind == Kind::Journal {
+                        let written = std::fs::metadata(&path)
+                            .and_then(|m| m.modified())
+                            .map(|t| chrono::DateTime::<chrono::Utc>::from(t).timestamp_millis());
+                        if let Ok(written) = written {
+                            let latest = written.saturating_add(MAX_TTL_MS.load(Ordering::Relaxed));
+                            if latest <= now
+                                && !spool::in_use(&path)
+                                && std::fs::remove_file(&path).is_ok()
+                            {
+                                source.read.remove(&seq);
+                            }
+                        }
+                    }
+                    continue;
+                }
                 let (offset, latest) = source.read.get(&seq).copied().unwrap_or((0, i64::MIN));
                 let (read, newest) = read_from(&path, offset, |record| {
                     let expires = match (source.kind, &record) {
@@ -174,6 +208,14 @@ impl Recovery {
 }
 
 impl Recovery {
+    /// Reads this process's own segments too: for tests that play the old and the new
+    /// process in one.
+    #[cfg(test)]
+    fn reading_own_segments(mut self) -> Self {
+        self.read_own = true;
+        self
+    }
+
     /// Stops reading spool segments back (the handover is over: this process wrote the
     /// rest, and remembers those ids already); the journal is still read and cleaned.
     fn journal_only(&mut self) {
@@ -276,7 +318,13 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         let next = Dedup::new(100);
-        let mut recovery = Recovery::new(Some(dir.path()), Vec::new(), ttls());
+        // Written by this process: the ids are its own, nothing to read back.
+        assert_eq!(
+            Recovery::new(Some(dir.path()), Vec::new(), ttls()).catch_up(&next),
+            0
+        );
+        let mut recovery =
+            Recovery::new(Some(dir.path()), Vec::new(), ttls()).reading_own_segments();
         assert_eq!(recovery.catch_up(&next), 1);
         assert!(matches!(
             next.reserve("stripe", "evt_1").await,
@@ -293,6 +341,41 @@ mod tests {
             .unwrap();
         assert_eq!(recovery.catch_up(&next), 1);
         assert_eq!(recovery.catch_up(&next), 0);
+    }
+
+    #[tokio::test]
+    async fn own_journal_segments_are_deleted_unread_once_past_the_longest_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            journal
+                .record("stripe", "evt_1", Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let path = spool::segment_path(dir.path(), spool::segments(dir.path())[0]);
+        // The writer thread lets go of the segment once its spool is dropped.
+        for _ in 0..200 {
+            if !spool::in_use(&path) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let dedup = Dedup::new(100);
+        let mut recovery = Recovery::new(Some(dir.path()), Vec::new(), ttls());
+        // Last written within the TTL: kept, and not read (its id is this process's own).
+        assert_eq!(recovery.catch_up(&dedup), 0);
+        assert!(path.exists());
+        // Last written longer ago than any TTL this process used: deleted.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(400 * 86_400))
+            .unwrap();
+        assert_eq!(recovery.catch_up(&dedup), 0);
+        assert!(!path.exists());
+        assert_eq!(dedup.entries_now(), 0);
     }
 
     #[test]

@@ -323,6 +323,12 @@ impl Writer {
         if let Err(e) = file.try_lock() {
             tracing::warn!(segment = seq, "cannot lock the spool segment: {e}");
         }
+        if let Ok(meta) = file.metadata() {
+            created_here().insert(
+                segment_path(&self.dir, seq),
+                std::os::unix::fs::MetadataExt::ino(&meta),
+            );
+        }
         Ok(Segment { file, len: 0, seq })
     }
 }
@@ -549,6 +555,26 @@ pub fn segments(dir: &Path) -> Vec<u64> {
         .unwrap_or_default();
     seqs.sort_unstable();
     seqs
+}
+
+/// Segments this process created (path → inode, so a number reused after a deletion by
+/// another process is not mistaken for ours).
+static CREATED_HERE: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn created_here() -> std::sync::MutexGuard<'static, std::collections::HashMap<PathBuf, u64>> {
+    CREATED_HERE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether this process created the segment at `path` (and it is still that file): a
+/// reader of records can then tell its own writes, whose ids it already holds, from
+/// another process's.
+pub fn written_here(path: &Path) -> bool {
+    let Some(ino) = created_here().get(path).copied() else {
+        return false;
+    };
+    std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino)
 }
 
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
