@@ -878,7 +878,7 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    pub fn start(conf: impl FnOnce(u16) -> String) -> Option<Haproxy> {
+    pub fn start(conf: impl Fn(u16) -> String) -> Option<Haproxy> {
         if Command::new("haproxy").arg("-v").output().is_err() {
             if std::env::var("PORTCULLIS_REQUIRE_BROKERS").as_deref() == Ok("1") {
                 panic!("no haproxy on this machine, and PORTCULLIS_REQUIRE_BROKERS=1");
@@ -887,29 +887,40 @@ impl Haproxy {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, format!("global\n  maxconn 4096\n{}", conf(port))).unwrap();
-        let mut child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Haproxy {
-                    port,
-                    child,
-                    _dir: dir,
-                });
+        // A free port can be taken by another test before haproxy binds it: haproxy then
+        // exits, and a connect that "worked" reached someone else. Checked, and retried once.
+        for _ in 0..2 {
+            let port = free_port();
+            std::fs::write(&path, format!("global\n  maxconn 4096\n{}", conf(port))).unwrap();
+            let mut child = Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            for _ in 0..200 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if matches!(child.try_wait(), Ok(None)) {
+                        return Some(Haproxy {
+                            port,
+                            child,
+                            _dir: dir,
+                        });
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
             }
-            std::thread::sleep(Duration::from_millis(25));
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        let _ = child.kill();
-        let _ = child.wait();
         panic!("haproxy did not start");
     }
 }
