@@ -83,11 +83,6 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         endpoints,
         ..
     } = config;
-    let key_filters: Vec<String> = filters
-        .iter()
-        .filter(|f| f.stored_keys)
-        .map(|f| f.name.clone())
-        .collect();
     // One store (and pool) for the dispatcher and the event log.
     let store = settings_need_store_of(&settings)
         .then(|| std::sync::Arc::new(crate::store::Store::new(&settings.store)));
@@ -154,6 +149,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
         }
     });
     let reloader = gateway.reloader(path);
+    let routes = gateway.routes();
     let (listeners, admin_addr, drain) = (settings.listen, settings.admin, settings.drain);
     let header_timeout = settings.header_timeout;
     let trusted_proxies = settings.trusted_proxies;
@@ -249,7 +245,7 @@ pub fn run(path: &Path, options: RunOptions) -> i32 {
             o,
             dispatcher,
             &dead_letter_sinks,
-            key_filters,
+            routes,
             event_log_writer.is_some(),
         );
     }

@@ -103,6 +103,11 @@ impl Gateway {
         })
     }
 
+    /// The filters in force, as SIGHUP swaps them.
+    pub fn routes(&self) -> Arc<ArcSwap<Routes>> {
+        self.routes.clone()
+    }
+
     /// Reloads the filters from `config` on SIGHUP (a background service).
     pub fn reloader(&self, config: &std::path::Path) -> Reloader {
         Reloader {

@@ -103,6 +103,13 @@ impl Routes {
         provider.config.url_key.then_some(provider)
     }
 
+    /// Whether a filter of this generation is named `name` and takes its keys from the store.
+    pub fn has_stored_keys(&self, name: &str) -> bool {
+        self.providers
+            .iter()
+            .any(|p| &*p.name == name && p.config.stored_keys)
+    }
+
     pub fn providers(&self) -> &[Arc<Provider>] {
         &self.providers
     }

@@ -771,6 +771,48 @@ fn url_key_keys_in_the_store_are_made_disabled_and_regenerated_at_run_time() {
 }
 
 #[test]
+fn a_keys_store_filter_added_or_removed_by_sighup_is_managed_at_once() {
+    let dir = Server::prepare(&[(
+        "github.yaml",
+        "name: github\npreset: github\nsecrets: [\"s\"]\n",
+    )]);
+    let key = master_key(dir.path(), "master.key");
+    let d = Dispatcher::start_managed(
+        dir,
+        &[],
+        &sqlite_store(&key),
+        LOCAL,
+        "  trusted_proxies: [127.0.0.1/32]\n",
+    );
+    let r = d.call("POST", "/v1/filters/inbox/keys", &[], "");
+    assert_eq!((r.status, r.reason()), (404, "unknown_filter".into()));
+
+    let filters = d.server.dir.path().join("filters");
+    std::fs::write(filters.join("inbox.yaml"), INBOX).unwrap();
+    d.server.signal("HUP");
+    let mut made = None;
+    wait_until("the added filter's keys are managed", || {
+        let r = d.call("POST", "/v1/filters/inbox/keys", &[], "");
+        made = (r.status == 201).then(|| r.json()["key"].as_str().unwrap().to_owned());
+        made.is_some()
+    });
+    let k = made.unwrap();
+    let mut n = 0;
+    wait_until("the new key opens the added filter", || {
+        n += 1;
+        hook(&d, &k, n).status == 202
+    });
+
+    std::fs::remove_file(filters.join("inbox.yaml")).unwrap();
+    d.server.signal("HUP");
+    wait_until("the removed filter is unknown to the API", || {
+        d.call("GET", "/v1/filters/inbox/keys", &[], "").status == 404
+    });
+    let r = d.call("GET", "/v1/filters/inbox/keys", &[], "");
+    assert_eq!(r.reason(), "unknown_filter");
+}
+
+#[test]
 fn a_key_regenerated_on_one_node_is_refused_by_the_other_within_its_poll() {
     let Some(db) = PgDatabase::create() else {
         return;

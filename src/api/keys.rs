@@ -50,7 +50,8 @@ pub async fn route(api: &Api, who: &Principal, session: &mut ServerSession) -> R
     if rest.first() != Some(&"keys") {
         return error(404, "not_found");
     }
-    if !api.key_filters.iter().any(|f| f == filter) {
+    // The filters in force now: one added by SIGHUP is managed at once.
+    if !api.routes.load().has_stored_keys(filter) {
         return json_response(
             404,
             json!({"error": "unknown_filter", "detail": format!("no url-key filter `{filter}` with keys: store")}),

@@ -38,8 +38,8 @@ pub struct Api {
     pub tenant_limits: limit::TenantLimits,
     /// Management calls per tenant and minute.
     pub per_minute: limit::PerMinute,
-    /// The url-key filters whose keys are in the store (`keys: store`).
-    pub key_filters: Vec<String>,
+    /// The filters in force (swapped by SIGHUP): which take their keys from the store.
+    pub routes: std::sync::Arc<arc_swap::ArcSwap<crate::routes::Routes>>,
     /// Whether the inbound event log is on (`GET /v1/events`).
     pub event_log: bool,
 }

@@ -281,7 +281,7 @@ pub fn add_services(
     outbound: &mut config::Outbound,
     dispatcher: &Arc<Dispatcher>,
     sinks: &crate::sinks::Sinks,
-    key_filters: Vec<String>,
+    routes: Arc<arc_swap::ArcSwap<crate::routes::Routes>>,
     event_log: bool,
 ) -> Vec<Arc<sources::Health>> {
     use pingora::services::background::background_service;
@@ -321,7 +321,7 @@ pub fn add_services(
             limiter: crate::api::limit::Limiter::new(outbound.rate_limit),
             tenant_limits: outbound.tenant_limits,
             per_minute: crate::api::limit::PerMinute::new(outbound.tenant_limits.calls_per_minute),
-            key_filters,
+            routes,
             event_log,
         };
         let app = pingora::apps::http_app::HttpServer::new_app(api);
