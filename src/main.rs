@@ -305,12 +305,19 @@ enum SpoolAction {
 fn init_logs(json: bool) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Pingora's HTTP apps (the API and admin listeners) log a malformed request with its raw
-    // head, bearer token included: silenced unless RUST_LOG names that target itself.
+    // Pingora targets that log raw heads: its HTTP apps (the API and admin listeners) a
+    // malformed request's, bearer token included; its HTTP/1 client, at trace, every request
+    // head the http sink and the dispatcher write (signatures, `Authorization`). Capped unless
+    // RUST_LOG names the target itself.
     let asked = std::env::var("RUST_LOG").unwrap_or_default();
-    if !asked.contains("http_app") {
-        if let Ok(off) = "pingora_core::apps::http_app=off".parse() {
-            filter = filter.add_directive(off);
+    for (target, cap) in [
+        ("pingora_core::apps::http_app", "off"),
+        ("pingora_core::protocols::http::v1::client", "debug"),
+    ] {
+        if !asked.contains(target) {
+            if let Ok(directive) = format!("{target}={cap}").parse() {
+                filter = filter.add_directive(directive);
+            }
         }
     }
     let builder = tracing_subscriber::fmt()

@@ -220,7 +220,15 @@ fn deliveries_carry_the_exact_payload_signed_so_receivers_verify_them() {
     let wss = format!(
         "  - name: wss\n    url: {base}/wss\n    secrets: [\"legacy-secret\"]\n    scheme: hmac\n    signature: {{ header: X-WSS-Signature, algorithm: sha256, encoding: hex, signed: \"{{timestamp}}{{body}}\" }}\n    timestamp: {{ header: X-WSS-Timestamp, format: unix }}\n"
     );
-    let d = Dispatcher::start(&[("acme.yaml", tenant("acme", &[standard, wss]))], LOCAL);
+    // At trace, so that a library logging request heads would show here.
+    let dir = Server::prepare(&[]);
+    std::fs::write(dir.path().join("env"), "RUST_LOG=trace\n").unwrap();
+    let d = Dispatcher::start_in(
+        dir,
+        &[("acme.yaml", tenant("acme", &[standard, wss]))],
+        LOCAL,
+        "sqlite://state/ledger.db",
+    );
     let payload = r#"{"order": 42,  "status":"shipped", "price": 1.50}"#;
     let id = d.queue("acme", "order.updated", "evt_1", payload);
     let got = rx.wait_for(2);
@@ -256,6 +264,23 @@ fn deliveries_carry_the_exact_payload_signed_so_receivers_verify_them() {
         wss.header("x-wss-signature").unwrap(),
         hex::encode(mac.finalize().into_bytes())
     );
+
+    // No signature and no secret in the log, at any level.
+    let log = d.server.log();
+    let mut secret_parts: Vec<&str> = sigs.split(' ').collect();
+    secret_parts.extend([
+        wss.header("x-wss-signature").unwrap(),
+        "legacy-secret",
+        SECRET.trim_start_matches("whsec_"),
+    ]);
+    for part in secret_parts {
+        let leaks: Vec<&str> = log.lines().filter(|l| l.contains(part)).collect();
+        assert!(
+            leaks.is_empty(),
+            "`{part}` in the log:\n{}",
+            leaks.join("\n")
+        );
+    }
 
     // The standardwebhooks package verifies with either secret.
     let secrets = [SECRET, "whsec_c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="];

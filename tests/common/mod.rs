@@ -133,6 +133,8 @@ impl Server {
             .open(dir.join("log.txt"))
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        // A test's `env` file may ask for another level.
+        cmd.env("RUST_LOG", "debug");
         if let Ok(env) = std::fs::read_to_string(dir.join("env")) {
             for (k, v) in env.lines().filter_map(|l| l.split_once('=')) {
                 cmd.env(k, v);
@@ -141,7 +143,6 @@ impl Server {
         cmd.args(["run", "-c"])
             .arg(dir.join("portcullis.yaml"))
             .args(extra_args)
-            .env("RUST_LOG", "debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
