@@ -771,6 +771,36 @@ fn url_key_keys_in_the_store_are_made_disabled_and_regenerated_at_run_time() {
 }
 
 #[test]
+fn a_graceful_stop_writes_the_last_uses_of_a_stored_key() {
+    let dir = Server::prepare(&[("inbox.yaml", INBOX)]);
+    let key = master_key(dir.path(), "master.key");
+    let mut d = Dispatcher::start_managed(
+        dir,
+        &[],
+        &sqlite_store(&key),
+        LOCAL,
+        "  trusted_proxies: [127.0.0.1/32]\n",
+    );
+    let r = d.call("POST", "/v1/filters/inbox/keys", &[], "");
+    let k = r.json()["key"].as_str().unwrap().to_owned();
+    wait_until("the key is in force", || hook(&d, &k, 0).status == 202);
+    // Stopped at once: uses are written back each second, this stop must not lose the last.
+    d.server.signal("TERM");
+    assert!(
+        d.server.wait_exit(Duration::from_secs(60)).is_some(),
+        "the gateway stops"
+    );
+    d.server.restart();
+    let r = d.call("GET", "/v1/filters/inbox/keys", &[], "");
+    assert_eq!(
+        r.json()["keys"][0]["events"],
+        1,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+#[test]
 fn a_keys_store_filter_added_or_removed_by_sighup_is_managed_at_once() {
     let dir = Server::prepare(&[(
         "github.yaml",

@@ -181,12 +181,19 @@ impl BackgroundService for Refresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let d = &self.dispatcher;
         let mut failing = false;
-        loop {
+        let write_uses = || async {
             let uses = crate::schemes::url_key::take_uses();
-            if let Err(e) = d.store.add_key_uses(&uses).await {
-                // Statistics only: counted again if the store comes back, else lost.
-                tracing::debug!("inbound key uses not recorded: {e}");
+            if uses.is_empty() {
+                return;
             }
+            if let Err(e) = d.store.add_key_uses(&uses).await {
+                // Statistics only: kept for the next write (lost if the process ends first).
+                tracing::debug!("inbound key uses not recorded: {e}");
+                crate::schemes::url_key::give_back(uses);
+            }
+        };
+        loop {
+            write_uses().await;
             match d.catalog.refresh(&d.store).await {
                 Ok(changed) => {
                     if changed {
@@ -207,7 +214,11 @@ impl BackgroundService for Refresher {
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // A graceful stop writes the last second's uses too.
+                    write_uses().await;
+                    return;
+                }
             }
         }
     }

@@ -87,6 +87,17 @@ pub fn take_uses() -> std::collections::HashMap<String, (u64, i64)> {
     std::mem::take(&mut *USES.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// Puts back uses [`take_uses`] gave that could not be written (the store did not answer):
+/// they are added to the next write.
+pub fn give_back(uses: std::collections::HashMap<String, (u64, i64)>) {
+    let mut pending = USES.lock().unwrap_or_else(|e| e.into_inner());
+    for (id, (count, last)) in uses {
+        let entry = pending.entry(id).or_insert((0, last));
+        entry.0 += count;
+        entry.1 = entry.1.max(last);
+    }
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
@@ -194,6 +205,17 @@ mod tests {
             "another filter's key"
         );
         assert_eq!(take_uses().get("key_unit").map(|u| u.0), Some(2));
+        // Uses a failed write gives back are added to the next one (here: USES is global,
+        // and another test taking them meanwhile would race).
+        give_back(std::collections::HashMap::from([(
+            "key_back".into(),
+            (2, 100),
+        )]));
+        give_back(std::collections::HashMap::from([(
+            "key_back".into(),
+            (3, 50),
+        )]));
+        assert_eq!(take_uses().get("key_back"), Some(&(5, 100)));
         assert_eq!(scheme.path_suffix(), None);
     }
 
