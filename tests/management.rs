@@ -674,6 +674,19 @@ fn deleting_an_endpoint_dead_letters_what_waits_for_it_and_a_namesake_starts_cle
 
 const INBOX: &str = "name: inbox\npreset: url-key\nkeys: store\n";
 
+/// A managed node on SQLite with a master key and these filters, for the keys API.
+fn keys_dispatcher(filters: &[(&str, &str)]) -> Dispatcher {
+    let dir = Server::prepare(filters);
+    let key = master_key(dir.path(), "master.key");
+    Dispatcher::start_managed(
+        dir,
+        &[],
+        &sqlite_store(&key),
+        LOCAL,
+        "  trusted_proxies: [127.0.0.1/32]\n",
+    )
+}
+
 fn hook(d: &Dispatcher, key: &str, n: usize) -> Response {
     d.server.post(
         &format!("/webhook/inbox/{key}"),
@@ -684,15 +697,7 @@ fn hook(d: &Dispatcher, key: &str, n: usize) -> Response {
 
 #[test]
 fn url_key_keys_in_the_store_are_made_disabled_and_regenerated_at_run_time() {
-    let dir = Server::prepare(&[("inbox.yaml", INBOX)]);
-    let key = master_key(dir.path(), "master.key");
-    let d = Dispatcher::start_managed(
-        dir,
-        &[],
-        &sqlite_store(&key),
-        LOCAL,
-        "  trusted_proxies: [127.0.0.1/32]\n",
-    );
+    let d = keys_dispatcher(&[("inbox.yaml", INBOX)]);
     let r = d.call("POST", "/v1/filters/inbox/keys", &[], "");
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let id = r.json()["id"].as_str().unwrap().to_owned();
@@ -772,15 +777,7 @@ fn url_key_keys_in_the_store_are_made_disabled_and_regenerated_at_run_time() {
 
 #[test]
 fn a_graceful_stop_writes_the_last_uses_of_a_stored_key() {
-    let dir = Server::prepare(&[("inbox.yaml", INBOX)]);
-    let key = master_key(dir.path(), "master.key");
-    let mut d = Dispatcher::start_managed(
-        dir,
-        &[],
-        &sqlite_store(&key),
-        LOCAL,
-        "  trusted_proxies: [127.0.0.1/32]\n",
-    );
+    let mut d = keys_dispatcher(&[("inbox.yaml", INBOX)]);
     let r = d.call("POST", "/v1/filters/inbox/keys", &[], "");
     let k = r.json()["key"].as_str().unwrap().to_owned();
     wait_until("the key is in force", || hook(&d, &k, 0).status == 202);
@@ -802,18 +799,10 @@ fn a_graceful_stop_writes_the_last_uses_of_a_stored_key() {
 
 #[test]
 fn a_keys_store_filter_added_or_removed_by_sighup_is_managed_at_once() {
-    let dir = Server::prepare(&[(
+    let d = keys_dispatcher(&[(
         "github.yaml",
         "name: github\npreset: github\nsecrets: [\"s\"]\n",
     )]);
-    let key = master_key(dir.path(), "master.key");
-    let d = Dispatcher::start_managed(
-        dir,
-        &[],
-        &sqlite_store(&key),
-        LOCAL,
-        "  trusted_proxies: [127.0.0.1/32]\n",
-    );
     let r = d.call("POST", "/v1/filters/inbox/keys", &[], "");
     assert_eq!((r.status, r.reason()), (404, "unknown_filter".into()));
 
