@@ -74,3 +74,19 @@ NGINX
   NGINX_PORT=$port
   NGINX_PIDS=$(pgrep -P "$(cat "$dir/nginx.pid")" | paste -sd, -)
 }
+# Begins a run: $work (a temporary directory), the pids and nginx_dirs that start_gateway and
+# start_nginx append to, and a trap that on exit stops them, deletes the Redis keys given as
+# arguments and removes $work.
+bench_begin() {
+  work=$(mktemp -d)
+  pids=()
+  nginx_dirs=()
+  bench_redis_keys=("$@")
+  trap bench_end EXIT
+}
+bench_end() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for d in "${nginx_dirs[@]}"; do kill "$(cat "$d/nginx.pid" 2>/dev/null)" 2>/dev/null || true; done
+  for k in "${bench_redis_keys[@]}"; do redis-cli DEL "$k" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}

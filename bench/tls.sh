@@ -33,16 +33,7 @@ cargo build --release --bins --quiet
 bin=target/release/portcullis
 load=target/release/portcullis-loadgen
 bare=target/release/portcullis-bare
-work=$(mktemp -d)
-pids=()
-nginx_dirs=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for d in "${nginx_dirs[@]}"; do kill "$(cat "$d/nginx.pid" 2>/dev/null)" 2>/dev/null || true; done
-  redis-cli DEL "bench:tls:$$" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_begin "bench:tls:$$"
 
 case $KEY in
   ec) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
