@@ -16,7 +16,7 @@ C=${C:-64}
 DC=${DC:-20}
 CUT=${CUT:-120}
 cargo build --release --bin portcullis --bin portcullis-outbound-load --quiet
-bin=target/release/portcullis
+bin=${BIN:-target/release/portcullis}  # BIN: another build, for an A/B
 load=target/release/portcullis-outbound-load
 work=$(mktemp -d)
 node=""

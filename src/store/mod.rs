@@ -8,9 +8,9 @@
 //!
 //! Durability is where a 202 depends on it. A message's commit is forced to disk (SQLite
 //! `synchronous = FULL`; PostgreSQL's default synchronous commit). Leases and recorded
-//! attempts go through [`Store::lease_tx`], which does not wait for the disk (SQLite
-//! `synchronous = NORMAL` on connections of their own; PostgreSQL `synchronous_commit = off`
-//! for that transaction): a power loss may roll the last few back, which only means those
+//! attempts are committed without waiting for the disk (SQLite `synchronous = NORMAL`, on
+//! the lease connections and for the writer thread's record batches; PostgreSQL
+//! `synchronous_commit = off` for that transaction): a power loss may roll the last few back, which only means those
 //! deliveries are attempted again with the same `webhook-id`, at least once as always. A
 //! process crash loses none of them (WAL).
 
@@ -25,6 +25,7 @@ mod outbox;
 mod record;
 mod retention;
 pub mod sealed;
+mod writer;
 
 pub use claim::{Limits, Rate};
 pub use ledger::{
@@ -66,6 +67,8 @@ pub struct Store {
     backend: Backend,
     pool: OnceCell<AnyPool>,
     lease_pool: OnceCell<Lease>,
+    /// SQLite: the thread the enqueue and record batches run on (see `writer`).
+    sqlite_writer: OnceCell<std::sync::Arc<writer::SqliteWriter>>,
     /// SQLite's one write lock, taken in this process before asking SQLite for it.
     writes: Writes,
     committer: ledger::Committer,
@@ -88,6 +91,7 @@ impl Store {
             backend,
             pool: OnceCell::new(),
             lease_pool: OnceCell::new(),
+            sqlite_writer: OnceCell::new(),
             writes: Writes::default(),
             committer: ledger::Committer::default(),
             recorder: record::Recorder::default(),
@@ -173,6 +177,24 @@ impl Store {
         Ok(pool)
     }
 
+    /// SQLite's batch writer, opened once the pool has made and migrated the file; `None`
+    /// on PostgreSQL.
+    async fn sqlite_writer(
+        &self,
+    ) -> Result<Option<std::sync::Arc<writer::SqliteWriter>>, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        self.pool().await?;
+        let w = self
+            .sqlite_writer
+            .get_or_try_init(|| async {
+                writer::SqliteWriter::open(sqlite_path(&self.url)).map(std::sync::Arc::new)
+            })
+            .await?;
+        Ok(Some(w.clone()))
+    }
+
     /// Where leases and attempt records are written (see [`Lease`]).
     async fn lease(&self) -> Result<&Lease, StoreError> {
         let durable = self.pool().await?;
@@ -186,6 +208,7 @@ impl Store {
                     backend: self.backend,
                     pool,
                     writes: self.writes.clone(),
+                    writer: self.sqlite_writer().await?,
                 })
             })
             .await
@@ -208,6 +231,8 @@ pub(crate) struct Lease {
     /// SQLite: connections of their own, at `synchronous = NORMAL`.
     pool: AnyPool,
     writes: Writes,
+    /// SQLite: where the record batches run.
+    writer: Option<std::sync::Arc<writer::SqliteWriter>>,
 }
 
 impl Lease {
@@ -250,11 +275,7 @@ impl Writes {
 /// Makes the SQLite file's directory (0700) and the file itself (0600; SQLite gives its WAL
 /// and shared-memory files the same mode): payloads are in it.
 fn prepare_file(url: &str) -> Result<(), StoreError> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .split('?')
-        .next()
-        .unwrap_or_default();
+    let path = sqlite_path(url);
     if let Some(parent) = std::path::Path::new(path).parent() {
         if !parent.as_os_str().is_empty() && !parent.exists() {
             // Payloads live there: a directory only the service reads.
@@ -276,6 +297,14 @@ fn prepare_file(url: &str) -> Result<(), StoreError> {
         .open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot create {path}: {e}")))?;
     Ok(())
+}
+
+/// The file of a `sqlite://FILE[?options]` url.
+fn sqlite_path(url: &str) -> &str {
+    url.trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .unwrap_or_default()
 }
 
 /// Placeholders for `n` rows of `per` parameters numbered after the first `first`:

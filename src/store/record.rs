@@ -1,5 +1,6 @@
 //! Recording attempts, group-committed: one recorder task takes every outcome waiting and
-//! writes them in one transaction (through [`Store::lease_tx`]), so a busy node records a
+//! writes them in one transaction (SQLite: on the writer thread, see `writer`; PostgreSQL:
+//! through the lease pool, committed asynchronously), so a busy node records a
 //! batch per commit instead of queueing a commit per attempt. Each caller is answered
 //! after the commit; a batch that fails leaves its deliveries leased, and they are
 //! attempted again once the lease runs out (at least once).
@@ -11,23 +12,28 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
-use sqlx::{Any, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::writer::{block_on, Db, Param, SqlxDb};
 use super::{
-    is_sqlite, now_ms, param, placeholders, Breaker, BreakerMove, Claimed, Lease, Next, Outcome,
-    Store, StoreError,
+    now_ms, param, placeholders, Breaker, BreakerMove, Claimed, Lease, Next, Outcome, Store,
+    StoreError,
 };
 
 /// Most outcomes written in one transaction.
 const MAX_BATCH: usize = 512;
 
 struct Job {
+    rec: Rec,
+    done: oneshot::Sender<Result<BreakerMove, String>>,
+}
+
+/// What a batch writes for one attempt.
+struct Rec {
     claimed: Claimed,
     owner: String,
     outcome: Outcome,
     breaker: Option<Breaker>,
-    done: oneshot::Sender<Result<BreakerMove, String>>,
 }
 
 #[derive(Default)]
@@ -54,10 +60,12 @@ impl Store {
         });
         let (done, answer) = oneshot::channel();
         let job = Job {
-            claimed: claimed.clone(),
-            owner: owner.to_owned(),
-            outcome: outcome.clone(),
-            breaker,
+            rec: Rec {
+                claimed: claimed.clone(),
+                owner: owner.to_owned(),
+                outcome: outcome.clone(),
+                breaker,
+            },
             done,
         };
         let stopped = || StoreError::Unavailable("the recorder stopped".into());
@@ -72,21 +80,41 @@ impl Store {
 async fn record_loop(lease: Lease, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let jobs = std::mem::take(&mut batch);
-        match write(&lease, &jobs).await {
+        let (recs, replies): (Vec<Rec>, Vec<_>) = std::mem::take(&mut batch)
+            .into_iter()
+            .map(|j| (j.rec, j.done))
+            .unzip();
+        let n = recs.len();
+        let written = match &lease.writer {
+            Some(writer) => {
+                let _writing = lease.writes.take().await;
+                writer
+                    .transaction("NORMAL", move |db| block_on(write(db, &recs)))
+                    .await
+            }
+            None => write_postgres(&lease, &recs).await,
+        };
+        match written {
             Ok(moves) => {
-                for (job, moved) in jobs.into_iter().zip(moves) {
-                    let _ = job.done.send(Ok(moved));
+                for (done, moved) in replies.into_iter().zip(moves) {
+                    let _ = done.send(Ok(moved));
                 }
             }
             Err(e) => {
-                tracing::warn!("outbound: cannot record {} attempts: {e}", jobs.len());
-                for job in jobs {
-                    let _ = job.done.send(Err(e.to_string()));
+                tracing::warn!("outbound: cannot record {n} attempts: {e}");
+                for done in replies {
+                    let _ = done.send(Err(e.to_string()));
                 }
             }
         }
     }
+}
+
+async fn write_postgres(lease: &Lease, recs: &[Rec]) -> Result<Vec<BreakerMove>, StoreError> {
+    let (_writing, mut tx) = lease.tx().await?;
+    let moves = write(&mut SqlxDb(&mut tx), recs).await?;
+    tx.commit().await?;
+    Ok(moves)
 }
 
 /// An endpoint's breaker row as the batch moves it.
@@ -98,9 +126,9 @@ struct Health {
     failed: bool,
 }
 
-async fn write(lease: &Lease, jobs: &[Job]) -> Result<Vec<BreakerMove>, StoreError> {
+/// Writes a batch of outcomes inside its transaction.
+async fn write(db: &mut impl Db, jobs: &[Rec]) -> Result<Vec<BreakerMove>, StoreError> {
     let now = now_ms();
-    let (_writing, mut tx) = lease.tx().await?;
     // Breaker rows first, in key order (then the deliveries: the order claims lock in too).
     let keys: BTreeSet<(&str, &str)> = jobs
         .iter()
@@ -109,12 +137,12 @@ async fn write(lease: &Lease, jobs: &[Job]) -> Result<Vec<BreakerMove>, StoreErr
         .collect();
     let mut health: BTreeMap<(&str, &str), Health> = BTreeMap::new();
     for key in keys {
-        let row = read_health(&mut tx, key.0, key.1).await?;
+        let row = read_health(db, key.0, key.1).await?;
         health.insert(key, row);
     }
     for chunk in jobs.chunks(ROWS) {
-        insert_attempts(&mut tx, chunk, now).await?;
-        update_deliveries(&mut tx, chunk, now).await?;
+        insert_attempts(db, chunk, now).await?;
+        update_deliveries(db, chunk, now).await?;
     }
     let mut moves = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -129,9 +157,8 @@ async fn write(lease: &Lease, jobs: &[Job]) -> Result<Vec<BreakerMove>, StoreErr
         moves.push(moved);
     }
     for ((tenant, endpoint), h) in &health {
-        write_health(&mut tx, tenant, endpoint, h, now).await?;
+        write_health(db, tenant, endpoint, h, now).await?;
     }
-    tx.commit().await?;
     Ok(moves)
 }
 
@@ -164,53 +191,61 @@ fn apply(h: &mut Health, delivered: bool, b: Breaker, now: i64) -> BreakerMove {
     }
 }
 
-async fn read_health(
-    tx: &mut Transaction<'_, Any>,
-    tenant: &str,
-    endpoint: &str,
-) -> Result<Health, sqlx::Error> {
+async fn read_health(db: &mut impl Db, tenant: &str, endpoint: &str) -> Result<Health, StoreError> {
     // One statement: the row is made if missing and read; the no-op update also locks it on
     // PostgreSQL (as FOR UPDATE would) until the batch commits.
-    let row = sqlx::query(
-        "INSERT INTO endpoint_health (tenant, endpoint) VALUES ($1, $2) \
-         ON CONFLICT (tenant, endpoint) DO UPDATE SET failures = endpoint_health.failures \
-         RETURNING failures, state, open_until",
-    )
-    .bind(tenant)
-    .bind(endpoint)
-    .fetch_one(&mut **tx)
-    .await?;
+    let rows = db
+        .fetch(
+            "INSERT INTO endpoint_health (tenant, endpoint) VALUES ($1, $2) \
+             ON CONFLICT (tenant, endpoint) DO UPDATE SET failures = endpoint_health.failures \
+             RETURNING failures, state, open_until",
+            &[tenant.into(), endpoint.into()],
+        )
+        .await?;
+    let mut row = rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Unavailable("the breaker row was not returned".into()))?
+        .into_iter();
+    let mut next = || {
+        row.next()
+            .ok_or_else(|| StoreError::Unavailable("the breaker row is short".into()))
+    };
+    let failures = next()?.int()?;
+    let open = next()?.text()? == "open";
+    let open_until = next()?.int()?;
     Ok(Health {
-        failures: row.try_get(0)?,
-        open: row.try_get::<String, _>(1)? == "open",
-        open_until: row.try_get(2)?,
+        failures,
+        open,
+        open_until,
         succeeded: false,
         failed: false,
     })
 }
 
 async fn write_health(
-    tx: &mut Transaction<'_, Any>,
+    db: &mut impl Db,
     tenant: &str,
     endpoint: &str,
     h: &Health,
     now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), StoreError> {
+    db.execute(
         "UPDATE endpoint_health SET failures = $1, state = $2, open_until = $3, \
          last_success = CASE WHEN $4 = 1 THEN $5 ELSE last_success END, \
          last_failure = CASE WHEN $6 = 1 THEN $5 ELSE last_failure END \
          WHERE tenant = $7 AND endpoint = $8",
+        &[
+            h.failures.into(),
+            (if h.open { "open" } else { "closed" }).into(),
+            h.open_until.into(),
+            i64::from(h.succeeded).into(),
+            now.into(),
+            i64::from(h.failed).into(),
+            tenant.into(),
+            endpoint.into(),
+        ],
     )
-    .bind(h.failures)
-    .bind(if h.open { "open" } else { "closed" })
-    .bind(h.open_until)
-    .bind(i64::from(h.succeeded))
-    .bind(now)
-    .bind(i64::from(h.failed))
-    .bind(tenant)
-    .bind(endpoint)
-    .execute(&mut **tx)
     .await?;
     Ok(())
 }
@@ -218,69 +253,65 @@ async fn write_health(
 /// Outcomes per statement (well under either database's parameter limit).
 const ROWS: usize = 200;
 
-async fn insert_attempts(
-    tx: &mut Transaction<'_, Any>,
-    jobs: &[Job],
-    now: i64,
-) -> Result<(), sqlx::Error> {
+async fn insert_attempts(db: &mut impl Db, jobs: &[Rec], now: i64) -> Result<(), StoreError> {
     // A node whose lease ran out may record the same attempt number as the node that took
     // over: the first record stands, neither fails.
     let sql = format!(
         "INSERT INTO attempts (message_id, endpoint, attempt, at, outcome, status, latency_ms, preview) \
          VALUES {} ON CONFLICT DO NOTHING",
-        placeholders(is_sqlite(tx), 0, jobs.len(), 8)
+        placeholders(db.sqlite(), 0, jobs.len(), 8)
     );
-    let mut q = sqlx::query(&sql);
+    let mut params: Vec<Param> = Vec::with_capacity(jobs.len() * 8);
     for job in jobs {
         let (c, outcome) = (&job.claimed, &job.outcome);
-        q = q
-            .bind(&c.message_id)
-            .bind(&c.endpoint)
-            .bind(c.attempts + 1)
-            .bind(now)
-            .bind(outcome.outcome)
-            .bind(outcome.status.map(i64::from))
-            .bind(outcome.latency_ms)
-            .bind(outcome.preview.as_deref());
+        params.extend([
+            Param::from(&c.message_id),
+            (&c.endpoint).into(),
+            (c.attempts + 1).into(),
+            now.into(),
+            outcome.outcome.into(),
+            outcome.status.map(i64::from).into(),
+            outcome.latency_ms.into(),
+            outcome.preview.as_deref().into(),
+        ]);
     }
-    q.execute(&mut **tx).await?;
+    db.execute(&sql, &params).await?;
     Ok(())
 }
 
 /// Each delivery's next step, one statement for the batch (a join on the primary key with
 /// the outcomes as a VALUES list, whose columns both databases name column1, column2, …);
 /// only while this node still holds the lease.
-async fn update_deliveries(
-    tx: &mut Transaction<'_, Any>,
-    jobs: &[Job],
-    now: i64,
-) -> Result<(), sqlx::Error> {
+async fn update_deliveries(db: &mut impl Db, jobs: &[Rec], now: i64) -> Result<(), StoreError> {
+    let sqlite = db.sqlite();
     let sql = format!(
         "UPDATE deliveries SET status = v.column1, attempts = attempts + 1, next_at = v.column2, \
          lease_until = 0, lease_owner = NULL, last_outcome = v.column3, dead_reason = v.column4, \
          updated_at = {} FROM (VALUES {}) AS v \
          WHERE deliveries.message_id = v.column5 AND deliveries.endpoint = v.column6 \
          AND deliveries.lease_owner = v.column7",
-        param(is_sqlite(tx), 1),
-        placeholders(is_sqlite(tx), 1, jobs.len(), 7)
+        param(sqlite, 1),
+        placeholders(sqlite, 1, jobs.len(), 7)
     );
-    let mut q = sqlx::query(&sql).bind(now);
+    let mut params: Vec<Param> = Vec::with_capacity(jobs.len() * 7 + 1);
+    params.push(now.into());
     for job in jobs {
         let (status, next_at, dead_reason) = match &job.outcome.next {
             Next::Delivered => ("delivered", now, None),
             Next::RetryAt(at) => ("pending", *at, None),
             Next::Dead(reason) => ("dead", now, Some(*reason)),
         };
-        q = q
-            .bind(status)
-            .bind(next_at)
-            .bind(job.outcome.outcome)
-            .bind(dead_reason)
-            .bind(&job.claimed.message_id)
-            .bind(&job.claimed.endpoint)
-            .bind(&job.owner);
+        params.extend([
+            Param::from(status),
+            next_at.into(),
+            job.outcome.outcome.into(),
+            dead_reason.into(),
+            (&job.claimed.message_id).into(),
+            (&job.claimed.endpoint).into(),
+            (&job.owner).into(),
+        ]);
     }
-    q.execute(&mut **tx).await?;
+    db.execute(&sql, &params).await?;
     Ok(())
 }
 
