@@ -8,6 +8,7 @@
 #   bench/outbound.sh                     # N=20000 C=64, delivery concurrency 20, both stores
 #   N=50000 C=128 DC=64 STORES=sqlite bench/outbound.sh
 #   RATE=1314 CUT=0 bench/outbound.sh     # offered load fixed at 1,314 calls/s (latency below saturation)
+#   BIN=/tmp/portcullis-old bench/outbound.sh   # another build of the node, for an A/B in one sitting
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
