@@ -10,9 +10,9 @@
 //! `synchronous = FULL`; PostgreSQL's default synchronous commit). Leases and recorded
 //! attempts are committed without waiting for the disk (SQLite `synchronous = NORMAL`, on
 //! the lease connections and for the writer thread's record batches; PostgreSQL
-//! `synchronous_commit = off` for that transaction): a power loss may roll the last few back, which only means those
-//! deliveries are attempted again with the same `webhook-id`, at least once as always. A
-//! process crash loses none of them (WAL).
+//! `synchronous_commit = off` for that transaction): a power loss may roll the last few
+//! back, which only means those deliveries are attempted again with the same `webhook-id`,
+//! at least once as always. A process crash loses none of them (WAL).
 
 pub mod catalog;
 mod claim;
