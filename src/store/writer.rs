@@ -97,7 +97,7 @@ pub(super) trait Db {
     ) -> Result<Vec<Vec<Cell>>, StoreError>;
 }
 
-/// A sqlx transaction (PostgreSQL's batches, and the tests' SQLite through sqlx).
+/// A sqlx transaction (PostgreSQL's batches).
 pub(super) struct SqlxDb<'t, 'c>(pub(super) &'t mut Transaction<'c, Any>);
 
 fn bind<'q>(
