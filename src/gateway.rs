@@ -46,6 +46,8 @@ enum Outcome {
 #[derive(Default)]
 pub struct RequestCtx {
     started: Option<Instant>,
+    /// Wall-clock arrival (unix ms): the event log's `at`, in the order requests came.
+    arrived_ms: i64,
     provider: Option<Arc<Provider>>,
     client_ip: Option<IpAddr>,
     event_id: Option<String>,
@@ -487,6 +489,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Some(Instant::now()),
+            arrived_ms: crate::store::now_ms(),
             _in_flight: Some(crate::lifecycle::InFlight::start()),
             request_id: format!("{:016x}", rand::random::<u64>()),
             ..RequestCtx::default()
@@ -545,7 +548,7 @@ impl ProxyHttp for Gateway {
         // (A request never answered, its connection gone first, is not an event.)
         if let Some(log) = self.event_log.as_ref().filter(|_| !outcome.is_empty()) {
             log.record(crate::store::events::NewEvent {
-                at: crate::store::now_ms() - elapsed.as_millis() as i64,
+                at: ctx.arrived_ms,
                 request_id: std::mem::take(&mut ctx.request_id),
                 provider: ctx
                     .provider
