@@ -74,17 +74,18 @@ impl BackgroundService for Worker {
                 continue;
             }
             let endpoints = d.catalog.current();
-            let limits = |tenant: &str, name: &str| {
+            let dispatcher = d.clone();
+            let limits = move |tenant: &str, name: &str| {
                 let mut l = endpoints
                     .get(tenant, name)
                     .map(|e| e.limits)
                     .unwrap_or_default();
-                l.node_room = Some(d.slots.room(tenant, name));
+                l.node_room = Some(dispatcher.slots.room(tenant, name));
                 l
             };
             let claimed = d
                 .store
-                .claim(&d.owner, d.lease_ms, free as i64, &limits)
+                .claim(&d.owner, d.lease_ms, free as i64, limits)
                 .await;
             busy = matches!(&claimed, Ok((list, _)) if list.len() == free);
             match claimed {

@@ -15,16 +15,17 @@
 //!   a disabled endpoint.
 //!
 //! A delivery skipped is deferred, not attempted: its retry budget is not spent.
+//!
+//! On SQLite a claim is a batch of the writer thread (see `writer`): a claim runs a dozen
+//! statements, each of which would otherwise cross sqlx's worker thread and back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::{Any, Row, Transaction};
-
 use super::ledger::{stored_message, MESSAGE_COLUMNS};
-use super::{
-    is_sqlite, now_ms, param, placeholders, Backend, Claimed, Store, StoreError, StoredMessage,
-};
+use super::now_ms;
+use super::writer::{block_on, Cell, Db, Param};
+use super::{param, placeholders, Backend, Claimed, Store, StoreError};
 
 /// An endpoint's limits, from its config.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,122 +72,159 @@ impl Store {
         owner: &str,
         lease_ms: i64,
         limit: i64,
-        limits: &(dyn Fn(&str, &str) -> Limits + Sync),
+        limits: impl Fn(&str, &str) -> Limits + Send + 'static,
     ) -> Result<(Vec<Claimed>, bool), StoreError> {
-        let (_writing, mut tx) = self.lease().await?.tx().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(CLAIM_LOCK)
-                .execute(&mut *tx)
-                .await?;
+        let lease = self.lease().await?;
+        if let Some(writer) = &lease.writer {
+            let _writing = lease.writes.take().await;
+            let owner = owner.to_owned();
+            return writer
+                .transaction("NORMAL", move |db| {
+                    block_on(claim_in(
+                        db,
+                        Backend::Sqlite,
+                        &owner,
+                        lease_ms,
+                        limit,
+                        &limits,
+                    ))
+                })
+                .await;
         }
-        // After the lock: a claim that waited for another node's sees that node's leases.
-        let now = now_ms();
-        let mut taken = Vec::new();
-        let mut held_back = false;
-        // Probes first: one per endpoint whose cooldown has passed.
-        for probe in candidates(&mut tx, self.backend, PROBE, now, 1, limit).await? {
-            let updated = sqlx::query(
+        let (_writing, mut tx) = lease.tx().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let claimed = claim_in(
+            &mut super::writer::SqlxDb(&mut tx),
+            Backend::Postgres,
+            owner,
+            lease_ms,
+            limit,
+            &limits,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+}
+
+/// A claim inside its transaction (PostgreSQL's holding the claim lock).
+async fn claim_in(
+    db: &mut impl Db,
+    backend: Backend,
+    owner: &str,
+    lease_ms: i64,
+    limit: i64,
+    limits: &impl Fn(&str, &str) -> Limits,
+) -> Result<(Vec<Claimed>, bool), StoreError> {
+    // After the lock: a claim that waited for another node's sees that node's leases.
+    let now = now_ms();
+    let mut taken = Vec::new();
+    let mut held_back = false;
+    // Probes first: one per endpoint whose cooldown has passed.
+    for probe in candidates(db, backend, PROBE, now, 1, limit).await? {
+        let updated = db
+            .execute(
                 "UPDATE endpoint_health SET open_until = $1 WHERE tenant = $2 AND endpoint = $3 \
                  AND state = 'open' AND open_until <= $4",
+                &[
+                    (now + lease_ms).into(),
+                    (&probe.tenant).into(),
+                    (&probe.endpoint).into(),
+                    now.into(),
+                ],
             )
-            .bind(now + lease_ms)
-            .bind(&probe.tenant)
-            .bind(&probe.endpoint)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 1 {
-                taken.push(probe);
-            }
+            .await?;
+        if updated == 1 {
+            taken.push(probe);
         }
-        let room = limit - taken.len() as i64;
-        if room > 0 {
-            let mut in_flight = in_flight(&mut tx, self.backend, now).await?;
-            // Each rate-limited endpoint's theoretical arrival time, as this claim moves it.
-            let mut rates: HashMap<(String, String), i64> = HashMap::new();
-            // What this claim took per endpoint (against the node's share).
-            let mut took: HashMap<(String, String), usize> = HashMap::new();
-            let now_us = now * 1000;
-            // Four times the room: some candidates are skipped for their endpoint's limits.
-            let mut pool = candidates(&mut tx, self.backend, CLOSED, now, room, room * 4).await?;
-            while (taken.len() as i64) < limit && !pool.is_empty() {
-                // The least busy endpoint first: a slow endpoint holding leases yields each
-                // slot that frees to an endpoint with fewer in flight.
-                let busy = |c: &Claimed| {
-                    in_flight
-                        .get(&(c.tenant.clone(), c.endpoint.clone()))
-                        .copied()
-                        .unwrap_or(0)
-                };
-                let next = (0..pool.len()).min_by_key(|&i| busy(&pool[i])).unwrap_or(0);
-                let c = pool.remove(next);
-                let l = limits(&c.tenant, &c.endpoint);
-                let key = (c.tenant.clone(), c.endpoint.clone());
-                if l.max_in_flight
-                    .is_some_and(|max| busy(&c) >= i64::from(max))
-                {
-                    continue;
-                }
-                if l.node_room
-                    .is_some_and(|room| took.get(&key).copied().unwrap_or(0) >= room)
-                {
-                    held_back = true;
-                    continue;
-                }
-                if let Some(rate) = l.rate {
-                    let tat = match rates.get(&key) {
-                        Some(t) => *t,
-                        None => tat(&mut tx, &c.tenant, &c.endpoint).await?,
-                    };
-                    let interval = (1_000_000.0 / rate.per_second) as i64;
-                    let tolerance = interval * i64::from(rate.burst.max(1) - 1);
-                    let start = tat.max(now_us);
-                    rates.insert(key.clone(), tat);
-                    if start - now_us > tolerance {
-                        continue;
-                    }
-                    rates.insert(key.clone(), start + interval);
-                }
-                *took.entry(key.clone()).or_insert(0) += 1;
-                *in_flight.entry(key).or_insert(0) += 1;
-                taken.push(c);
-            }
-            for ((tenant, endpoint), tat) in &rates {
-                set_tat(&mut tx, tenant, endpoint, *tat).await?;
-            }
-        }
-        for chunk in taken.chunks(CHUNK) {
-            lease(&mut tx, chunk, now + lease_ms, owner).await?;
-        }
-        let mut messages = HashMap::new();
-        for chunk in taken.chunks(CHUNK) {
-            for m in read_messages(&mut tx, chunk).await? {
-                messages.insert(m.id.clone(), Arc::new(m));
-            }
-        }
-        tx.commit().await?;
-        for c in &mut taken {
-            c.message = messages.get(&c.message_id).cloned();
-        }
-        Ok((taken, held_back))
     }
+    let room = limit - taken.len() as i64;
+    if room > 0 {
+        let mut in_flight = in_flight(db, backend, now).await?;
+        // Each rate-limited endpoint's theoretical arrival time, as this claim moves it.
+        let mut rates: HashMap<(String, String), i64> = HashMap::new();
+        // What this claim took per endpoint (against the node's share).
+        let mut took: HashMap<(String, String), usize> = HashMap::new();
+        let now_us = now * 1000;
+        // Four times the room: some candidates are skipped for their endpoint's limits.
+        let mut pool = candidates(db, backend, CLOSED, now, room, room * 4).await?;
+        while (taken.len() as i64) < limit && !pool.is_empty() {
+            // The least busy endpoint first: a slow endpoint holding leases yields each
+            // slot that frees to an endpoint with fewer in flight.
+            let busy = |c: &Claimed| {
+                in_flight
+                    .get(&(c.tenant.clone(), c.endpoint.clone()))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let next = (0..pool.len()).min_by_key(|&i| busy(&pool[i])).unwrap_or(0);
+            let c = pool.remove(next);
+            let l = limits(&c.tenant, &c.endpoint);
+            let key = (c.tenant.clone(), c.endpoint.clone());
+            if l.max_in_flight
+                .is_some_and(|max| busy(&c) >= i64::from(max))
+            {
+                continue;
+            }
+            if l.node_room
+                .is_some_and(|room| took.get(&key).copied().unwrap_or(0) >= room)
+            {
+                held_back = true;
+                continue;
+            }
+            if let Some(rate) = l.rate {
+                let tat = match rates.get(&key) {
+                    Some(t) => *t,
+                    None => tat(db, &c.tenant, &c.endpoint).await?,
+                };
+                let interval = (1_000_000.0 / rate.per_second) as i64;
+                let tolerance = interval * i64::from(rate.burst.max(1) - 1);
+                let start = tat.max(now_us);
+                rates.insert(key.clone(), tat);
+                if start - now_us > tolerance {
+                    continue;
+                }
+                rates.insert(key.clone(), start + interval);
+            }
+            *took.entry(key.clone()).or_insert(0) += 1;
+            *in_flight.entry(key).or_insert(0) += 1;
+            taken.push(c);
+        }
+        for ((tenant, endpoint), tat) in &rates {
+            set_tat(db, tenant, endpoint, *tat).await?;
+        }
+    }
+    for chunk in taken.chunks(CHUNK) {
+        lease(db, chunk, now + lease_ms, owner).await?;
+    }
+    let mut messages = HashMap::new();
+    for chunk in taken.chunks(CHUNK) {
+        for m in read_messages(db, chunk).await? {
+            messages.insert(m.id.clone(), Arc::new(m));
+        }
+    }
+    for c in &mut taken {
+        c.message = messages.get(&c.message_id).cloned();
+    }
+    Ok((taken, held_back))
 }
 
 /// Rows per statement of the lease and message reads.
 const CHUNK: usize = 200;
 
 async fn lease(
-    tx: &mut Transaction<'_, Any>,
+    db: &mut impl Db,
     taken: &[Claimed],
     until: i64,
     owner: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     // The `message_id IN` lets both planners find the rows by primary key (SQLite would
     // scan the table for the row values alone).
     let n = taken.len();
-    let sqlite = is_sqlite(tx);
+    let sqlite = db.sqlite();
     let sql = format!(
         "UPDATE deliveries SET lease_until = {}, lease_owner = {} \
          WHERE message_id IN ({}) AND (message_id, endpoint) IN (VALUES {})",
@@ -195,43 +233,44 @@ async fn lease(
         placeholders(sqlite, 2, n, 1),
         placeholders(sqlite, 2 + n, n, 2)
     );
-    let mut q = sqlx::query(&sql).bind(until).bind(owner);
+    let mut params: Vec<Param<'_>> = Vec::with_capacity(2 + 3 * n);
+    params.push(until.into());
+    params.push(owner.into());
+    params.extend(taken.iter().map(|c| Param::from(&c.message_id)));
     for c in taken {
-        q = q.bind(&c.message_id);
+        params.push((&c.message_id).into());
+        params.push((&c.endpoint).into());
     }
-    for c in taken {
-        q = q.bind(&c.message_id).bind(&c.endpoint);
-    }
-    q.execute(&mut **tx).await?;
+    db.execute(&sql, &params).await?;
     Ok(())
 }
 
 async fn read_messages(
-    tx: &mut Transaction<'_, Any>,
+    db: &mut impl Db,
     taken: &[Claimed],
-) -> Result<Vec<StoredMessage>, sqlx::Error> {
+) -> Result<Vec<super::StoredMessage>, StoreError> {
     let sql = format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({})",
-        placeholders(is_sqlite(tx), 0, taken.len(), 1)
+        placeholders(db.sqlite(), 0, taken.len(), 1)
     );
-    let mut q = sqlx::query(&sql);
-    for c in taken {
-        q = q.bind(&c.message_id);
-    }
-    let rows = q.fetch_all(&mut **tx).await?;
-    rows.iter().map(stored_message).collect()
+    let params: Vec<Param<'_>> = taken.iter().map(|c| Param::from(&c.message_id)).collect();
+    db.fetch(&sql, &params)
+        .await?
+        .into_iter()
+        .map(stored_message)
+        .collect()
 }
 
 /// Up to `per_endpoint` due deliveries of each endpoint `which` selects, round-robin: every
 /// endpoint's first (oldest first), then every endpoint's second, …; at most `limit`.
 async fn candidates(
-    tx: &mut Transaction<'_, Any>,
+    db: &mut impl Db,
     backend: Backend,
     which: &str,
     now: i64,
     per_endpoint: i64,
     limit: i64,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+) -> Result<Vec<Claimed>, StoreError> {
     // One index range per endpoint (the endpoints are the health rows, a few per tenant):
     // PostgreSQL joins each laterally; SQLite, which has no LATERAL, by rowid, with the
     // endpoints as the outer loop (its CROSS JOIN keeps the order it is written in; left
@@ -249,25 +288,22 @@ async fn candidates(
              WHERE {which} AND {ENABLED} ORDER BY h.tenant, h.endpoint, d.next_at, d.seq"
         ),
     };
-    let rows = sqlx::query(&sql)
-        .bind(now)
-        .bind(per_endpoint)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows = db.fetch(&sql, &[now.into(), per_endpoint.into()]).await?;
     // (rank within its endpoint, due at, delivery)
     let mut ranked = Vec::with_capacity(rows.len());
     let mut rank = 0;
     let mut last: Option<(String, String)> = None;
-    for r in &rows {
+    for r in rows {
+        let [message_id, tenant, endpoint, attempts, budget_from, next_at] = columns(r)?;
         let c = Claimed {
-            message_id: r.try_get(0)?,
-            tenant: r.try_get(1)?,
-            endpoint: r.try_get(2)?,
-            attempts: r.try_get(3)?,
-            budget_from: r.try_get(4)?,
+            message_id: message_id.text()?,
+            tenant: tenant.text()?,
+            endpoint: endpoint.text()?,
+            attempts: attempts.int()?,
+            budget_from: budget_from.int()?,
             message: None,
         };
-        let next_at: i64 = r.try_get(5)?;
+        let next_at = next_at.int()?;
         let key = (c.tenant.clone(), c.endpoint.clone());
         rank = if last.as_ref() == Some(&key) {
             rank + 1
@@ -285,60 +321,66 @@ async fn candidates(
         .collect())
 }
 
+/// A row of `N` columns.
+fn columns<const N: usize>(row: Vec<Cell>) -> Result<[Cell; N], StoreError> {
+    row.try_into().map_err(|r: Vec<Cell>| {
+        StoreError::Unavailable(format!("store returned {} columns, not {N}", r.len()))
+    })
+}
+
 /// Leases held now, per endpoint, by any node.
 async fn in_flight(
-    tx: &mut Transaction<'_, Any>,
+    db: &mut impl Db,
     backend: Backend,
     now: i64,
-) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
+) -> Result<HashMap<(String, String), i64>, StoreError> {
     // The leases, not the whole queue: SQLite's planner (no statistics) would rather walk
     // `deliveries_queue` for the GROUP BY, which reads every pending delivery.
     let index = match backend {
         Backend::Sqlite => " INDEXED BY deliveries_leased",
         Backend::Postgres => "",
     };
-    let rows = sqlx::query(&format!(
+    let sql = format!(
         "SELECT tenant, endpoint, COUNT(*) FROM deliveries{index} \
          WHERE lease_until > $1 AND status = 'pending' GROUP BY tenant, endpoint"
-    ))
-    .bind(now)
-    .fetch_all(&mut **tx)
-    .await?;
-    rows.iter()
-        .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get::<i64, _>(2)?)))
+    );
+    db.fetch(&sql, &[now.into()])
+        .await?
+        .into_iter()
+        .map(|r| {
+            let [tenant, endpoint, n] = columns(r)?;
+            Ok(((tenant.text()?, endpoint.text()?), n.int()?))
+        })
         .collect()
 }
 
-async fn tat(
-    tx: &mut Transaction<'_, Any>,
-    tenant: &str,
-    endpoint: &str,
-) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query("SELECT tat_us FROM endpoint_health WHERE tenant = $1 AND endpoint = $2")
-        .bind(tenant)
-        .bind(endpoint)
-        .fetch_optional(&mut **tx)
+async fn tat(db: &mut impl Db, tenant: &str, endpoint: &str) -> Result<i64, StoreError> {
+    let rows = db
+        .fetch(
+            "SELECT tat_us FROM endpoint_health WHERE tenant = $1 AND endpoint = $2",
+            &[tenant.into(), endpoint.into()],
+        )
         .await?;
-    Ok(match row {
-        Some(r) => r.try_get(0)?,
-        None => 0,
-    })
+    match rows.into_iter().next() {
+        Some(r) => {
+            let [tat] = columns(r)?;
+            tat.int()
+        }
+        None => Ok(0),
+    }
 }
 
 async fn set_tat(
-    tx: &mut Transaction<'_, Any>,
+    db: &mut impl Db,
     tenant: &str,
     endpoint: &str,
     tat: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), StoreError> {
+    db.execute(
         "INSERT INTO endpoint_health (tenant, endpoint, tat_us) VALUES ($1, $2, $3) \
          ON CONFLICT (tenant, endpoint) DO UPDATE SET tat_us = excluded.tat_us",
+        &[tenant.into(), endpoint.into(), tat.into()],
     )
-    .bind(tenant)
-    .bind(endpoint)
-    .bind(tat)
-    .execute(&mut **tx)
     .await?;
     Ok(())
 }

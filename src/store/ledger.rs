@@ -157,14 +157,21 @@ pub struct DeadLetter {
 pub(super) const MESSAGE_COLUMNS: &str =
     "id, tenant, event_type, payload, created_at, content_type";
 
-pub(super) fn stored_message(r: &sqlx::any::AnyRow) -> Result<StoredMessage, sqlx::Error> {
+pub(super) fn stored_message(row: Vec<Cell>) -> Result<StoredMessage, StoreError> {
+    let [id, tenant, event_type, payload, created_at, content_type]: [Cell; 6] =
+        row.try_into().map_err(|r: Vec<Cell>| {
+            StoreError::Unavailable(format!("store returned {} message columns", r.len()))
+        })?;
     Ok(StoredMessage {
-        id: r.try_get(0)?,
-        tenant: r.try_get(1)?,
-        event_type: r.try_get(2)?,
-        payload: r.try_get(3)?,
-        created_at: r.try_get(4)?,
-        content_type: r.try_get(5)?,
+        id: id.text()?,
+        tenant: tenant.text()?,
+        event_type: event_type.text()?,
+        payload: payload.text()?,
+        created_at: created_at.int()?,
+        content_type: match content_type {
+            Cell::Null => None,
+            other => Some(other.text()?),
+        },
     })
 }
 

@@ -9,7 +9,7 @@
 //! Durability is where a 202 depends on it. A message's commit is forced to disk (SQLite
 //! `synchronous = FULL`; PostgreSQL's default synchronous commit). Leases and recorded
 //! attempts are committed without waiting for the disk (SQLite `synchronous = NORMAL`, on
-//! the lease connections and for the writer thread's record batches; PostgreSQL
+//! the lease connections and for the writer thread's claims and record batches; PostgreSQL
 //! `synchronous_commit = off` for that transaction): a power loss may roll the last few
 //! back, which only means those deliveries are attempted again with the same `webhook-id`,
 //! at least once as always. A process crash loses none of them (WAL).
@@ -67,7 +67,7 @@ pub struct Store {
     backend: Backend,
     pool: OnceCell<AnyPool>,
     lease_pool: OnceCell<Lease>,
-    /// SQLite: the thread the enqueue and record batches run on (see `writer`).
+    /// SQLite: the thread the enqueue batches, claims and record batches run on (see `writer`).
     sqlite_writer: OnceCell<std::sync::Arc<writer::SqliteWriter>>,
     /// SQLite's one write lock, taken in this process before asking SQLite for it.
     writes: Writes,
@@ -231,7 +231,7 @@ pub(crate) struct Lease {
     /// SQLite: connections of their own, at `synchronous = NORMAL`.
     pool: AnyPool,
     writes: Writes,
-    /// SQLite: where the record batches run.
+    /// SQLite: where the claims and record batches run.
     writer: Option<std::sync::Arc<writer::SqliteWriter>>,
 }
 

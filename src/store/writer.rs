@@ -1,11 +1,12 @@
-//! Where the group-committed batches (enqueues, attempt records) run their statements.
+//! Where the group-committed batches (enqueues, attempt records) and the claims run their
+//! statements.
 //!
 //! Why a thread of our own on SQLite: sqlx runs each SQLite connection on a worker thread
 //! and hands every statement, and every row it returns, across threads. Under load the node
 //! spent more of its time in the kernel switching between those threads than in SQLite
-//! (bench/RESULTS.md, issue 16). A batch now runs as one transaction on one thread that
-//! owns a rusqlite connection: one hand-off per batch, not per statement. PostgreSQL keeps
-//! sqlx (each statement is a network round trip anyway).
+//! (bench/RESULTS.md, issue 16). A batch, or a claim, now runs as one transaction on one
+//! thread that owns a rusqlite connection: one hand-off per batch, not per statement.
+//! PostgreSQL keeps sqlx (each statement is a network round trip anyway).
 //!
 //! Both go through [`Db`], so a batch's SQL and logic are written once. The batch functions
 //! are async for sqlx; on the writer thread they are driven by `block_on`, and rusqlite's
