@@ -534,6 +534,7 @@ fn build(
             max_in_flight: spec.max_in_flight.filter(|n| *n > 0),
             rate,
             node_room: None,
+            node_busy: 0,
         },
         ordered: spec.ordered,
         schema,

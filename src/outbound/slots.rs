@@ -86,14 +86,17 @@ impl Slots {
         (self.concurrency / 2).max(1)
     }
 
+    /// Attempts to this endpoint in flight on this node.
+    pub fn busy(&self, tenant: &str, endpoint: &str) -> usize {
+        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.get(&(tenant.to_owned(), endpoint.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Attempts this endpoint may still start on this node.
     pub fn room(&self, tenant: &str, endpoint: &str) -> usize {
-        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let n = busy
-            .get(&(tenant.to_owned(), endpoint.to_owned()))
-            .copied()
-            .unwrap_or(0);
-        self.share().saturating_sub(n)
+        self.share().saturating_sub(self.busy(tenant, endpoint))
     }
 
     /// Waits for a slot for an attempt to this endpoint (`None`: shutting down).

@@ -81,6 +81,7 @@ impl BackgroundService for Worker {
                     .map(|e| e.limits)
                     .unwrap_or_default();
                 l.node_room = Some(dispatcher.slots.room(tenant, name));
+                l.node_busy = dispatcher.slots.busy(tenant, name);
                 l
             };
             let claimed = d

@@ -6,15 +6,19 @@
 //! - one probe per endpoint whose circuit breaker is open and whose cooldown has passed (the
 //!   breaker's `open_until` moves past the lease, so no other node probes meanwhile);
 //! - due deliveries round-robin across endpoints (the oldest due of each endpoint, then the
-//!   second of each, …), the endpoint with the fewest attempts in flight first, so one
-//!   endpoint's backlog or slowness never queues ahead of another's work;
+//!   second of each, …), the endpoint with the fewest attempts in flight on this node first
+//!   (its slots are what a slow endpoint holds), so one endpoint's backlog or slowness never
+//!   queues ahead of another's work;
 //! - skipping endpoints at `max_in_flight` (leases held by any node), at the claiming node's
 //!   share of its own slots (`node_room`), over their rate limit
 //!   (GCRA on `endpoint_health.tat_us`), or with an open breaker; an `ordered` endpoint's
 //!   delivery only when it heads its FIFO and nothing of that FIFO is in flight; nothing of
 //!   a disabled endpoint.
 //!
-//! A delivery skipped is deferred, not attempted: its retry budget is not spent.
+//! A delivery skipped is deferred, not attempted: its retry budget is not spent. The
+//! fleet's leases are counted only when a candidate's endpoint has a `max_in_flight`: on
+//! PostgreSQL that count reads every lease index entry since the last vacuum (a bitmap scan
+//! does not skip dead ones), and was half of a claim's time under a backlog.
 //!
 //! On SQLite a claim is a batch of the writer thread (see `writer`): a claim runs a dozen
 //! statements, each of which would otherwise cross sqlx's worker thread and back.
@@ -36,6 +40,8 @@ pub struct Limits {
     /// Attempts the claiming node may still start to this endpoint (its share of the node's
     /// slots); `None`: no cap.
     pub node_room: Option<usize>,
+    /// Attempts to this endpoint in flight on the claiming node.
+    pub node_busy: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -143,29 +149,40 @@ async fn claim_in(
     }
     let room = limit - taken.len() as i64;
     if room > 0 {
-        let mut in_flight = in_flight(db, backend, now).await?;
+        // Four times the room: some candidates are skipped for their endpoint's limits.
+        let pool = candidates(db, backend, CLOSED, now, room, room * 4).await?;
+        let mut pool: Vec<(Claimed, Limits)> = pool
+            .into_iter()
+            .map(|c| {
+                let l = limits(&c.tenant, &c.endpoint);
+                (c, l)
+            })
+            .collect();
+        let mut fleet = if pool.iter().any(|(_, l)| l.max_in_flight.is_some()) {
+            in_flight(db, backend, now).await?
+        } else {
+            HashMap::new()
+        };
         // Each rate-limited endpoint's theoretical arrival time, as this claim moves it.
         let mut rates: HashMap<(String, String), i64> = HashMap::new();
         // What this claim took per endpoint (against the node's share).
         let mut took: HashMap<(String, String), usize> = HashMap::new();
         let now_us = now * 1000;
-        // Four times the room: some candidates are skipped for their endpoint's limits.
-        let mut pool = candidates(db, backend, CLOSED, now, room, room * 4).await?;
         while (taken.len() as i64) < limit && !pool.is_empty() {
-            // The least busy endpoint first: a slow endpoint holding leases yields each
-            // slot that frees to an endpoint with fewer in flight.
-            let busy = |c: &Claimed| {
-                in_flight
-                    .get(&(c.tenant.clone(), c.endpoint.clone()))
-                    .copied()
-                    .unwrap_or(0)
+            // The least busy endpoint first: a slow endpoint holding this node's slots
+            // yields each slot that frees to an endpoint with fewer in flight.
+            let busy = |(c, l): &(Claimed, Limits)| {
+                l.node_busy
+                    + took
+                        .get(&(c.tenant.clone(), c.endpoint.clone()))
+                        .copied()
+                        .unwrap_or(0)
             };
             let next = (0..pool.len()).min_by_key(|&i| busy(&pool[i])).unwrap_or(0);
-            let c = pool.remove(next);
-            let l = limits(&c.tenant, &c.endpoint);
+            let (c, l) = pool.remove(next);
             let key = (c.tenant.clone(), c.endpoint.clone());
             if l.max_in_flight
-                .is_some_and(|max| busy(&c) >= i64::from(max))
+                .is_some_and(|max| fleet.get(&key).copied().unwrap_or(0) >= i64::from(max))
             {
                 continue;
             }
@@ -190,7 +207,7 @@ async fn claim_in(
                 rates.insert(key.clone(), start + interval);
             }
             *took.entry(key.clone()).or_insert(0) += 1;
-            *in_flight.entry(key).or_insert(0) += 1;
+            *fleet.entry(key).or_insert(0) += 1;
             taken.push(c);
         }
         for ((tenant, endpoint), tat) in &rates {
