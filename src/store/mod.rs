@@ -245,13 +245,13 @@ impl Lease {
                 let writing = self.writes.take().await;
                 Ok((writing, self.pool.begin_with("BEGIN IMMEDIATE").await?))
             }
-            Backend::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
-                Ok((None, tx))
-            }
+            // One round trip (the simple query protocol takes both statements).
+            Backend::Postgres => Ok((
+                None,
+                self.pool
+                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                    .await?,
+            )),
         }
     }
 }
