@@ -64,9 +64,9 @@ const HEAD: &str = "FROM deliveries x WHERE x.tenant = h.tenant AND x.endpoint =
           AND e.status = 'pending' AND (e.seq < x.seq OR e.lease_until > $1))) \
      ORDER BY x.next_at, x.seq LIMIT $2";
 
-/// Which endpoints' heads are candidates (`h` is the endpoint's health row).
-const CLOSED: &str = "h.state = 'closed'";
-const PROBE: &str = "h.state = 'open' AND h.open_until <= $1";
+/// Which endpoints' heads are candidates (`h` is the endpoint's health row): a closed
+/// breaker's, or an open one's whose cooldown has passed (a probe).
+const DUE: &str = "(h.state = 'closed' OR (h.state = 'open' AND h.open_until <= $1))";
 const ENABLED: &str =
     "NOT EXISTS (SELECT 1 FROM endpoint_state s WHERE s.tenant = h.tenant AND s.endpoint = h.endpoint)";
 
@@ -129,8 +129,10 @@ async fn claim_in(
     let now = now_ms();
     let mut taken = Vec::new();
     let mut held_back = false;
+    // One statement for both: a round trip less per claim on PostgreSQL.
+    let (probes, due) = candidates(db, backend, now, limit).await?;
     // Probes first: one per endpoint whose cooldown has passed.
-    for probe in candidates(db, backend, PROBE, now, 1, limit).await? {
+    for probe in probes.into_iter().take(limit.max(0) as usize) {
         let updated = db
             .execute(
                 "UPDATE endpoint_health SET open_until = $1 WHERE tenant = $2 AND endpoint = $3 \
@@ -150,9 +152,9 @@ async fn claim_in(
     let room = limit - taken.len() as i64;
     if room > 0 {
         // Four times the room: some candidates are skipped for their endpoint's limits.
-        let pool = candidates(db, backend, CLOSED, now, room, room * 4).await?;
-        let mut pool: Vec<(Claimed, Limits)> = pool
+        let mut pool: Vec<(Claimed, Limits)> = due
             .into_iter()
+            .take((room * 4) as usize)
             .map(|c| {
                 let l = limits(&c.tenant, &c.endpoint);
                 (c, l)
@@ -278,40 +280,41 @@ async fn read_messages(
         .collect()
 }
 
-/// Up to `per_endpoint` due deliveries of each endpoint `which` selects, round-robin: every
-/// endpoint's first (oldest first), then every endpoint's second, …; at most `limit`.
+/// The probes (the first due delivery of each endpoint whose breaker's cooldown has
+/// passed) and up to `per_endpoint` due deliveries of each endpoint whose breaker is closed,
+/// round-robin: every endpoint's first (oldest first), then every endpoint's second, ….
 async fn candidates(
     db: &mut impl Db,
     backend: Backend,
-    which: &str,
     now: i64,
     per_endpoint: i64,
-    limit: i64,
-) -> Result<Vec<Claimed>, StoreError> {
+) -> Result<(Vec<Claimed>, Vec<Claimed>), StoreError> {
     // One index range per endpoint (the endpoints are the health rows, a few per tenant):
     // PostgreSQL joins each laterally; SQLite, which has no LATERAL, by rowid, with the
     // endpoints as the outer loop (its CROSS JOIN keeps the order it is written in; left
     // to itself the planner walks every delivery and runs the head query for each).
     let sql = match backend {
         Backend::Postgres => format!(
-            "SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at \
-             FROM endpoint_health h CROSS JOIN LATERAL (SELECT x.message_id, x.tenant, x.endpoint, \
-             x.attempts, x.budget_from, x.next_at, x.seq {HEAD}) d WHERE {which} AND {ENABLED} \
-             ORDER BY d.tenant, d.endpoint, d.next_at, d.seq"
+            "SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at, \
+             h.state FROM endpoint_health h CROSS JOIN LATERAL (SELECT x.message_id, x.tenant, \
+             x.endpoint, x.attempts, x.budget_from, x.next_at, x.seq {HEAD}) d \
+             WHERE {DUE} AND {ENABLED} ORDER BY d.tenant, d.endpoint, d.next_at, d.seq"
         ),
         Backend::Sqlite => format!(
-            "SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at \
-             FROM endpoint_health h CROSS JOIN deliveries d ON d.rowid IN (SELECT x.rowid {HEAD}) \
-             WHERE {which} AND {ENABLED} ORDER BY h.tenant, h.endpoint, d.next_at, d.seq"
+            "SELECT d.message_id, d.tenant, d.endpoint, d.attempts, d.budget_from, d.next_at, \
+             h.state FROM endpoint_health h CROSS JOIN deliveries d ON d.rowid IN \
+             (SELECT x.rowid {HEAD}) WHERE {DUE} AND {ENABLED} \
+             ORDER BY h.tenant, h.endpoint, d.next_at, d.seq"
         ),
     };
     let rows = db.fetch(&sql, &[now.into(), per_endpoint.into()]).await?;
+    let mut probes = Vec::new();
     // (rank within its endpoint, due at, delivery)
     let mut ranked = Vec::with_capacity(rows.len());
     let mut rank = 0;
     let mut last: Option<(String, String)> = None;
     for r in rows {
-        let [message_id, tenant, endpoint, attempts, budget_from, next_at] = columns(r)?;
+        let [message_id, tenant, endpoint, attempts, budget_from, next_at, state] = columns(r)?;
         let c = Claimed {
             message_id: message_id.text()?,
             tenant: tenant.text()?,
@@ -328,14 +331,16 @@ async fn candidates(
             0
         };
         last = Some(key);
-        ranked.push((rank, next_at, c));
+        if state.text()? == "open" {
+            if rank == 0 {
+                probes.push(c);
+            }
+        } else {
+            ranked.push((rank, next_at, c));
+        }
     }
     ranked.sort_by_key(|(rank, next_at, _)| (*rank, *next_at));
-    Ok(ranked
-        .into_iter()
-        .take(limit.max(0) as usize)
-        .map(|(_, _, c)| c)
-        .collect())
+    Ok((probes, ranked.into_iter().map(|(_, _, c)| c).collect()))
 }
 
 /// A row of `N` columns.
