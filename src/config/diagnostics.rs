@@ -133,12 +133,25 @@ impl<'a> Report<'a> {
 /// The 1-based line where a key path is written. Block style nests by indentation and flow
 /// style (`{ a: 1 }`) stays on its parent's line, so this finds the top-level key, then each
 /// nested key in the lines (or the flow mapping) below it; it falls back to the deepest key found.
+/// A path element `[N]` is the Nth item (from 0) of the block list under the key before it.
 pub fn line_of(text: &str, path: &[&str]) -> usize {
     let lines: Vec<&str> = text.lines().collect();
     let mut best = 1;
     let mut start = 0;
     let mut indent: Option<usize> = None;
     for (depth, key) in path.iter().enumerate() {
+        if let Some(n) = list_index(key) {
+            match nth_item(&lines, start, indent, n) {
+                Some((i, ind)) => {
+                    best = i + 1;
+                    // The item's first key may sit on its `- ` line.
+                    start = i;
+                    indent = Some(ind);
+                    continue;
+                }
+                None => break,
+            }
+        }
         let mut found = None;
         for (i, line) in lines.iter().enumerate().skip(start) {
             let trimmed = line.trim_start();
@@ -177,6 +190,45 @@ pub fn line_of(text: &str, path: &[&str]) -> usize {
         }
     }
     best
+}
+
+/// `N` of a path element `[N]`.
+fn list_index(key: &str) -> Option<usize> {
+    key.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
+/// The line and indentation of the `n`th `- ` item of the block list that starts at line
+/// `start`, below a key indented `parent` (YAML lets the items sit at the key's own indent).
+fn nth_item(
+    lines: &[&str],
+    start: usize,
+    parent: Option<usize>,
+    n: usize,
+) -> Option<(usize, usize)> {
+    let mut items = None;
+    let mut seen = 0;
+    for (i, line) in lines.iter().enumerate().skip(start) {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') || trimmed.is_empty() {
+            continue;
+        }
+        let this_indent = line.len() - trimmed.len();
+        let item = trimmed == "-" || trimmed.starts_with("- ");
+        let at = *items.get_or_insert(this_indent);
+        if this_indent < at || parent.is_some_and(|p| this_indent < p) {
+            return None;
+        }
+        if this_indent == at {
+            if !item {
+                return None;
+            }
+            if seen == n {
+                return Some((i, this_indent));
+            }
+            seen += 1;
+        }
+    }
+    None
 }
 
 fn contains_key(line: &str, key: &str) -> bool {
@@ -435,6 +487,19 @@ impl<'r, 'a> Section<'r, 'a> {
         self.report.error_at(line, message);
     }
 
+    /// The block at `keys` below this one (a list item is `[N]`).
+    pub fn nested(&mut self, keys: &[&str]) -> Section<'_, 'a> {
+        Section {
+            report: &mut *self.report,
+            at: self
+                .at
+                .iter()
+                .cloned()
+                .chain(keys.iter().map(|k| k.to_string()))
+                .collect(),
+        }
+    }
+
     /// The file's text (to find a value's line).
     pub fn text(&self) -> &str {
         self.report.text
@@ -667,6 +732,22 @@ mod tests {
         assert_eq!(line_of(YAML, &["max_body"]), 7);
         assert_eq!(line_of(YAML, &["nope"]), 1);
         assert_eq!(line_of(YAML, &["rate_limit", "nope"]), 4);
+    }
+
+    #[test]
+    fn finds_the_keys_of_a_list_item() {
+        let yaml = "outbound:\n  api: x\n  sources:\n    - type: redis\n      url: a\n    # c\n    - type: amqp\n      url: b\n      queue: \"\"\n  tokens: [t]\nlist:\n- a: 1\n- a: 2\n";
+        assert_eq!(line_of(yaml, &["outbound", "sources", "[0]", "url"]), 5);
+        assert_eq!(line_of(yaml, &["outbound", "sources", "[1]"]), 7);
+        assert_eq!(line_of(yaml, &["outbound", "sources", "[1]", "type"]), 7);
+        assert_eq!(line_of(yaml, &["outbound", "sources", "[1]", "url"]), 8);
+        assert_eq!(line_of(yaml, &["outbound", "sources", "[1]", "queue"]), 9);
+        // Not in the item: its line.
+        assert_eq!(line_of(yaml, &["outbound", "sources", "[1]", "tls"]), 7);
+        // No third item: the list's key.
+        assert_eq!(line_of(yaml, &["outbound", "sources", "[2]", "url"]), 3);
+        // Items at the key's own indent.
+        assert_eq!(line_of(yaml, &["list", "[1]", "a"]), 13);
     }
 
     #[test]

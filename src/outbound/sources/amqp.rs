@@ -45,7 +45,7 @@ pub struct Config {
 impl Spec {
     pub fn load(&self, base: &std::path::Path, at: &mut Section<'_, '_>) -> Option<Config> {
         if self.queue.is_empty() {
-            at.error(&["sources"], "amqp source: queue must not be empty");
+            at.error(&["queue"], "amqp source: queue must not be empty");
             return None;
         }
         let spec = BrokerSpec {

@@ -34,10 +34,16 @@ pub enum Source {
 pub fn load(specs: &[SourceSpec], base: &std::path::Path, at: &mut Section<'_, '_>) -> Vec<Source> {
     specs
         .iter()
-        .filter_map(|spec| match spec {
-            SourceSpec::Redis(s) => s.load(base, at).map(Source::Redis),
-            SourceSpec::Nats(s) => s.load(base, at).map(Source::Nats),
-            SourceSpec::Amqp(s) => s.load(base, at).map(Source::Amqp),
+        .enumerate()
+        .filter_map(|(i, spec)| {
+            // Problems at the item's own lines.
+            let item = format!("[{i}]");
+            let at = &mut at.nested(&["sources", &item]);
+            match spec {
+                SourceSpec::Redis(s) => s.load(base, at).map(Source::Redis),
+                SourceSpec::Nats(s) => s.load(base, at).map(Source::Nats),
+                SourceSpec::Amqp(s) => s.load(base, at).map(Source::Amqp),
+            }
         })
         .collect()
 }

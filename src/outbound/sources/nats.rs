@@ -63,10 +63,12 @@ impl Spec {
             at,
         );
         if self.stream.is_empty() || self.subject.is_empty() {
-            at.error(
-                &["sources"],
-                "nats source: stream and subject must not be empty",
-            );
+            let key = if self.stream.is_empty() {
+                "stream"
+            } else {
+                "subject"
+            };
+            at.error(&[key], "nats source: stream and subject must not be empty");
             return None;
         }
         Some(Config {

@@ -56,7 +56,7 @@ impl Spec {
     pub fn load(&self, base: &std::path::Path, at: &mut Section<'_, '_>) -> Option<Config> {
         if let Err(e) = ::redis::Client::open(self.url.as_str()) {
             at.error(
-                &["sources"],
+                &["url"],
                 format!(
                     "redis source: url `{}`: {e}",
                     crate::store::config::redact(&self.url)
@@ -69,13 +69,13 @@ impl Spec {
             Some(Ok(d)) if !d.is_zero() => d,
             Some(Ok(_)) => {
                 at.error(
-                    &["sources"],
+                    &["claim_idle"],
                     "redis source: claim_idle must be more than zero",
                 );
                 return None;
             }
             Some(Err(e)) => {
-                at.error(&["sources"], format!("redis source: claim_idle: {e}"));
+                at.error(&["claim_idle"], format!("redis source: claim_idle: {e}"));
                 return None;
             }
         };
