@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use super::ledger::{stored_message, MESSAGE_COLUMNS};
 use super::now_ms;
-use super::writer::{block_on, Cell, Db, Param};
+use super::writer::{block_on, columns, Db, Param};
 use super::{param, placeholders, Backend, Claimed, Store, StoreError};
 
 /// An endpoint's limits, from its config.
@@ -341,13 +341,6 @@ async fn candidates(
     }
     ranked.sort_by_key(|(rank, next_at, _)| (*rank, *next_at));
     Ok((probes, ranked.into_iter().map(|(_, _, c)| c).collect()))
-}
-
-/// A row of `N` columns.
-fn columns<const N: usize>(row: Vec<Cell>) -> Result<[Cell; N], StoreError> {
-    row.try_into().map_err(|r: Vec<Cell>| {
-        StoreError::Unavailable(format!("store returned {} columns, not {N}", r.len()))
-    })
 }
 
 /// Leases held now, per endpoint, by any node.

@@ -18,7 +18,7 @@ use sqlx::AnyPool;
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
-use super::writer::{block_on, Cell, Db, Param, SqliteWriter, SqlxDb};
+use super::writer::{block_on, columns, Cell, Db, Param, SqliteWriter, SqlxDb};
 use super::{now_ms, param, placeholders, Store, StoreError, Writes};
 
 /// Most messages written in one transaction.
@@ -158,10 +158,7 @@ pub(super) const MESSAGE_COLUMNS: &str =
     "id, tenant, event_type, payload, created_at, content_type";
 
 pub(super) fn stored_message(row: Vec<Cell>) -> Result<StoredMessage, StoreError> {
-    let [id, tenant, event_type, payload, created_at, content_type]: [Cell; 6] =
-        row.try_into().map_err(|r: Vec<Cell>| {
-            StoreError::Unavailable(format!("store returned {} message columns", r.len()))
-        })?;
+    let [id, tenant, event_type, payload, created_at, content_type] = columns(row)?;
     Ok(StoredMessage {
         id: id.text()?,
         tenant: tenant.text()?,

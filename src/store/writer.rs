@@ -76,6 +76,13 @@ impl Cell {
     }
 }
 
+/// A row of `N` columns.
+pub(super) fn columns<const N: usize>(row: Vec<Cell>) -> Result<[Cell; N], StoreError> {
+    row.try_into().map_err(|r: Vec<Cell>| {
+        StoreError::Unavailable(format!("store returned {} columns, not {N}", r.len()))
+    })
+}
+
 fn unexpected(wanted: &str, got: &Cell) -> StoreError {
     let got = match got {
         Cell::Int(_) => "an integer",
