@@ -118,4 +118,9 @@ impl<'a> Inbound<'a> {
             .get_or_init(|| serde_json::from_slice(self.body).ok())
             .as_ref()
     }
+
+    /// The parsed body if a stage already asked for it (`Some(None)`: it is not JSON).
+    pub fn parsed_json(&self) -> Option<Option<&serde_json::Value>> {
+        self.json.get().map(Option::as_ref)
+    }
 }

@@ -49,8 +49,14 @@ pub fn chain(config: &FilterConfig) -> Chain {
     )));
     chain.push(Box::new(signature::Signature::new(config.scheme.clone())));
     if !config.require_fields.is_empty() {
+        use dedup::EventIdSource::Json;
+        let value_later = config.schema.is_some()
+            || config.map.is_some()
+            || matches!(config.event_id, Json { .. })
+            || matches!(config.event_type, Some(Json { .. }));
         chain.push(Box::new(payload::RequireFields::new(
             config.require_fields.clone(),
+            value_later,
         )));
     }
     if let Some(schema) = &config.schema {
