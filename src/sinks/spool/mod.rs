@@ -133,56 +133,116 @@ impl Spool {
 }
 
 /// One spool line: the envelope as JSON, the body as text when it is UTF-8 (escaping is
-/// lossless) and as `body_base64` otherwise. Serialized straight from borrowed fields: no
-/// intermediate JSON tree, no copy of the body besides the escaped output.
+/// lossless) and as `body_base64` otherwise. Written field by field from borrowed values: no
+/// intermediate JSON tree, no copy of the body besides the escaped output, which
+/// [`escape_into`] writes a word at a time.
 pub fn encode_line(envelope: &Envelope) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Line<'a> {
-        provider: &'a str,
-        event_id: &'a str,
-        event_type: &'a str,
-        received_at: &'a str,
-        source_ip: &'a str,
-        verified: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        reason: Option<&'a str>,
-        headers: Headers<'a>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        map: Option<Value>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        body: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        body_base64: Option<String>,
-    }
     struct Headers<'a>(&'a [(String, String)]);
     impl Serialize for Headers<'_> {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
         }
     }
-    let text = std::str::from_utf8(&envelope.body).ok();
-    let line = Line {
-        provider: &envelope.provider,
-        event_id: &envelope.event_id,
-        event_type: &envelope.event_type,
-        received_at: &envelope.received_at,
-        source_ip: &envelope.source_ip,
-        verified: envelope.verified,
-        reason: envelope.reason,
-        headers: Headers(&envelope.headers),
-        map: envelope
-            .map
-            .as_deref()
-            .and_then(|m| serde_json::from_str(m).ok()),
-        body: text,
-        body_base64: text
-            .is_none()
-            .then(|| base64::engine::general_purpose::STANDARD.encode(&envelope.body)),
-    };
-    let mut out = Vec::with_capacity(envelope.body.len() + 256);
-    serde_json::to_writer(&mut out, &line).expect("a string-only record serializes");
-    out.push(b'\n');
+    fn field<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
+        out.push(if out.is_empty() { b'{' } else { b',' });
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut *out, value).expect("a string-only record serializes");
+    }
+    let mut out = Vec::with_capacity(envelope.body.len() + envelope.body.len() / 8 + 256);
+    field(&mut out, "provider", &envelope.provider);
+    field(&mut out, "event_id", &envelope.event_id);
+    field(&mut out, "event_type", &envelope.event_type);
+    field(&mut out, "received_at", &envelope.received_at);
+    field(&mut out, "source_ip", &envelope.source_ip);
+    field(&mut out, "verified", &envelope.verified);
+    if let Some(reason) = envelope.reason {
+        field(&mut out, "reason", reason);
+    }
+    field(&mut out, "headers", &Headers(&envelope.headers));
+    let map: Option<Value> = envelope
+        .map
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok());
+    if let Some(map) = &map {
+        field(&mut out, "map", map);
+    }
+    match std::str::from_utf8(&envelope.body) {
+        Ok(text) => {
+            out.extend_from_slice(b",\"body\":\"");
+            escape_into(&mut out, text);
+            out.push(b'"');
+        }
+        Err(_) => field(
+            &mut out,
+            "body_base64",
+            &base64::engine::general_purpose::STANDARD.encode(&envelope.body),
+        ),
+    }
+    out.extend_from_slice(b"}\n");
     out
+}
+
+/// `text` as the inside of a JSON string, byte for byte what serde_json writes: `"` and `\`
+/// and control characters escaped (`\n`-style where JSON has one, `\u00xx` otherwise),
+/// everything else, UTF-8 included, as it is. Eight bytes are checked at once for one that
+/// needs escaping (a JSON body is mostly runs of plain text between quotes).
+pub fn escape_into(out: &mut Vec<u8>, text: &str) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // High bit of each byte that is < 0x20, `"` or `\`. Only the lowest flagged byte is
+    // certain (a borrow can flag bytes above it), which is the one used.
+    fn flags(word: u64) -> u64 {
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
+            | zero(word ^ (ONES * u64::from(b'"')))
+            | zero(word ^ (ONES * u64::from(b'\\')))
+    }
+    let bytes = text.as_bytes();
+    let mut start = 0; // first byte not yet copied
+    let mut i = 0;
+    while i < bytes.len() {
+        let found = match bytes.get(i..i + 8) {
+            Some(chunk) => {
+                let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+                match flags(word) {
+                    0 => {
+                        i += 8;
+                        continue;
+                    }
+                    f => i + (f.trailing_zeros() / 8) as usize,
+                }
+            }
+            None => match bytes[i..]
+                .iter()
+                .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+            {
+                Some(at) => i + at,
+                None => break,
+            },
+        };
+        out.extend_from_slice(&bytes[start..found]);
+        let b = bytes[found];
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+        i = found + 1;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 #[async_trait]
@@ -707,6 +767,59 @@ pub(crate) mod tests {
         }
         assert!(decode_line(b"not json").is_none());
         assert!(decode_line(b"{\"provider\":\"x\"}").is_none());
+    }
+
+    /// Byte for byte what serde_json writes, for every ASCII byte in every position of a
+    /// word, for UTF-8 and for runs longer and shorter than a word.
+    #[test]
+    fn the_escaper_writes_what_serde_json_writes() {
+        let mut texts: Vec<String> = Vec::new();
+        for b in 0u8..0x80 {
+            for pad in 0..17 {
+                let c = char::from(b);
+                texts.push(format!("{}{c}{}", "a".repeat(pad), "é".repeat(pad % 3)));
+                texts.push(format!("{c}{}{c}\"x\\", "z".repeat(pad)));
+            }
+        }
+        texts.push(String::new());
+        texts.push("plain text longer than one word, no escapes at all".into());
+        texts.push("日本語 \u{1F600} \u{7f} \u{80} \u{2028}".into());
+        texts.push(r#"{"action":"opened","seq":1,"pad":"\\\"\n\t"}"#.into());
+        for text in &texts {
+            let mut out = Vec::new();
+            escape_into(&mut out, text);
+            let serde = serde_json::to_string(text).unwrap();
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                &serde[1..serde.len() - 1],
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_is_the_json_of_its_fields() {
+        let mut e = envelope("id-\"1", b"{\"a\":\"\\u00e9\\n\"}\t");
+        e.reason = Some("invalid_signature");
+        e.map = Some(r#"{"k":[1,"v"]}"#.into());
+        let line = encode_line(&e);
+        assert!(line.ends_with(b"}\n"));
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "provider": "github", "event_id": "id-\"1", "event_type": "push",
+                "received_at": "2026-01-01T00:00:00Z", "source_ip": "127.0.0.1",
+                "verified": true, "reason": "invalid_signature",
+                "headers": {"content-type": "application/json"},
+                "map": {"k": [1, "v"]},
+                "body": "{\"a\":\"\\u00e9\\n\"}\t",
+            })
+        );
+        let binary = encode_line(&envelope("2", &[0xff, 0]));
+        let v: Value = serde_json::from_slice(&binary).unwrap();
+        assert_eq!(v["body_base64"], "/wA=");
+        assert!(v.get("body").is_none() && v.get("reason").is_none());
     }
 
     #[tokio::test]
