@@ -38,8 +38,9 @@ pub struct Gateway {
 
 /// What became of a request: the response and the metrics follow from it.
 enum Outcome {
-    Accepted { event_id: String },
-    Duplicate { event_id: String },
+    /// (The event id is the context's.)
+    Accepted,
+    Duplicate,
     Rejected(Reason),
 }
 
@@ -205,7 +206,8 @@ impl Gateway {
 
         let shadow = provider.config.mode == Mode::Shadow;
         let req = inbound(session, client_ip, &body);
-        let checked = filters::check_body(&provider.chain, &req, unix_now(), shadow);
+        let now = chrono::Utc::now();
+        let checked = filters::check_body(&provider.chain, &req, now.timestamp(), shadow);
         ctx.key_id = req.key_id().map(str::to_owned);
         ctx.violation = req.violation().cloned();
         ctx.shadow_verdict = match checked {
@@ -247,9 +249,9 @@ impl Gateway {
         };
         let envelope = Envelope {
             provider: provider.name.to_string(),
-            event_id: event_id.clone(),
+            event_id,
             event_type: dedup::event_type(provider.config.event_type.as_ref(), &req),
-            received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             source_ip: client_ip.to_string(),
             verified: ctx.shadow_verdict.is_none(),
             reason: ctx.shadow_verdict.map(Reason::as_str),
@@ -264,16 +266,16 @@ impl Gateway {
 
     /// Reserve, publish, then commit or release: exactly one 202 per event id.
     async fn deliver(&self, provider: &Provider, envelope: Envelope) -> Outcome {
-        let event_id = envelope.event_id.clone();
+        let event_id = &envelope.event_id;
         let Some(ttl) = provider.config.dedup_ttl else {
             return match publish(provider, &envelope).await {
-                Ok(()) => Outcome::Accepted { event_id },
+                Ok(()) => Outcome::Accepted,
                 Err(reason) => Outcome::Rejected(reason),
             };
         };
-        let reserved = match self.builder.dedup.reserve(&provider.name, &event_id).await {
+        let reserved = match self.builder.dedup.reserve(&provider.name, event_id).await {
             Reservation::Fresh(reserved) => reserved,
-            Reservation::Duplicate => return Outcome::Duplicate { event_id },
+            Reservation::Duplicate => return Outcome::Duplicate,
             Reservation::InProgress => return Outcome::Rejected(Reason::InProgress),
             Reservation::Unavailable => return Outcome::Rejected(Reason::DedupUnavailable),
         };
@@ -281,13 +283,13 @@ impl Gateway {
             Ok(()) => {
                 if let Some(journal) = self.journal.as_ref().filter(|_| provider.journaled) {
                     // Still reserved meanwhile: a concurrent copy gets 409, not a second 202.
-                    if let Err(e) = journal.record(&provider.name, &event_id, ttl).await {
+                    if let Err(e) = journal.record(&provider.name, event_id, ttl).await {
                         metrics::DEDUP_JOURNAL_ERRORS.inc();
                         tracing::error!(provider = %provider.name, error = %e, "event accepted but its id not journaled: a restart would forget it");
                     }
                 }
                 reserved.commit(ttl).await;
-                Outcome::Accepted { event_id }
+                Outcome::Accepted
             }
             Err(reason) => {
                 // Released before the answer goes out: the sender's retry must pass.
@@ -302,61 +304,78 @@ impl Gateway {
     }
 
     fn record(&self, ctx: &RequestCtx) {
-        let provider = self.provider_label(ctx);
-        metrics::REQUESTS
-            .with_label_values(&[provider, ctx.outcome])
-            .inc();
-        if let Some(reason) = ctx.reason.or(ctx.shadow_verdict) {
-            metrics::REJECTIONS
-                .with_label_values(&[provider, reason.as_str()])
-                .inc();
-        }
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        metrics::REQUEST_DURATION
-            .with_label_values(&[provider])
-            .observe(elapsed.as_secs_f64());
+        let reason = ctx.reason.or(ctx.shadow_verdict);
+        let series = ctx.provider.as_ref().map(|p| &p.series);
+        match series.and_then(|s| s.request(ctx.outcome)) {
+            Some(counter) => counter.inc(),
+            None => metrics::REQUESTS
+                .with_label_values(&[self.provider_label(ctx), ctx.outcome])
+                .inc(),
+        }
+        if let Some(reason) = reason {
+            match series.and_then(|s| s.rejection(reason)) {
+                Some(counter) => counter.inc(),
+                None => metrics::REJECTIONS
+                    .with_label_values(&[self.provider_label(ctx), reason.as_str()])
+                    .inc(),
+            }
+        }
+        match series {
+            Some(series) => series.duration.observe(elapsed.as_secs_f64()),
+            None => metrics::REQUEST_DURATION
+                .with_label_values(&[self.provider_label(ctx)])
+                .observe(elapsed.as_secs_f64()),
+        }
         metrics::DEDUP_ENTRIES.set(self.builder.dedup.entries() as i64);
     }
 
     async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, outcome: Outcome) {
-        let provider = ctx.provider.as_ref().map(|p| p.name.to_string());
         // Requests pipelined behind an accepted one are answered in order (RFC 9112 §9.3.2).
         // Behind a rejected one they are not: bytes past what it declared may be a request
         // smuggled inside its body, so the connection closes after the answer, as before.
-        session.set_pipelining_enabled(matches!(
-            outcome,
-            Outcome::Accepted { .. } | Outcome::Duplicate { .. }
-        ));
-        let (status, body, retry_after) = match outcome {
-            Outcome::Accepted { event_id } => {
-                ctx.outcome = "accepted";
-                let body = serde_json::json!({"status": "accepted", "provider": provider, "event_id": event_id});
-                (202, body, None)
-            }
-            Outcome::Duplicate { event_id } => {
-                ctx.outcome = "duplicate";
-                let body = serde_json::json!({"status": "duplicate", "provider": provider, "event_id": event_id});
-                (200, body, None)
+        session.set_pipelining_enabled(matches!(outcome, Outcome::Accepted | Outcome::Duplicate));
+        let mut body = Vec::with_capacity(128);
+        let provider = ctx.provider.as_ref().map(|p| &*p.name);
+        let (status, retry_after) = match &outcome {
+            Outcome::Accepted | Outcome::Duplicate => {
+                let (status, word) = match outcome {
+                    Outcome::Accepted => (202, "accepted"),
+                    _ => (200, "duplicate"),
+                };
+                ctx.outcome = word;
+                let answer = Answered {
+                    event_id: ctx.event_id.as_deref().unwrap_or_default(),
+                    provider,
+                    status: word,
+                };
+                let _ = serde_json::to_writer(&mut body, &answer);
+                (status, None)
             }
             Outcome::Rejected(reason) => {
+                let reason = *reason;
                 ctx.outcome = match reason {
                     Reason::SinkUnavailable | Reason::UpstreamError => "error",
                     _ => "rejected",
                 };
                 ctx.reason = Some(reason);
-                let body = match (reason, &ctx.field, &ctx.violation) {
-                    (Reason::MissingField, Some(field), _) => {
-                        serde_json::json!({"error": reason.as_str(), "field": field})
-                    }
-                    // Where and which rule, never the value.
-                    (Reason::SchemaViolation, _, Some(v)) => serde_json::json!({
-                        "error": reason.as_str(),
-                        "pointer": v.pointer,
-                        "keyword": v.keyword,
-                    }),
-                    _ => serde_json::json!({"error": reason.as_str()}),
+                let mut answer = Refused {
+                    error: reason.as_str(),
+                    field: None,
+                    keyword: None,
+                    pointer: None,
                 };
-                (reason.status(), body, reason.retry_after())
+                match (reason, &ctx.field, &ctx.violation) {
+                    (Reason::MissingField, Some(field), _) => answer.field = Some(field),
+                    // Where and which rule, never the value.
+                    (Reason::SchemaViolation, _, Some(v)) => {
+                        answer.pointer = Some(&v.pointer);
+                        answer.keyword = Some(&v.keyword);
+                    }
+                    _ => {}
+                }
+                let _ = serde_json::to_writer(&mut body, &answer);
+                (reason.status(), reason.retry_after())
             }
         };
         ctx.status = status;
@@ -378,7 +397,6 @@ impl Gateway {
         if body_broken || !session.is_body_done() {
             session.set_keepalive(None);
         }
-        let mut body = serde_json::to_vec(&body).unwrap_or_default();
         body.push(b'\n');
         let body = Bytes::from(body);
         let Ok(mut resp) = ResponseHeader::build(status, Some(4)) else {
@@ -404,11 +422,29 @@ impl Gateway {
     }
 }
 
+/// A 202 or 200's body (keys in the order `json!` gave them: sorted).
+#[derive(serde::Serialize)]
+struct Answered<'a> {
+    event_id: &'a str,
+    provider: Option<&'a str>,
+    status: &'static str,
+}
+
+/// A refusal's body: the reason, and for some the field or the schema rule it failed.
+#[derive(serde::Serialize)]
+struct Refused<'a> {
+    error: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keyword: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pointer: Option<&'a str>,
+}
+
 async fn publish(provider: &Provider, envelope: &Envelope) -> Result<(), Reason> {
     let sink = provider.sink.name();
-    let timer = metrics::SINK_PUBLISH_DURATION
-        .with_label_values(&[sink])
-        .start_timer();
+    let timer = provider.series.publish.start_timer();
     let result = provider.sink.publish(envelope).await;
     timer.observe_duration();
     result.map_err(|e| {
@@ -449,16 +485,26 @@ fn expects_continue(session: &Session) -> bool {
 /// within `timeout` (slow senders hold a connection, not a worker).
 async fn read_body(session: &mut Session, max: u64, timeout: Duration) -> Result<Bytes, Reason> {
     let read = async {
+        // A body that arrives as one chunk (most do) is kept as Pingora read it, uncopied.
+        let mut first: Option<Bytes> = None;
         let mut body = BytesMut::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
-                    if (body.len() + chunk.len()) as u64 > max {
+                    let held = first.as_ref().map_or(0, Bytes::len) + body.len();
+                    if (held + chunk.len()) as u64 > max {
                         return Err(Reason::PayloadTooLarge);
+                    }
+                    if held == 0 && first.is_none() {
+                        first = Some(chunk);
+                        continue;
+                    }
+                    if let Some(first) = first.take() {
+                        body.extend_from_slice(&first);
                     }
                     body.extend_from_slice(&chunk);
                 }
-                Ok(None) => return Ok(body.freeze()),
+                Ok(None) => return Ok(first.unwrap_or_else(|| body.freeze())),
                 Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
                     return Err(Reason::BodyTimeout)
                 }
@@ -476,10 +522,6 @@ fn forward_headers(req: &Inbound<'_>, names: &[String]) -> Vec<(String, String)>
         .iter()
         .filter_map(|name| req.header(name).map(|v| (name.clone(), v.to_owned())))
         .collect()
-}
-
-fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 #[async_trait]

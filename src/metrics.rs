@@ -5,7 +5,8 @@
 use once_cell::sync::Lazy;
 use pingora_prometheus::prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
 };
 
 pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -70,6 +71,46 @@ pub fn register_series(providers: &[&str], sinks: &[&str]) {
     for sink in sinks {
         SINK_PUBLISH_DURATION.with_label_values(&[sink]);
         SINK_ERRORS.with_label_values(&[sink]);
+    }
+}
+
+/// One provider's series, looked up once when its filter is built: a request then counts
+/// with a few atomics, without hashing labels or taking the vectors' locks.
+pub struct ProviderSeries {
+    /// accepted, duplicate, rejected, error.
+    outcomes: [IntCounter; 4],
+    /// By [`Reason::ALL`](crate::reason::Reason::ALL)'s order.
+    rejections: Vec<IntCounter>,
+    pub duration: Histogram,
+    /// Its sink's publish time.
+    pub publish: Histogram,
+}
+
+const OUTCOMES: [&str; 4] = ["accepted", "duplicate", "rejected", "error"];
+
+impl ProviderSeries {
+    pub fn new(provider: &str, sink: &str) -> ProviderSeries {
+        ProviderSeries {
+            outcomes: OUTCOMES.map(|o| REQUESTS.with_label_values(&[provider, o])),
+            rejections: crate::reason::Reason::ALL
+                .iter()
+                .map(|r| REJECTIONS.with_label_values(&[provider, r.as_str()]))
+                .collect(),
+            duration: REQUEST_DURATION.with_label_values(&[provider]),
+            publish: SINK_PUBLISH_DURATION.with_label_values(&[sink]),
+        }
+    }
+
+    pub fn request(&self, outcome: &str) -> Option<&IntCounter> {
+        let i = OUTCOMES.iter().position(|o| *o == outcome)?;
+        Some(&self.outcomes[i])
+    }
+
+    pub fn rejection(&self, reason: crate::reason::Reason) -> Option<&IntCounter> {
+        let i = crate::reason::Reason::ALL
+            .iter()
+            .position(|r| *r == reason)?;
+        self.rejections.get(i)
     }
 }
 

@@ -35,6 +35,7 @@ pub struct Provider {
     pub fleet_limit: Option<FleetLimit>,
     /// Its accepted ids go to the dedup journal (its sink keeps no record of its own).
     pub journaled: bool,
+    pub series: crate::metrics::ProviderSeries,
 }
 
 /// One generation of the filters.
@@ -79,6 +80,7 @@ impl Builder {
                 name: Arc::from(filter.name.as_str()),
                 chain: filters::chain(&filter),
                 journaled: self.journal && sink.recorded_in().is_none() && !sink.idempotent(),
+                series: crate::metrics::ProviderSeries::new(&filter.name, sink.name()),
                 config: filter,
                 sink,
                 fleet_limit,
