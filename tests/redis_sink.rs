@@ -173,6 +173,30 @@ fn the_first_request_after_a_redis_restart_is_accepted() {
 }
 
 #[test]
+fn a_redis_that_forgot_the_publish_script_is_given_it_again() {
+    if !broker("Redis", SHARED) {
+        return;
+    }
+    let redis = PrivateBroker::redis();
+    let f = filter("flushed");
+    let server = Server::start(&[("f.yaml", &f)], &redis_sink(redis.port, ""));
+    assert_eq!(post_id(&server, &f, "s-1"), 202);
+    let mut conn = redis.redis_connection().unwrap();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut conn)
+        .unwrap();
+    // EVALSHA answers NOSCRIPT: the sink loads the script and publishes on the same request.
+    assert_eq!(post_id(&server, &f, "s-2"), 202);
+    assert_eq!(post_id(&server, &f, "s-2"), 200);
+    let ids: Vec<String> = entries(redis.port, "webhooks:flushed")
+        .iter()
+        .map(|e| String::from_utf8(e["event_id"].clone()).unwrap())
+        .collect();
+    assert_eq!(ids, ["s-1", "s-2"]);
+}
+
+#[test]
 fn a_publish_redis_refuses_leaves_no_marker_so_the_retry_is_stored() {
     if !broker("Redis", SHARED) {
         return;

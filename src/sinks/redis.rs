@@ -210,21 +210,27 @@ impl RedisSink {
         })
     }
 
-    /// The script call: `XADD stream [MAXLEN ~ n] * field value …` behind the marker.
-    fn invocation(&self, envelope: &Envelope) -> redis::ScriptInvocation<'static> {
-        let mut call = SCRIPT.prepare_invoke();
+    /// `EVALSHA` of the publish script for this envelope. Built as one `Cmd`, which packs its
+    /// arguments into a single buffer (redis-rs's `ScriptInvocation` holds a `Vec` per
+    /// argument and copies them all into such a `Cmd` on every call).
+    fn command(&self, envelope: &Envelope) -> redis::Cmd {
         let stream = render(&self.stream, envelope);
         // Per stream: the same event may go to two streams (two sinks) once each.
         let marker = format!(
             "portcullis:published:{stream}:{}:{}",
             envelope.provider, envelope.event_id
         );
-        call.key(stream).key(marker);
         let ttl_ms = envelope
             .dedup_ttl
             .map_or(0, |t| t.as_millis().max(1) as u64);
-        call.arg(ttl_ms).arg(self.maxlen.unwrap_or(0));
-        call.arg("provider")
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(SCRIPT.get_hash())
+            .arg(2)
+            .arg(stream)
+            .arg(marker)
+            .arg(ttl_ms)
+            .arg(self.maxlen.unwrap_or(0));
+        cmd.arg("provider")
             .arg(&envelope.provider)
             .arg("event_id")
             .arg(&envelope.event_id)
@@ -237,22 +243,28 @@ impl RedisSink {
             .arg("verified")
             .arg(if envelope.verified { "true" } else { "false" });
         if let Some(reason) = envelope.reason {
-            call.arg("reason").arg(reason);
+            cmd.arg("reason").arg(reason);
         }
         if let Some(map) = &envelope.map {
-            call.arg("map").arg(map);
+            cmd.arg("map").arg(map);
         }
-        let headers: serde_json::Map<String, serde_json::Value> = envelope
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        call.arg("headers")
-            .arg(serde_json::Value::Object(headers).to_string())
+        struct Headers<'a>(&'a [(String, String)]);
+        impl serde::Serialize for Headers<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+            }
+        }
+        let headers = serde_json::to_vec(&Headers(&envelope.headers)).unwrap_or_default();
+        cmd.arg("headers")
+            .arg(headers)
             .arg("body")
             .arg(envelope.body.as_ref());
-        call
+        cmd
     }
+}
+
+fn no_script(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 /// A failure of the connection rather than of the command: worth one retry on a new one.
@@ -267,9 +279,9 @@ impl Sink for RedisSink {
     }
 
     async fn publish(&self, envelope: &Envelope) -> Result<(), SinkError> {
-        let call = self.invocation(envelope);
+        let cmd = self.command(envelope);
         let attempt = async {
-            let mut retried = false;
+            let (mut retried, mut loaded) = (false, false);
             loop {
                 let mut conn = self
                     .connection
@@ -277,8 +289,15 @@ impl Sink for RedisSink {
                     .await
                     .map_err(|e| SinkError::Unavailable(format!("redis connect: {e}")))?;
                 // Nil: published before (a timed-out attempt landed); the event is in the stream.
-                match call.invoke_async::<Option<String>>(&mut conn).await {
+                match cmd.query_async::<Option<String>>(&mut conn).await {
                     Ok(_) => return Ok(()),
+                    // A restarted (or `SCRIPT FLUSH`ed) Redis has forgotten the script.
+                    Err(e) if no_script(&e) && !loaded => {
+                        loaded = true;
+                        SCRIPT.load_async(&mut conn).await.map_err(|e| {
+                            SinkError::Unavailable(format!("redis SCRIPT LOAD: {e}"))
+                        })?;
+                    }
                     Err(e) if connection_broke(&e) && !retried => {
                         tracing::debug!(error = %e, "redis connection broke: retrying on a new one");
                         retried = true;
