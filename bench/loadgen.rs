@@ -33,7 +33,8 @@ struct Args {
     concurrency: usize,
     #[arg(long, default_value_t = 1024)]
     body_size: usize,
-    /// Corrupt every signature (the flood path).
+    /// Corrupt every signature (the flood path): a well-formed header whose digest is wrong,
+    /// so the gateway computes the HMAC before it refuses, as it must for a real forgery.
     #[arg(long)]
     invalid: bool,
     /// Processes whose CPU time and peak RSS to report, summed (repeat or comma-separate:
@@ -98,7 +99,7 @@ fn requests(args: &Args, host: &str, path: &str) -> Vec<Vec<u8>> {
             if args.invalid {
                 for (k, v) in headers.iter_mut() {
                     if k.contains("signature") {
-                        *v = v.replace(['1', '2', '3'], "0");
+                        *v = wrong_digest(v);
                     }
                 }
             }
@@ -340,4 +341,20 @@ fn run_wrk(args: &Args, requests: &[Vec<u8>], duration: &str, cpu_total: &dyn Fn
         field("socket_errors"),
         label = args.label,
     );
+}
+
+/// `value` with one digest character changed to another that hex and base64 both accept
+/// (`A` or `B`), ten characters from the end: inside the digest for every scheme's header
+/// (`sha256=<hex>`, `v1,<base64>`, `t=…,v1=<hex>`), clear of base64 padding.
+fn wrong_digest(value: &str) -> String {
+    let mut chars: Vec<char> = value.chars().collect();
+    if let Some(at) = chars.len().checked_sub(10) {
+        // (Not `a` for `A`: hex is read in either case, so that would be the same digest.)
+        chars[at] = if chars[at].eq_ignore_ascii_case(&'a') {
+            'B'
+        } else {
+            'A'
+        };
+    }
+    chars.into_iter().collect()
 }
