@@ -60,7 +60,7 @@ pub static SINK_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
 /// alert on `rate(...)` sees them from the start, not after the first failure.
 pub fn register_series(providers: &[&str], sinks: &[&str]) {
     for provider in providers.iter().copied().chain(["unknown"]) {
-        for outcome in ["accepted", "duplicate", "rejected", "error"] {
+        for outcome in OUTCOMES {
             REQUESTS.with_label_values(&[provider, outcome]);
         }
         for reason in crate::reason::Reason::ALL {

@@ -32,22 +32,26 @@ impl RequireFields {
 /// The first of `fields` the (JSON) body lacks: what a `missing_field` answer names. Never a
 /// value from the body, only the configured field name.
 pub fn first_missing<'f>(fields: &'f [String], req: &Inbound<'_>) -> Option<&'f str> {
-    match req.parsed_json() {
-        Some(parsed) => missing_in(fields, parsed),
-        None => match scan(fields, req.body) {
-            Some(Ok(missing)) => missing,
-            Some(Err(())) => fields.first().map(String::as_str),
-            None => missing_in(fields, req.json()),
-        },
-    }
+    missing(fields, req, false).unwrap_or_else(|()| fields.first().map(String::as_str))
 }
 
-fn missing_in<'f>(fields: &'f [String], json: Option<&serde_json::Value>) -> Option<&'f str> {
-    let object = json.and_then(|j| j.as_object());
-    fields
+/// The first of `fields` the body lacks, `Err` when it is not JSON. Scanned without a
+/// `Value` unless one is parsed already or `value_later` says a later stage will parse it.
+fn missing<'f>(
+    fields: &'f [String],
+    req: &Inbound<'_>,
+    value_later: bool,
+) -> Result<Option<&'f str>, ()> {
+    if !value_later && req.parsed_json().is_none() {
+        if let Some(scanned) = scan(fields, req.body) {
+            return scanned;
+        }
+    }
+    let object = req.json().ok_or(())?.as_object();
+    Ok(fields
         .iter()
         .find(|f| object.is_none_or(|o| !o.contains_key(f.as_str())))
-        .map(String::as_str)
+        .map(String::as_str))
 }
 
 /// `fields` checked against `body` without a `Value`: `Err` when it is not JSON, `None`
@@ -72,21 +76,10 @@ fn scan<'f>(fields: &'f [String], body: &[u8]) -> Option<Result<Option<&'f str>,
 
 impl Filter for RequireFields {
     fn check_body(&self, req: &Inbound<'_>, _now: i64) -> Result<(), Reason> {
-        let missing = if self.value_later || req.parsed_json().is_some() {
-            req.json().ok_or(Reason::InvalidJson)?;
-            missing_in(&self.fields, req.json())
-        } else {
-            match scan(&self.fields, req.body) {
-                Some(result) => result.map_err(|()| Reason::InvalidJson)?,
-                None => {
-                    req.json().ok_or(Reason::InvalidJson)?;
-                    missing_in(&self.fields, req.json())
-                }
-            }
-        };
-        match missing {
-            None => Ok(()),
-            Some(_) => Err(Reason::MissingField),
+        match missing(&self.fields, req, self.value_later) {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(Reason::MissingField),
+            Err(()) => Err(Reason::InvalidJson),
         }
     }
 }

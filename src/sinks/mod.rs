@@ -62,6 +62,22 @@ pub struct Envelope {
     pub dedup_ttl: Option<std::time::Duration>,
 }
 
+impl Envelope {
+    /// The forwarded headers as a JSON object, in their order, serialized from the borrowed
+    /// pairs (the spool line's `headers`, the redis entry's `headers` field).
+    pub fn headers_json(&self) -> HeadersJson<'_> {
+        HeadersJson(&self.headers)
+    }
+}
+
+pub struct HeadersJson<'a>(&'a [(String, String)]);
+
+impl serde::Serialize for HeadersJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// Nothing was kept; the sender should retry (503).

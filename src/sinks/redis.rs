@@ -248,13 +248,7 @@ impl RedisSink {
         if let Some(map) = &envelope.map {
             cmd.arg("map").arg(map);
         }
-        struct Headers<'a>(&'a [(String, String)]);
-        impl serde::Serialize for Headers<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-            }
-        }
-        let headers = serde_json::to_vec(&Headers(&envelope.headers)).unwrap_or_default();
+        let headers = serde_json::to_vec(&envelope.headers_json()).unwrap_or_default();
         cmd.arg("headers")
             .arg(headers)
             .arg("body")

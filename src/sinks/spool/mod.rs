@@ -137,12 +137,6 @@ impl Spool {
 /// intermediate JSON tree, no copy of the body besides the escaped output, which
 /// [`escape_into`] writes a word at a time.
 pub fn encode_line(envelope: &Envelope) -> Vec<u8> {
-    struct Headers<'a>(&'a [(String, String)]);
-    impl Serialize for Headers<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-        }
-    }
     fn field<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
         out.push(if out.is_empty() { b'{' } else { b',' });
         out.push(b'"');
@@ -160,7 +154,7 @@ pub fn encode_line(envelope: &Envelope) -> Vec<u8> {
     if let Some(reason) = envelope.reason {
         field(&mut out, "reason", reason);
     }
-    field(&mut out, "headers", &Headers(&envelope.headers));
+    field(&mut out, "headers", &envelope.headers_json());
     let map: Option<Value> = envelope
         .map
         .as_deref()
